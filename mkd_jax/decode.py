@@ -1,0 +1,182 @@
+"""Jitted, batched decoding with a KV cache and static shapes: greedy and beam search.
+
+Both share one recipe: encode once, project cross-attention keys and values once, prefill the
+prompt (start-of-transcript, language, task, no-timestamps) in one step, then extend one token per
+step inside `lax.while_loop`, which stops early once every row has emitted end-of-text. Shapes
+depend only on (batch, frames, prompt length, max_new_tokens, beam size), so a corpus compiles once
+per bucket. The suppress lists of the checkpoint's generation config are applied at every step, and
+the begin-suppress list at the first generated step, as Whisper's reference decoder does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mkd_jax.models.whisper import Whisper
+
+NEG_INF = -1e9
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSpec:
+    """Static decoding settings (hashable, so they can be bound into a jitted function)."""
+
+    prompt: tuple[int, ...]
+    eot: int
+    max_new_tokens: int = 128
+    suppress: tuple[int, ...] = ()
+    begin_suppress: tuple[int, ...] = ()
+    beam_size: int = 1
+    length_penalty: float = 1.0
+
+
+def spec_from_folder(folder, tokenizer, *, max_new_tokens=128, beam_size=1, language="en"):
+    """DecodeSpec from a checkpoint folder's `generation_config.json` and its tokenizer."""
+    gen_path = Path(folder) / "generation_config.json"
+    gen = json.loads(gen_path.read_text()) if gen_path.is_file() else {}
+    prompt = tokenizer.prompt_ids(language=language) if tokenizer.is_multilingual else (
+        tokenizer.prompt_ids())
+    return DecodeSpec(
+        prompt=tuple(int(t) for t in prompt),
+        eot=int(tokenizer.eot),
+        max_new_tokens=max_new_tokens,
+        suppress=tuple(int(t) for t in gen.get("suppress_tokens") or ()),
+        begin_suppress=tuple(int(t) for t in gen.get("begin_suppress_tokens") or ()),
+        beam_size=beam_size,
+    )
+
+
+def _id_mask(vocab: int, ids: tuple[int, ...]) -> jax.Array:
+    mask = np.zeros(vocab, bool)
+    mask[[i for i in ids if i < vocab]] = True
+    return jnp.asarray(mask)
+
+
+def _start(model: Whisper, params, mel, spec: DecodeSpec, copies: int):
+    """Encode, project cross K/V, allocate the cache and prefill the prompt for `copies` per row."""
+    variables = {"params": params}
+    enc, _ = model.apply(variables, mel, method=Whisper.encode)
+    if copies > 1:
+        enc = jnp.repeat(enc, copies, axis=0)
+    rows = enc.shape[0]
+    cross = model.apply(variables, enc, method=Whisper.cross_kv)
+    prompt = jnp.broadcast_to(jnp.asarray(spec.prompt, jnp.int32), (rows, len(spec.prompt)))
+    cache = model.init_cache(rows, len(spec.prompt) + spec.max_new_tokens)
+    logits, cache = model.apply(variables, prompt, cross, cache, 0, method=Whisper.decode_step)
+    return cross, cache, logits[:, -1]
+
+
+def _masked_logprobs(logits, step, spec: DecodeSpec, vocab: int):
+    logits = jnp.where(_id_mask(vocab, spec.suppress), NEG_INF, logits)
+    begin = _id_mask(vocab, spec.begin_suppress) & (step == 0)
+    return jax.nn.log_softmax(jnp.where(begin, NEG_INF, logits), axis=-1)
+
+
+def greedy(params, mel, *, model: Whisper, spec: DecodeSpec) -> jax.Array:
+    """Greedy decoding. Returns new tokens [B, max_new_tokens], padded with EOT after EOT."""
+    cross, cache, last = _start(model, params, mel, spec, 1)
+    rows, p = mel.shape[0], len(spec.prompt)
+    tokens = jnp.full((rows, spec.max_new_tokens), spec.eot, jnp.int32)
+
+    def cond(state):
+        i, _, _, _, done = state
+        return (i < spec.max_new_tokens) & ~jnp.all(done)
+
+    def body(state):
+        i, last, cache, tokens, done = state
+        tok = jnp.argmax(_masked_logprobs(last, i, spec, model.vocab_size), axis=-1)
+        tok = jnp.where(done, spec.eot, tok).astype(jnp.int32)
+        tokens = tokens.at[:, i].set(tok)
+        logits, cache = model.apply(
+            {"params": params}, tok[:, None], cross, cache, p + i, method=Whisper.decode_step
+        )
+        return i + 1, logits[:, 0], cache, tokens, done | (tok == spec.eot)
+
+    state = (jnp.int32(0), last, cache, tokens, jnp.zeros((rows,), bool))
+    return jax.lax.while_loop(cond, body, state)[3]
+
+
+def beam_search(params, mel, *, model: Whisper, spec: DecodeSpec) -> jax.Array:
+    """Beam search with `spec.beam_size` beams. Returns the best hypothesis [B, max_new_tokens].
+
+    A finished hypothesis is scored `sum_logprob / generated_len ** length_penalty`. Each step keeps
+    the best `beam_size` unfinished beams among `2 * beam_size` candidates, so finishing never
+    starves the live set. A row stops once its worst kept finished score beats the best live beam's
+    score at the current length.
+    """
+    k, n, v = spec.beam_size, spec.max_new_tokens, model.vocab_size
+    b, p = mel.shape[0], len(spec.prompt)
+    cross, cache, last = _start(model, params, mel, spec, k)
+
+    def length_norm(logp, length):
+        return logp / jnp.asarray(length, jnp.float32) ** spec.length_penalty
+
+    def cond(state):
+        i, _, _, _, _, _, _, done = state
+        return (i < n) & ~jnp.all(done)
+
+    def body(state):
+        i, last, cache, seqs, logp, fin_seqs, fin_score, done = state
+        lp = _masked_logprobs(last, i, spec, v).reshape(b, k, v)
+        cand = (logp[:, :, None] + lp).reshape(b, k * v)
+        top_lp, top_idx = jax.lax.top_k(cand, 2 * k)  # [B, 2K]
+        beam, tok = top_idx // v, (top_idx % v).astype(jnp.int32)
+        cand_seqs = jnp.take_along_axis(seqs, beam[:, :, None], axis=1).at[:, :, i].set(tok)
+        is_eot = tok == spec.eot
+        # Finished pool: old finished plus candidates that just emitted EOT.
+        new_fin = jnp.where(is_eot & ~done[:, None], length_norm(top_lp, i + 1), NEG_INF)
+        pool_score = jnp.concatenate([fin_score, new_fin], axis=1)
+        pool_seqs = jnp.concatenate([fin_seqs, cand_seqs], axis=1)
+        fin_score, keep = jax.lax.top_k(pool_score, k)
+        fin_seqs = jnp.take_along_axis(pool_seqs, keep[:, :, None], axis=1)
+        # Live beams: best K candidates that did not end.
+        live_lp, keep = jax.lax.top_k(jnp.where(is_eot, NEG_INF, top_lp), k)
+        seqs = jnp.take_along_axis(cand_seqs, keep[:, :, None], axis=1)
+        src = jnp.take_along_axis(beam, keep, axis=1)  # [B, K] parent beam of each live beam
+        flat_src = (jnp.arange(b)[:, None] * k + src).reshape(-1)
+        cache = jax.tree.map(lambda c: c[flat_src], cache)
+        step_tok = jnp.take_along_axis(tok, keep, axis=1).reshape(-1)
+        logits, cache = model.apply(
+            {"params": params}, step_tok[:, None], cross, cache, p + i, method=Whisper.decode_step
+        )
+        best_live = length_norm(live_lp[:, 0], i + 1)
+        done = done | (fin_score[:, -1] > NEG_INF / 2) & (fin_score[:, -1] >= best_live)
+        return i + 1, logits[:, 0], cache, seqs, live_lp, fin_seqs, fin_score, done
+
+    seqs = jnp.full((b, k, n), spec.eot, jnp.int32)
+    logp = jnp.tile(jnp.asarray([0.0] + [NEG_INF] * (k - 1), jnp.float32), (b, 1))
+    state = (jnp.int32(0), last, cache, seqs, logp, seqs, jnp.full((b, k), NEG_INF), jnp.zeros(b, bool))
+    i, _, _, seqs, logp, fin_seqs, fin_score, done = jax.lax.while_loop(cond, body, state)
+    # Live beams compete with finished ones at their current length (they hit the token limit).
+    live_score = jnp.where(done[:, None], NEG_INF, length_norm(logp, jnp.maximum(i, 1)))
+    pool_score = jnp.concatenate([fin_score, live_score], axis=1)
+    pool_seqs = jnp.concatenate([fin_seqs, seqs], axis=1)
+    best = jnp.argmax(pool_score, axis=1)
+    return jnp.take_along_axis(pool_seqs, best[:, None, None], axis=1)[:, 0]
+
+
+def make_generate_fn(model: Whisper, spec: DecodeSpec):
+    """A jitted `fn(params, mel) -> tokens [B, max_new_tokens]` for the spec's beam size."""
+    if spec.max_new_tokens + len(spec.prompt) > model.max_target_positions:
+        raise ValueError(
+            f"prompt ({len(spec.prompt)}) + max_new_tokens ({spec.max_new_tokens}) exceeds the "
+            f"decoder's {model.max_target_positions} positions"
+        )
+    step = greedy if spec.beam_size == 1 else beam_search
+    return jax.jit(functools.partial(step, model=model, spec=spec))
+
+
+def strip(tokens: np.ndarray, eot: int) -> list[list[int]]:
+    """Per-row token lists up to (not including) the first EOT."""
+    rows = []
+    for row in np.asarray(tokens):
+        hits = np.flatnonzero(row == eot)
+        rows.append(row[: hits[0] if hits.size else len(row)].tolist())
+    return rows

@@ -1,0 +1,373 @@
+"""The one Flax Whisper, for teacher and student roles.
+
+Pre-LN transformer encoder-decoder with a two-conv front end, a loaded encoder position table,
+learned decoder positions and an output projection tied to the token embedding. Parameter names
+follow Hugging Face Whisper (`layers_{i}`, `self_attn`, `encoder_attn`, `q_proj`, `fc1`, ...) so
+checkpoint loading, LoRA regexes and PEFT export map one to one.
+
+Every parameter carries logical axis names; activations are constrained at block boundaries.
+Models return `(logits, out)`, where `out` holds every layer's hidden state by name:
+`encoder/layer_{i}` (output of block i), `encoder/output` (after the final layer norm, what the
+decoder attends to), `decoder/layer_{i}` and `decoder/output`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+ACT = ("act_batch", "act_time", "act_embed")
+
+
+def sinusoids(length: int, channels: int) -> np.ndarray:
+    """Whisper's encoder position table, used only as the initialiser (checkpoints carry their own)."""
+    half = channels // 2
+    inv = np.exp(-np.log(10000) / (half - 1) * np.arange(half))
+    t = np.arange(length)[:, None] * inv[None, :]
+    return np.concatenate([np.sin(t), np.cos(t)], axis=1).astype(np.float32)
+
+
+def _dense(features: int, axes: tuple, *, use_bias: bool = True, dtype: Dtype, name: str):
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=dtype,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]),
+        name=name,
+    )
+
+
+def _layer_norm(name: str) -> nn.LayerNorm:
+    # Whisper normalises in float32 whatever the compute dtype.
+    return nn.LayerNorm(
+        epsilon=1e-5,
+        dtype=jnp.float32,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+        name=name,
+    )
+
+
+def _constrain(x: jax.Array) -> jax.Array:
+    return nn.with_logical_constraint(x, ACT)
+
+
+class Attention(nn.Module):
+    """Multi-head attention; the key projection has no bias, as in Whisper."""
+
+    d_model: int
+    num_heads: int
+    dtype: Dtype = jnp.float32
+
+    def setup(self):
+        d = self.d_model
+        self.q_proj = _dense(d, ("embed", "heads"), dtype=self.dtype, name="q_proj")
+        self.k_proj = _dense(d, ("embed", "heads"), use_bias=False, dtype=self.dtype, name="k_proj")
+        self.v_proj = _dense(d, ("embed", "heads"), dtype=self.dtype, name="v_proj")
+        self.out_proj = _dense(d, ("heads", "embed"), dtype=self.dtype, name="out_proj")
+
+    def _split(self, x: jax.Array) -> jax.Array:
+        b, t, _ = x.shape
+        return x.reshape(b, t, self.num_heads, self.d_model // self.num_heads)
+
+    def project_kv(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Keys and values, each [B, S, H, Dh]."""
+        return self._split(self.k_proj(x)), self._split(self.v_proj(x))
+
+    def attend(self, x: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
+        """Queries from `x` [B, T, D] attend to `k`, `v` [B, S, H, Dh]; `mask` broadcasts to [B, H, T, S]."""
+        head_dim = self.d_model // self.num_heads
+        q = self._split(self.q_proj(x)) * head_dim**-0.5  # [B, T, H, Dh]
+        logits = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
+        if mask is not None:
+            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        y = jnp.einsum("bhts,bshd->bthd", probs, v)
+        return self.out_proj(y.reshape(x.shape[0], x.shape[1], self.d_model))
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        k, v = self.project_kv(x)
+        return self.attend(x, k, v, mask)
+
+
+class EncoderLayer(nn.Module):
+    d_model: int
+    num_heads: int
+    ffn_dim: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = _layer_norm("self_attn_layer_norm")(x).astype(self.dtype)
+        x = x + Attention(self.d_model, self.num_heads, self.dtype, name="self_attn")(h)
+        h = _layer_norm("final_layer_norm")(x).astype(self.dtype)
+        h = _dense(self.ffn_dim, ("embed", "mlp"), dtype=self.dtype, name="fc1")(h)
+        h = jax.nn.gelu(h, approximate=False)
+        x = x + _dense(self.d_model, ("mlp", "embed"), dtype=self.dtype, name="fc2")(h)
+        return _constrain(x)
+
+
+class DecoderLayer(nn.Module):
+    d_model: int
+    num_heads: int
+    ffn_dim: int
+    dtype: Dtype = jnp.float32
+
+    def setup(self):
+        self.self_attn_layer_norm = _layer_norm("self_attn_layer_norm")
+        self.self_attn = Attention(self.d_model, self.num_heads, self.dtype)
+        self.encoder_attn_layer_norm = _layer_norm("encoder_attn_layer_norm")
+        self.encoder_attn = Attention(self.d_model, self.num_heads, self.dtype)
+        self.final_layer_norm = _layer_norm("final_layer_norm")
+        self.fc1 = _dense(self.ffn_dim, ("embed", "mlp"), dtype=self.dtype, name="fc1")
+        self.fc2 = _dense(self.d_model, ("mlp", "embed"), dtype=self.dtype, name="fc2")
+
+    def cross_kv(self, enc: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return self.encoder_attn.project_kv(enc)
+
+    def __call__(self, x, cross_kv, mask, cache=None, pos=None):
+        """One block. With `cache` ({"k", "v"} [B, T_max, H, Dh]) keys are written at `pos`."""
+        h = self.self_attn_layer_norm(x).astype(self.dtype)
+        k, v = self.self_attn.project_kv(h)
+        if cache is not None:
+            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, pos, 0, 0))
+            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, pos, 0, 0))
+            cache = {"k": k, "v": v}
+        x = x + self.self_attn.attend(h, k, v, mask)
+        h = self.encoder_attn_layer_norm(x).astype(self.dtype)
+        x = x + self.encoder_attn.attend(h, *cross_kv, None)
+        h = self.final_layer_norm(x).astype(self.dtype)
+        x = x + self.fc2(jax.nn.gelu(self.fc1(h), approximate=False))
+        return _constrain(x), cache
+
+
+class Encoder(nn.Module):
+    num_mel_bins: int
+    d_model: int
+    layers: int
+    num_heads: int
+    ffn_dim: int
+    max_positions: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, mel: jax.Array) -> tuple[jax.Array, dict]:
+        """`mel` [B, n_mels, frames] (frames <= 2 * max_positions, even) -> [B, frames/2, D]."""
+        if mel.ndim != 3 or mel.shape[1] != self.num_mel_bins:
+            raise ValueError(
+                f"encoder expects log-mel [batch, {self.num_mel_bins}, frames], got {mel.shape}"
+            )
+        frames = mel.shape[2]
+        if frames % 2 or frames // 2 > self.max_positions:
+            raise ValueError(
+                f"mel has {frames} frames; need an even count <= {2 * self.max_positions}"
+            )
+        conv = dict(
+            features=self.d_model,
+            kernel_size=(3,),
+            dtype=self.dtype,
+            kernel_init=nn.with_logical_partitioning(
+                nn.initializers.lecun_normal(), (None, None, "embed")
+            ),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+        )
+        x = jnp.swapaxes(mel, 1, 2).astype(self.dtype)  # [B, frames, n_mels]
+        x = jax.nn.gelu(nn.Conv(padding=((1, 1),), name="conv1", **conv)(x), approximate=False)
+        x = nn.Conv(strides=(2,), padding=((1, 1),), name="conv2", **conv)(x)
+        x = jax.nn.gelu(x, approximate=False)
+        table = self.param(
+            "embed_positions",
+            nn.with_logical_partitioning(
+                lambda *_: jnp.asarray(sinusoids(self.max_positions, self.d_model)),
+                (None, "embed"),
+            ),
+        )
+        # Shorter contexts use the head of the table, as Whisper does for short inputs.
+        x = _constrain(x + table[: x.shape[1]].astype(self.dtype))
+        out = {}
+        for i in range(self.layers):
+            x = EncoderLayer(
+                self.d_model, self.num_heads, self.ffn_dim, self.dtype, name=f"layers_{i}"
+            )(x)
+            out[f"encoder/layer_{i}"] = x
+        x = _layer_norm("layer_norm")(x)
+        out["encoder/output"] = x
+        return x, out
+
+
+class Decoder(nn.Module):
+    vocab_size: int
+    d_model: int
+    layers: int
+    num_heads: int
+    ffn_dim: int
+    max_positions: int
+    dtype: Dtype = jnp.float32
+
+    def setup(self):
+        self.embed_tokens = nn.Embed(
+            self.vocab_size,
+            self.d_model,
+            embedding_init=nn.with_logical_partitioning(
+                nn.initializers.normal(0.02), ("vocab", "embed")
+            ),
+        )
+        self.embed_positions = self.param(
+            "embed_positions",
+            nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),
+            (self.max_positions, self.d_model),
+        )
+        self.blocks = [
+            DecoderLayer(self.d_model, self.num_heads, self.ffn_dim, self.dtype, name=f"layers_{i}")
+            for i in range(self.layers)
+        ]
+        self.layer_norm = _layer_norm("layer_norm")
+
+    def cross_kv(self, enc: jax.Array) -> list[tuple[jax.Array, jax.Array]]:
+        return [block.cross_kv(enc.astype(self.dtype)) for block in self.blocks]
+
+    def __call__(self, tokens, cross_kv, *, cache=None, pos=0):
+        """`tokens` [B, S] at positions pos..pos+S-1 -> (logits [B, S, V] f32, out, cache)."""
+        s = tokens.shape[1]
+        positions = jax.lax.dynamic_slice_in_dim(self.embed_positions, pos, s)
+        x = self.embed_tokens(tokens).astype(self.dtype) + positions.astype(self.dtype)
+        x = _constrain(x)
+        q_pos = pos + jnp.arange(s)
+        k_pos = q_pos if cache is None else jnp.arange(cache[0]["k"].shape[1])
+        mask = (k_pos[None, :] <= q_pos[:, None])[None, None]  # [1, 1, S, K]
+        out, new_cache = {}, []
+        for i, block in enumerate(self.blocks):
+            x, layer_cache = block(
+                x, cross_kv[i], mask, None if cache is None else cache[i], pos
+            )
+            new_cache.append(layer_cache)
+            out[f"decoder/layer_{i}"] = x
+        x = self.layer_norm(x)
+        out["decoder/output"] = x
+        # Tied output projection, computed in float32 for stable losses.
+        logits = self.embed_tokens.attend(x.astype(jnp.float32))
+        return logits, out, (new_cache if cache is not None else None)
+
+
+class Whisper(nn.Module):
+    """Whisper encoder-decoder. Fields use Hugging Face `WhisperConfig` names."""
+
+    vocab_size: int = 51865
+    num_mel_bins: int = 80
+    d_model: int = 512
+    encoder_layers: int = 6
+    encoder_attention_heads: int = 8
+    decoder_layers: int = 6
+    decoder_attention_heads: int = 8
+    encoder_ffn_dim: int = 2048
+    decoder_ffn_dim: int = 2048
+    max_source_positions: int = 1500
+    max_target_positions: int = 448
+    dtype: Dtype = jnp.float32
+
+    def setup(self):
+        self.encoder = Encoder(
+            self.num_mel_bins,
+            self.d_model,
+            self.encoder_layers,
+            self.encoder_attention_heads,
+            self.encoder_ffn_dim,
+            self.max_source_positions,
+            self.dtype,
+        )
+        self.decoder = Decoder(
+            self.vocab_size,
+            self.d_model,
+            self.decoder_layers,
+            self.decoder_attention_heads,
+            self.decoder_ffn_dim,
+            self.max_target_positions,
+            self.dtype,
+        )
+
+    def __call__(self, mel: jax.Array, tokens: jax.Array, *, train: bool = False):
+        """Teacher-forced forward pass: `mel` [B, n_mels, F], `tokens` [B, S] -> (logits, out)."""
+        del train  # no dropout in the frozen model; LoRA dropout lives outside it
+        enc, out = self.encoder(mel)
+        logits, dec_out, _ = self.decoder(tokens, self.decoder.cross_kv(enc))
+        return logits, {**out, **dec_out}
+
+    def encode(self, mel: jax.Array) -> tuple[jax.Array, dict]:
+        return self.encoder(mel)
+
+    def cross_kv(self, enc: jax.Array):
+        """Per-layer cross-attention keys and values, computed once per utterance for decoding."""
+        return self.decoder.cross_kv(enc)
+
+    def decode_step(self, tokens, cross_kv, cache, pos):
+        """Decode `tokens` [B, S] at `pos` with a KV cache -> (logits [B, S, V], cache)."""
+        logits, _, cache = self.decoder(tokens, cross_kv, cache=cache, pos=pos)
+        return logits, cache
+
+    def init_cache(self, batch: int, max_len: int) -> list[dict]:
+        """Zeroed self-attention cache: one {"k", "v"} [B, max_len, H, Dh] per decoder layer."""
+        h = self.decoder_attention_heads
+        shape = (batch, max_len, h, self.d_model // h)
+        return [
+            {"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype)}
+            for _ in range(self.decoder_layers)
+        ]
+
+
+HF_FIELDS = tuple(f for f in Whisper.__dataclass_fields__ if f not in ("parent", "name", "dtype"))
+
+
+def dims_from_hf_config(cfg: dict) -> dict:
+    """Whisper constructor fields from a Hugging Face `config.json` dict, checking what we assume."""
+    missing = [k for k in HF_FIELDS if k not in cfg]
+    if missing:
+        raise ValueError(f"Whisper config lacks {missing}")
+    if cfg.get("activation_function", "gelu") != "gelu":
+        raise ValueError(f"activation_function={cfg['activation_function']!r}; only 'gelu' is supported")
+    if cfg.get("scale_embedding", False):
+        raise ValueError("scale_embedding=True is not Whisper's convention and is not supported")
+    return {k: int(cfg[k]) for k in HF_FIELDS}
+
+
+def abstract_params(model: Whisper, *, batch: int = 1, frames: int | None = None, tokens: int = 4):
+    """Boxed parameter shapes (with logical axes) from `jax.eval_shape`; no memory is allocated."""
+    frames = frames or 2 * model.max_source_positions
+    mel = jax.ShapeDtypeStruct((batch, model.num_mel_bins, frames), jnp.float32)
+    tok = jax.ShapeDtypeStruct((batch, tokens), jnp.int32)
+    return jax.eval_shape(lambda m, t: model.init(jax.random.key(0), m, t), mel, tok)["params"]
+
+
+def from_hf(folder, *, dtype: Dtype = jnp.float32) -> tuple[Whisper, dict, dict]:
+    """Model, float32 numpy params and HF config from a Hugging Face Whisper folder."""
+    from mkd_jax.models import hf_io
+
+    config, state = hf_io.load_hf_folder(folder)
+    try:
+        model = Whisper(**dims_from_hf_config(config), dtype=dtype)
+    except ValueError as e:
+        raise ValueError(f"{folder}/config.json: {e}") from e
+    expected = nn.unbox(abstract_params(model, frames=2 * model.max_source_positions))
+    try:
+        params = hf_io.flax_from_hf_state(state, expected)
+    except ValueError as e:
+        raise ValueError(f"{folder}: {e}") from e
+    return model, params, config
+
+
+def load(name_or_path: str, *, dtype: Dtype = jnp.float32) -> tuple[Whisper, dict, dict]:
+    """Load a known model name (`tiny.en`, `base`), an HF folder or a CTranslate2 folder.
+
+    Returns `(model, params, config)`; `config["_folder"]` is the resolved HF folder, which also
+    holds the tokenizer and generation config.
+    """
+    from mkd_jax import assets
+
+    folder = assets.resolve_model(name_or_path)
+    model, params, config = from_hf(folder, dtype=dtype)
+    return model, params, dict(config, _folder=str(folder))

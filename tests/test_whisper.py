@@ -1,0 +1,131 @@
+"""Flax Whisper against transformers' PyTorch Whisper on the same random weights."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+import torch
+from flax.traverse_util import flatten_dict
+from hf_reference import SHAPES, make_reference, random_mel
+from safetensors.numpy import load_file, save_file
+from transformers import WhisperForConditionalGeneration
+
+from mkd_jax.models import hf_io
+from mkd_jax.models.whisper import Whisper, from_hf
+
+TOKENS = np.array([[50258, 50259, 50359, 50363, 440, 2068, 3699, 50257]] * 2)
+
+
+@pytest.fixture(scope="module", params=sorted(SHAPES))
+def pair(request, tmp_path_factory):
+    ref = make_reference(request.param)
+    folder = tmp_path_factory.mktemp(request.param)
+    ref.save_pretrained(folder)
+    model, params, config = from_hf(folder)
+    return ref, model, params, folder
+
+
+def test_encoder_and_logits_match_transformers(pair):
+    ref, model, params, _ = pair
+    mel = random_mel(model.num_mel_bins)
+    with torch.no_grad():
+        o = ref(input_features=torch.tensor(mel), decoder_input_ids=torch.tensor(TOKENS))
+    logits, out = jax.jit(model.apply)({"params": params}, mel, TOKENS)
+    enc_err = np.abs(np.asarray(out["encoder/output"]) - o.encoder_last_hidden_state.numpy())
+    logit_err = np.abs(np.asarray(logits) - o.logits.numpy())
+    assert enc_err.max() < 1e-4, enc_err.max()
+    assert logit_err.max() < 1e-4, logit_err.max()
+    assert np.abs(o.logits.numpy()).max() > 1.0  # the comparison is not between near-zeros
+
+
+def test_out_holds_every_layer(pair):
+    _, model, params, _ = pair
+    mel = random_mel(model.num_mel_bins, batch=1)
+    logits, out = model.apply({"params": params}, mel, TOKENS[:1])
+    want = {f"encoder/layer_{i}" for i in range(model.encoder_layers)}
+    want |= {f"decoder/layer_{i}" for i in range(model.decoder_layers)}
+    assert set(out) == want | {"encoder/output", "decoder/output"}
+    assert out["encoder/layer_0"].shape == (1, 1500, model.d_model)
+    assert out["decoder/output"].shape == (1, TOKENS.shape[1], model.d_model)
+    assert logits.shape == (1, TOKENS.shape[1], model.vocab_size)
+
+
+def test_export_round_trip_is_exact_and_loads_in_transformers(pair, tmp_path):
+    ref, model, params, folder = pair
+    config = json.loads((folder / "config.json").read_text())
+    out_dir = hf_io.save_hf_folder(tmp_path / "export", config, params, copy_from=folder)
+    original = load_file(str(folder / "model.safetensors"))
+    exported = load_file(str(out_dir / "model.safetensors"))
+    assert set(exported) == set(original) - {"proj_out.weight"}
+    for key, value in exported.items():
+        np.testing.assert_array_equal(value, original[key], err_msg=key)
+    reloaded = WhisperForConditionalGeneration.from_pretrained(out_dir).eval()
+    mel = torch.tensor(random_mel(model.num_mel_bins, batch=1))
+    with torch.no_grad():
+        a = ref(input_features=mel, decoder_input_ids=torch.tensor(TOKENS[:1])).logits
+        b = reloaded(input_features=mel, decoder_input_ids=torch.tensor(TOKENS[:1])).logits
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_parameter_tree_uses_hf_names_and_logical_axes():
+    from mkd_jax.models.whisper import abstract_params
+
+    model = Whisper(**SHAPES["mel80"])
+    flat = flatten_dict(abstract_params(model), sep="/")
+    assert flat["decoder/layers_1/encoder_attn/q_proj/kernel"].names == ("embed", "heads")
+    assert flat["encoder/layers_0/fc1/kernel"].names == ("embed", "mlp")
+    assert flat["decoder/embed_tokens/embedding"].names == ("vocab", "embed")
+    assert "decoder/layers_0/self_attn/k_proj/bias" not in flat  # Whisper's k has no bias
+    assert all(getattr(v, "names", None) is not None for v in flat.values())
+
+
+def test_short_context_slices_position_table(pair):
+    _, model, params, _ = pair
+    mel = random_mel(model.num_mel_bins, batch=1)[:, :, :1000]
+    _, out = model.apply({"params": params}, mel, TOKENS[:1])
+    assert out["encoder/output"].shape == (1, 500, model.d_model)
+    with pytest.raises(ValueError, match="frames"):
+        model.apply({"params": params}, random_mel(model.num_mel_bins, batch=1)[:, :, :999],
+                    TOKENS[:1])
+
+
+def _write_state(folder, state, config):
+    folder.mkdir()
+    save_file(state, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def test_bad_checkpoints_name_the_tensor(pair, tmp_path):
+    _, _, _, folder = pair
+    config = json.loads((folder / "config.json").read_text())
+    state = load_file(str(folder / "model.safetensors"))
+    key = "model.decoder.layers.0.fc1.weight"
+
+    missing = {k: v for k, v in state.items() if k != key}
+    _write_state(tmp_path / "missing", missing, config)
+    with pytest.raises(ValueError, match=r"missing tensor for decoder/layers_0/fc1/kernel"):
+        from_hf(tmp_path / "missing")
+
+    extra = dict(state, **{"model.decoder.layers.0.extra.weight": np.zeros((2, 2), np.float32)})
+    _write_state(tmp_path / "extra", extra, config)
+    with pytest.raises(ValueError, match=r"unknown tensor 'model.decoder.layers.0.extra.weight'"):
+        from_hf(tmp_path / "extra")
+
+    bad = dict(state, **{key: state[key][:, :-1].copy()})
+    _write_state(tmp_path / "shape", bad, config)
+    with pytest.raises(ValueError, match=r"shape mismatch for 'model.decoder.layers.0.fc1.weight'"):
+        from_hf(tmp_path / "shape")
+
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        from_hf(tmp_path)
+
+
+def test_sharded_safetensors_folder_loads(pair, tmp_path):
+    ref, model, params, _ = pair
+    ref.save_pretrained(tmp_path, max_shard_size="200KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    _, sharded, _ = from_hf(tmp_path)
+    for (k, a), (_, b) in zip(sorted(flatten_dict(params, sep="/").items()),
+                              sorted(flatten_dict(sharded, sep="/").items()), strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=k)

@@ -1,0 +1,139 @@
+"""Benchmarks that print speed figures. Never run in the timed test suite.
+
+    python -m mkd_jax.bench decode [--models=tiny.en,base] [--batch_sizes=1,16] [--clips=16]
+
+`decode`: greedy decoding real-time factor (wall seconds / audio seconds, lower is better) and
+generated tokens per second, for our jitted decoder and for transformers' PyTorch `generate`, on
+the same clips and the same log-mel features, in the same run. Compile time is reported apart.
+The clips are synthesised speech (Kokoro voices), or the files given with `--audio`.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import platform
+import time
+
+import numpy as np
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", ["tiny.en", "base"], "Models to benchmark.")
+flags.DEFINE_list("batch_sizes", ["1", "16"], "Batch sizes.")
+flags.DEFINE_integer("clips", 16, "Number of clips (a multiple of every batch size).")
+flags.DEFINE_string("audio", None, "Glob of audio files to use instead of synthesised speech.")
+flags.DEFINE_integer("max_new_tokens", 96, "Token limit per clip.")
+flags.DEFINE_boolean("torch", True, "Also time transformers' PyTorch generate.")
+
+SENTENCES = [
+    "The birch canoe slid on the smooth planks.",
+    "Glue the sheet to the dark blue background.",
+    "It's easy to tell the depth of a well.",
+    "These days a chicken leg is a rare dish.",
+    "Rice is often served in round bowls.",
+    "The juice of lemons makes fine punch.",
+    "The box was thrown beside the parked truck.",
+    "The hogs were fed chopped corn and garbage.",
+    "Four hours of steady work faced us.",
+    "A large size in stockings is hard to sell.",
+    "The boy was there when the sun rose.",
+    "A rod is used to catch pink salmon.",
+    "The source of the huge river is the clear spring.",
+    "Kick the ball straight and follow through.",
+    "Help the woman get back to her feet.",
+    "A pot of tea helps to pass the evening.",
+]
+VOICES = ["kokoro:af_heart", "kokoro:am_michael", "kokoro:bf_emma", "kokoro:bm_george"]
+
+
+def _clips(n: int) -> list[np.ndarray]:
+    if FLAGS.audio:
+        from mkd_jax.data.audio import read_audio
+
+        paths = sorted(glob.glob(FLAGS.audio))[:n]
+        if len(paths) < n:
+            raise app.UsageError(f"--audio={FLAGS.audio!r} matched {len(paths)} files, need {n}")
+        return [read_audio(p) for p in paths]
+    from mkd_jax.data.voices import synthesize
+
+    return [synthesize(SENTENCES[i % len(SENTENCES)], VOICES[i % len(VOICES)]) for i in range(n)]
+
+
+def _ours(name, mel, batch, max_new):
+    from mkd_jax import decode
+    from mkd_jax.data.tokenizers import load_tokenizer
+    from mkd_jax.models.whisper import load
+
+    model, params, config = load(name)
+    tok = load_tokenizer(config["_folder"], model_vocab_size=model.vocab_size)
+    spec = decode.spec_from_folder(config["_folder"], tok, max_new_tokens=max_new)
+    fn = decode.make_generate_fn(model, spec)
+    t0 = time.perf_counter()
+    np.asarray(fn(params, mel[:batch]))
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    outs = [np.asarray(fn(params, mel[i : i + batch])) for i in range(0, len(mel), batch)]
+    wall = time.perf_counter() - t0
+    rows = decode.strip(np.concatenate(outs), spec.eot)
+    texts = [tok.decode(r) for r in rows]
+    return wall, sum(len(r) + 1 for r in rows), compile_s, texts
+
+
+def _torch(name, mel, batch, max_new):
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    from mkd_jax import assets
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    ref = WhisperForConditionalGeneration.from_pretrained(assets.resolve_model(name)).eval()
+    kwargs = dict(max_new_tokens=max_new, num_beams=1, do_sample=False)
+    if ref.generation_config.is_multilingual:
+        kwargs.update(language="en", task="transcribe")
+    with torch.inference_mode():
+        ref.generate(torch.tensor(mel[:batch]), **kwargs)  # warm-up
+        t0 = time.perf_counter()
+        outs = [ref.generate(torch.tensor(mel[i : i + batch]), **kwargs).numpy()
+                for i in range(0, len(mel), batch)]
+        wall = time.perf_counter() - t0
+    eot = ref.generation_config.eos_token_id
+    from mkd_jax.decode import strip
+
+    rows = [r for o in outs for r in strip(o, eot)]
+    return wall, sum(len(r) + 1 for r in rows)
+
+
+def bench_decode():
+    from mkd_jax.data import features
+
+    batch_sizes = [int(b) for b in FLAGS.batch_sizes]
+    clips = _clips(FLAGS.clips)
+    audio_s = sum(len(c) for c in clips) / features.SAMPLE_RATE
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"{len(clips)} clips, {audio_s:.1f} s of audio, 30 s windows, greedy")
+    header = f"{'model':8} {'batch':>5} {'impl':>8} {'RTF':>7} {'tok/s':>7} {'compile s':>9}"
+    print(header + "\n" + "-" * len(header))
+    for name in FLAGS.models:
+        from mkd_jax.models.whisper import load
+
+        mel = features.log_mel(clips, n_mels=load(name)[0].num_mel_bins)
+        for batch in batch_sizes:
+            wall, toks, compile_s, texts = _ours(name, mel, batch, FLAGS.max_new_tokens)
+            print(f"{name:8} {batch:5d} {'mkd_jax':>8} {wall / audio_s:7.3f} {toks / wall:7.1f} "
+                  f"{compile_s:9.1f}", flush=True)
+            if FLAGS.torch:
+                wall_t, toks_t = _torch(name, mel, batch, FLAGS.max_new_tokens)
+                print(f"{name:8} {batch:5d} {'torch':>8} {wall_t / audio_s:7.3f} "
+                      f"{toks_t / wall_t:7.1f} {'-':>9}", flush=True)
+        print(f"  sample ({name}): {texts[0]!r}")
+
+
+def main(argv):
+    if len(argv) != 2 or argv[1] not in ("decode",):
+        raise app.UsageError("usage: python -m mkd_jax.bench decode [flags]")
+    bench_decode()
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -40,8 +40,11 @@ def read_audio(source: str | os.PathLike | bytes) -> np.ndarray:
     if not isinstance(source, bytes) and not os.path.isfile(source):
         raise AudioError(f"{where}: no such file")
     try:
-        audio, sr = sf.read(io.BytesIO(source) if isinstance(source, bytes) else source,
-                            dtype="float32", always_2d=False)
+        audio, sr = sf.read(
+            io.BytesIO(source) if isinstance(source, bytes) else source,
+            dtype="float32",
+            always_2d=False,
+        )
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         raise AudioError(f"{where}: unreadable audio ({e})") from e
     return to_16k_mono(audio, sr, where=where)

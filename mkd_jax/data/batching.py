@@ -1,0 +1,375 @@
+"""Length-bucketed batches with checkpointable order, per-host slices and background prefetch.
+
+Every utterance goes to the smallest bucket `(n_frames, n_tokens)` that holds its audio and its
+longest token sequence, so JAX compiles one program per bucket, not per length. An epoch's plan
+(which utterances form which global batch, and the batch order) is a pure function of the seed,
+the epoch and the data, so the iterator's state is four numbers plus a fingerprint, and restoring
+it replays the same batches. Each process builds the same plan and decodes only its own rows of
+each global batch; `make_global_batch` joins the slices into one `jax.Array`.
+
+Token layout (Whisper's): `decoder_input = prompt + text`, `labels` is it shifted left by one and
+ending in EOT. Prompt positions carry no loss except the last, which predicts the first text token;
+EOT is a real target, and only padding (filled with EOT) has `mask == 0`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import queue
+import threading
+import weakref
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import astuple, dataclass
+
+import numpy as np
+
+from mkd_jax.data import features
+from mkd_jax.data.audio import AudioError
+from mkd_jax.data.loaders import Utterances
+
+log = logging.getLogger(__name__)
+
+FRAMES_PER_SECOND = features.SAMPLE_RATE // features.HOP  # 100
+STUDENT = "student"
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One static batch shape: mel frames, decoder positions and the global batch size."""
+
+    n_frames: int
+    n_tokens: int
+    batch_size: int
+
+
+def make_buckets(
+    token_buckets: Sequence[int] = (32, 64, 128, 224),
+    frame_buckets: Sequence[int] = (features.N_FRAMES,),
+    batch_size: int | Mapping = 16,
+) -> list[Bucket]:
+    """The cross product of frame and token lengths, each with its global batch size.
+
+    Args:
+      token_buckets: decoder lengths (prompt + text; Whisper allows at most 448).
+      frame_buckets: mel frames, 100 a second; 3000 is Whisper's 30 s context, fewer a shorter one.
+      batch_size: one size for all, or a mapping from `n_tokens` or `(n_frames, n_tokens)` to size.
+    """
+    buckets = []
+    for f in sorted(set(frame_buckets)):
+        for t in sorted(set(token_buckets)):
+            if isinstance(batch_size, Mapping):
+                b = batch_size.get((f, t), batch_size.get(t))
+                if b is None:
+                    raise ValueError(f"batch_size has no entry for bucket ({f}, {t}) or {t}")
+            else:
+                b = batch_size
+            if min(f, t, b) < 1:
+                raise ValueError(
+                    f"bucket sizes must be positive, got frames {f} tokens {t} batch {b}"
+                )
+            buckets.append(Bucket(int(f), int(t), int(b)))
+    return buckets
+
+
+def decoder_arrays(prompt: Sequence[int], text: Sequence[int], eot: int, n_tokens: int):
+    """`(decoder_input, labels, mask)` of one utterance, each `[n_tokens]`, padded with EOT."""
+    seq = np.asarray(list(prompt) + list(text), np.int32)
+    n = len(seq)
+    if n > n_tokens:
+        raise ValueError(f"{n} decoder positions do not fit a bucket of {n_tokens}")
+    dec = np.full(n_tokens, eot, np.int32)
+    labels = np.full(n_tokens, eot, np.int32)
+    mask = np.zeros(n_tokens, np.float32)
+    dec[:n] = seq
+    labels[: n - 1] = seq[1:]  # position n - 1 predicts EOT, already in place
+    mask[len(prompt) - 1 : n] = 1.0
+    return dec, labels, mask
+
+
+class BatchIterator:
+    """Endless (or one-pass) iterator of numpy batch dicts for this process.
+
+    Each batch holds `mel [B, n_mels, F]` float32, `decoder_input`, `labels` `[B, S]` int32,
+    `mask [B, S]` float32, `ids [B]` str ("" for padding), `valid [B]` float32 (0 for padding rows
+    of a final partial batch and for clips that failed to decode), and for each extra tokenizer
+    `t:<name>/decoder_input`, `t:<name>/labels`, `t:<name>/mask`. `B` is the bucket's global batch
+    size divided by `process_count`.
+
+    Args:
+      utts: the split, from `loaders.load_split`.
+      tokenizers: name -> `WhisperTokenizer`; "student" is required and unprefixed.
+      buckets: from `make_buckets`.
+      n_mels: 80 or 128.
+      seed: shuffling seed; epoch `e` shuffles with `default_rng([seed, e])`.
+      shuffle: shuffle within buckets and the batch order; off, batches go bucket by bucket.
+      repeat: run epoch after epoch; off, stop after one pass.
+      language, task: prompt of every tokenizer.
+      leading_space: encode `" " + text`, as Whisper emits its first word with a space.
+      prefetch: batches prepared ahead in a background thread (0: none, prepared on demand).
+      process_index, process_count: this host's slice; default `jax.process_index()/count()`.
+    """
+
+    def __init__(
+        self,
+        utts: Utterances,
+        tokenizers: Mapping,
+        *,
+        buckets: Sequence[Bucket] | None = None,
+        n_mels: int = 80,
+        seed: int = 0,
+        shuffle: bool = True,
+        repeat: bool = True,
+        language: str = "en",
+        task: str = "transcribe",
+        leading_space: bool = True,
+        prefetch: int = 2,
+        process_index: int | None = None,
+        process_count: int | None = None,
+    ):
+        if STUDENT not in tokenizers:
+            raise ValueError(f"tokenizers need a {STUDENT!r} entry, got {sorted(tokenizers)}")
+        if process_index is None or process_count is None:
+            import jax
+
+            process_index = jax.process_index() if process_index is None else process_index
+            process_count = jax.process_count() if process_count is None else process_count
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+        self.buckets = list(buckets) if buckets is not None else make_buckets()
+        bad = [b for b in self.buckets if b.batch_size % process_count]
+        if bad:
+            raise ValueError(f"batch sizes of {bad} are not divisible by {process_count} processes")
+        self.utts, self.n_mels, self.seed = utts, n_mels, int(seed)
+        self.shuffle, self.repeat, self.prefetch = shuffle, repeat, prefetch
+        self.process_index, self.process_count = process_index, process_count
+        self._toks = {}  # name -> (prompt, eot, [token ids per utterance])
+        lengths = np.zeros(len(utts), np.int64)
+        for name, tok in tokenizers.items():
+            prompt = tok.prompt_ids(language, task)
+            ids = [tok.encode(" " + t if leading_space else t) for t in utts.texts]
+            self._toks[name] = (prompt, tok.eot, ids)
+            lengths = np.maximum(lengths, [len(prompt) + len(i) for i in ids])
+        # A copy, so several iterators over one split do not count each other's skips.
+        self.report = dataclasses.replace(utts.report, counts=Counter(utts.report.counts))
+        self._members = self._assign(lengths)
+        # Fingerprint of the buckets and their members, so a state restored on other data fails.
+        self._digest = hashlib.sha256(repr(self.buckets).encode())
+        for k, members in enumerate(self._members):
+            self._digest.update(f"{k}:".encode() + "\0".join(utts.ids[i] for i in members).encode())
+        self._epoch, self._position = 0, 0
+        self._plans: dict[int, tuple[list, str]] = {}
+        self._plan_lock = threading.Lock()
+        self._queue = self._thread = self._stop = None
+
+    def _assign(self, lengths: np.ndarray) -> list[np.ndarray]:
+        """Members of each bucket: the smallest (frames first, then tokens) that fits."""
+        frames = np.ceil(self.utts.durations * FRAMES_PER_SECOND - 1e-6).astype(np.int64)
+        order = sorted(range(len(self.buckets)), key=lambda k: astuple(self.buckets[k]))
+        members = [[] for _ in self.buckets]
+        for i in range(len(self.utts)):
+            fits = (k for k in order if self.buckets[k].n_frames >= frames[i])
+            k = next((k for k in fits if self.buckets[k].n_tokens >= lengths[i]), None)
+            if k is None:
+                detail = f"{frames[i]} frames, {lengths[i]} decoder positions"
+                dur = float(self.utts.durations[i])
+                self.report.skip("exceeds_bucket", self.utts.where(i), detail, seconds=dur)
+                continue
+            members[k].append(i)
+        kept = sum(len(m) for m in members)
+        self.report.kept -= len(self.utts) - kept
+        if kept == 0:
+            raise ValueError(f"{self.utts.source}: no utterance fits buckets {self.buckets}")
+        return [np.asarray(m, np.int64) for m in members]
+
+    # ----- the plan: global batches of one epoch -----
+
+    def _plan(self, epoch: int) -> tuple[list[tuple[int, np.ndarray]], str]:
+        """`([(bucket, global indices with -1 padding)], fingerprint)` of one epoch."""
+        with self._plan_lock:
+            if epoch not in self._plans:
+                rng = np.random.default_rng([self.seed, epoch])
+                plan = []
+                for k, members in enumerate(self._members):
+                    order = rng.permutation(members) if self.shuffle else members
+                    size = self.buckets[k].batch_size
+                    for start in range(0, len(order), size):
+                        idx = np.full(size, -1, np.int64)
+                        chunk = order[start : start + size]
+                        idx[: len(chunk)] = chunk
+                        plan.append((k, idx))
+                if self.shuffle:
+                    plan = [plan[j] for j in rng.permutation(len(plan))]
+                digest = self._digest.copy()
+                for k, idx in plan:
+                    digest.update(np.int64(k).tobytes() + idx.tobytes())
+                self._plans = {e: p for e, p in self._plans.items() if e >= epoch - 1}
+                self._plans[epoch] = (plan, digest.hexdigest()[:16])
+            return self._plans[epoch]
+
+    def batches_per_epoch(self) -> int:
+        return len(self._plan(0)[0])
+
+    def state(self) -> dict:
+        """JSON-able position after the last batch returned; `restore` continues from it."""
+        return {
+            "seed": self.seed,
+            "epoch": self._epoch,
+            "position": self._position,
+            "buckets": [[b.n_frames, b.n_tokens, b.batch_size] for b in self.buckets],
+            "plan": self._plan(self._epoch)[1],
+        }
+
+    def restore(self, state: Mapping) -> None:
+        """Continues after the batch at which `state` was taken.
+
+        Raises:
+          ValueError: if the buckets or the data differ from when the state was saved.
+        """
+        self.close()
+        buckets = [[b.n_frames, b.n_tokens, b.batch_size] for b in self.buckets]
+        if [list(b) for b in state["buckets"]] != buckets:
+            raise ValueError(f"state has buckets {state['buckets']}, this iterator {buckets}")
+        self.seed, self._epoch, self._position = int(state["seed"]), int(state["epoch"]), 0
+        self._plans = {}
+        plan, digest = self._plan(self._epoch)
+        if digest != state["plan"] or not 0 <= int(state["position"]) <= len(plan):
+            raise ValueError(
+                f"{self.utts.source}: the batch plan of epoch {self._epoch} differs from the "
+                f"saved state ({digest} vs {state['plan']}); the data or tokenizers changed"
+            )
+        self._position = int(state["position"])
+
+    # ----- making batches -----
+
+    def _batch(self, k: int, global_idx: np.ndarray) -> dict[str, np.ndarray]:
+        bucket = self.buckets[k]
+        rows = len(global_idx) // self.process_count
+        idx = global_idx[self.process_index * rows : (self.process_index + 1) * rows]
+        audio = np.zeros((rows, bucket.n_frames * features.HOP), np.float32)
+        valid = np.zeros(rows, np.float32)
+        for r, i in enumerate(idx):
+            if i < 0:
+                continue
+            try:
+                clip = self.utts.audio(i)[: audio.shape[1]]
+            except AudioError as e:
+                self.report.skip("decode_failed", self.utts.where(i), str(e))
+                continue
+            audio[r, : len(clip)] = clip
+            valid[r] = 1.0
+        batch = {
+            "mel": features.log_mel(audio, n_mels=self.n_mels, n_frames=bucket.n_frames),
+            "ids": np.array([self.utts.ids[i] if i >= 0 else "" for i in idx], dtype=str),
+            "valid": valid,
+        }
+        for name, (prompt, eot, tokens) in self._toks.items():
+            prefix = "" if name == STUDENT else f"t:{name}/"
+            arrays = [
+                decoder_arrays(prompt, tokens[i] if i >= 0 else [], eot, bucket.n_tokens)
+                for i in idx
+            ]
+            dec, labels, mask = (np.stack(a) for a in zip(*arrays, strict=True))
+            batch[prefix + "decoder_input"] = dec
+            batch[prefix + "labels"] = labels
+            batch[prefix + "mask"] = mask * valid[:, None]
+        return batch
+
+    def _step(self, epoch: int, position: int):
+        """`(epoch, next position, batch)` of the batch at a position, or `None` after the end."""
+        plan, _ = self._plan(epoch)
+        while position >= len(plan):
+            log.info("epoch %d done: %s", epoch, self.report.summary())
+            if not self.repeat:
+                return None
+            epoch, position = epoch + 1, 0
+            plan, _ = self._plan(epoch)
+        return epoch, position + 1, self._batch(*plan[position])
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self.prefetch <= 0:
+            item = self._step(self._epoch, self._position)
+        else:
+            if self._queue is None:
+                self._stop = threading.Event()
+                self._queue = queue.Queue(maxsize=self.prefetch)
+                args = (weakref.ref(self), self._queue, self._stop, self._epoch, self._position)
+                self._thread = threading.Thread(target=_prefetch, args=args, daemon=True)
+                self._thread.start()
+            item = self._queue.get()
+            if item is None or isinstance(item, BaseException):
+                self._queue.put(item)  # the thread has stopped: answer later calls the same way
+        if isinstance(item, BaseException):
+            raise item
+        if item is None:
+            raise StopIteration
+        self._epoch, self._position, batch = item
+        return batch
+
+    def close(self) -> None:
+        """Stops the prefetch thread; the next `__next__` restarts from the current state."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+        self._queue = self._thread = self._stop = None
+
+    def __del__(self):
+        if getattr(self, "_stop", None) is not None:
+            self._stop.set()
+
+
+def _prefetch(ref, q: queue.Queue, stop: threading.Event, epoch: int, position: int) -> None:
+    """Background producer. It holds the iterator only weakly, so a dropped iterator ends it."""
+    while True:
+        it = ref()
+        if it is None or stop.is_set():
+            return
+        try:
+            item = it._step(epoch, position)
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            item = e
+        del it
+        while not stop.is_set() and ref() is not None:
+            try:
+                q.put(item, timeout=0.1)
+                break
+            except queue.Full:
+                pass
+        if item is None or isinstance(item, BaseException):
+            return
+        epoch, position = item[0], item[1]
+
+
+def make_global_batch(local_batch: Mapping[str, np.ndarray], mesh, sharding=None) -> dict:
+    """Joins every process's slice of a batch into global `jax.Array`s.
+
+    Args:
+      local_batch: this process's batch from `BatchIterator`.
+      mesh: the device mesh.
+      sharding: a `NamedSharding` or `PartitionSpec` for the batch dimension; by default the batch
+        is split over the mesh axes "data" and "fsdp" that exist.
+
+    Returns:
+      Every numeric array of the batch as a global array (leading dim times
+      `jax.process_count()`), ready for a jitted step. `ids` is left out: strings cannot be device
+      arrays, and the local batch still has this process's ids.
+    """
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    if sharding is None:
+        sharding = PartitionSpec(tuple(a for a in mesh.axis_names if a in ("data", "fsdp")))
+    if isinstance(sharding, PartitionSpec):
+        sharding = NamedSharding(mesh, sharding)
+    out = {}
+    for key, value in local_batch.items():
+        if value.dtype.kind in "USO":
+            continue
+        shape = (value.shape[0] * jax.process_count(), *value.shape[1:])
+        out[key] = jax.make_array_from_process_local_data(sharding, value, shape)
+    return out

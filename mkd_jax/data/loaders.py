@@ -1,0 +1,471 @@
+"""One interface over speech corpora: `load_split(source, split) -> Utterances`.
+
+Sources (`source["kind"]`): a LibriSpeech folder, a Hugging Face dataset (`load_dataset` or a
+`save_to_disk` folder) and CSV/JSONL manifests. Loading reads only audio headers (sample rate,
+length), never the samples, so a 100k-utterance corpus loads in seconds and `Utterances.audio(i)`
+decodes one clip on demand. Audio is decoded with soundfile, not datasets' `Audio` feature, which
+needs torch (STACK.md). Transcripts stay raw (only outer whitespace is stripped); WER normalises.
+
+Bad input (missing, empty or unreadable audio, a sample rate under `min_sample_rate` or unlike a
+declared `sampling_rate` column, an empty transcript) is skipped with a warning and counted in a
+`BadInputReport`; loading fails only when the bad fraction exceeds `max_bad_fraction`. Duration
+filtering (`min_seconds`, `max_seconds`) is a deliberate choice, not bad data: it is counted and
+reported, but does not count towards that fraction.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import threading
+from collections import Counter
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import soundfile as sf
+
+from mkd_jax.data.audio import AudioError, read_audio, to_16k_mono
+
+log = logging.getLogger(__name__)
+
+KINDS = ("librispeech", "hf", "disk", "manifest")
+DEFAULTS = {
+    "kind": None, "path": None, "name": None, "config": None, "data_files": None,
+    "data_dir": None, "audio_column": "audio", "text_column": "text", "id_column": "id",
+    "rate_column": "sampling_rate", "min_seconds": 0.0, "max_seconds": 30.0,
+    "min_sample_rate": 8000, "max_bad_fraction": 0.01, "limit": None,
+}  # fmt: skip
+BAD = {  # reasons that count towards max_bad_fraction
+    "missing": "missing audio file", "empty_audio": "empty audio",
+    "unreadable": "unreadable or corrupt audio", "sample_rate": "unexpected sample rate",
+    "empty_text": "empty transcript", "decode_failed": "audio failed to decode",
+}  # fmt: skip
+FILTERED = {  # deliberate filters: reported, not counted as bad
+    "too_short": "shorter than min_seconds", "too_long": "longer than max_seconds",
+    "exceeds_bucket": "longer than the largest batching bucket",
+}  # fmt: skip
+_WARNINGS_PER_REASON = 20  # then one line saying further warnings are suppressed
+_PROBE_CHUNK = 512
+
+
+class BadInputError(ValueError):
+    """Too much of a source is unusable; the message names the source, the counts and the limit."""
+
+
+@dataclass
+class BadInputReport:
+    """Per-reason counts of skipped utterances from one source, for the end-of-pass summary."""
+
+    source: str
+    seen: int = 0
+    kept: int = 0
+    counts: Counter = field(default_factory=Counter)
+    filtered_seconds: float = 0.0  # audio dropped by duration/bucket filtering
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def skip(self, reason: str, where: str, detail: str = "", seconds: float = 0.0) -> None:
+        """Counts one skipped utterance and logs a warning naming it (capped per reason)."""
+        if reason not in BAD and reason not in FILTERED:
+            raise ValueError(f"unknown skip reason {reason!r}")
+        with self._lock:
+            self.counts[reason] += 1
+            n = self.counts[reason]
+            if reason in FILTERED:
+                self.filtered_seconds += seconds
+        what = BAD.get(reason) or FILTERED[reason]
+        if n <= _WARNINGS_PER_REASON:
+            log.warning(
+                "%s: skipping %s: %s%s", self.source, where, what, f" ({detail})" * bool(detail)
+            )
+        if n == _WARNINGS_PER_REASON:
+            log.warning("%s: further %r warnings suppressed; see the summary", self.source, reason)
+
+    @property
+    def bad(self) -> int:
+        return sum(n for r, n in self.counts.items() if r in BAD)
+
+    @property
+    def filtered(self) -> int:
+        return sum(n for r, n in self.counts.items() if r in FILTERED)
+
+    @property
+    def bad_fraction(self) -> float:
+        return self.bad / max(self.seen, 1)
+
+    def summary(self) -> str:
+        """One line: kept/seen, then the bad and the filtered utterances by reason."""
+        bad = ", ".join(f"{BAD[r]}: {self.counts[r]}" for r in BAD if self.counts[r])
+        flt = ", ".join(f"{FILTERED[r]}: {self.counts[r]}" for r in FILTERED if self.counts[r])
+        return (
+            f"{self.source}: kept {self.kept} of {self.seen} utterances; "
+            f"bad {self.bad} ({self.bad_fraction:.2%}){f' [{bad}]' * bool(bad)}"
+            + f"; filtered {self.filtered} ({self.filtered_seconds / 3600:.2f} h) [{flt}]"
+            * bool(flt)
+        )
+
+    def check(self, max_bad_fraction: float) -> None:
+        """Raises `BadInputError` if the bad fraction exceeds `max_bad_fraction`."""
+        if self.bad_fraction > max_bad_fraction:
+            raise BadInputError(
+                f"{self.summary()}: bad fraction {self.bad_fraction:.2%} exceeds "
+                f"max_bad_fraction={max_bad_fraction:.2%}"
+            )
+
+
+class _Skip(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason, detail)
+        self.reason, self.detail = reason, detail
+
+
+def _info(f) -> tuple[int, int]:
+    """(sample rate, frames) from an audio header; raises `_Skip` on unreadable audio."""
+    try:
+        info = sf.info(f)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        raise _Skip("unreadable", str(e)) from e
+    if info.frames <= 0:
+        raise _Skip("empty_audio", "0 samples")
+    return int(info.samplerate), int(info.frames)
+
+
+def _file_info(path: str) -> tuple[int, int]:
+    if not os.path.isfile(path):
+        raise _Skip("missing", "no such file")
+    if os.path.getsize(path) == 0:
+        raise _Skip("empty_audio", "0-byte file")
+    return _info(path)
+
+
+class _Audio:
+    """Audio by row, from path strings or an Arrow column: struct {bytes, path}, struct {array,
+    sampling_rate} or paths. Encoded bytes are sliced out of the (memory-mapped) Arrow buffers
+    without copying, so probing a header touches only the pages holding it."""
+
+    def __init__(
+        self, column: pa.ChunkedArray | list, name: str = "audio", root: Path | None = None
+    ):
+        if isinstance(column, list):
+            column = pa.chunked_array([pa.array(column, pa.string())])
+        t, self.column, self.blobs = column.type, column, None
+        self.kind = "array" if pa.types.is_struct(t) and t.get_field_index("array") >= 0 else "file"
+        self.starts = np.cumsum([0] + [len(c) for c in column.chunks])
+        self.paths = [None] * len(column)
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            self.paths = column.to_pylist()
+        elif pa.types.is_struct(t) and t.get_field_index("bytes") >= 0:
+            fields, self.paths, self.blobs = [f.name for f in t], [], []
+            for chunk in column.chunks:
+                kids = dict(zip(fields, chunk.flatten(), strict=True))  # flatten applies offsets
+                b = kids["bytes"]
+                width = np.int64 if pa.types.is_large_binary(b.type) else np.int32
+                offs = np.frombuffer(b.buffers()[1], width)[b.offset : b.offset + len(b) + 1]
+                self.blobs.append((b.buffers()[2], offs, b.is_valid().to_numpy(False)))
+                self.paths += kids["path"].to_pylist() if "path" in kids else [None] * len(b)
+        elif self.kind != "array":
+            raise ValueError(
+                f"audio column {name!r} has type {t}; expected a struct with 'bytes'/'path' "
+                "or 'array'/'sampling_rate', or path strings"
+            )
+        if root is not None:
+            self.paths = [p if not p or os.path.isabs(p) else str(root / p) for p in self.paths]
+
+    def _locate(self, row: int) -> tuple[int, int]:
+        c = int(np.searchsorted(self.starts, row, side="right")) - 1
+        return c, row - int(self.starts[c])
+
+    def _blob(self, row: int) -> pa.Buffer | None:
+        if self.blobs is None:
+            return None
+        c, j = self._locate(row)
+        data, offs, valid = self.blobs[c]
+        return data.slice(int(offs[j]), int(offs[j + 1] - offs[j])) if valid[j] else None
+
+    def where(self, row: int) -> str:
+        return self.paths[row] or f"row {row}"
+
+    def probe(self, row: int) -> tuple[int, int]:
+        if self.kind == "array":
+            item = self.column[row]
+            n = len(item["array"]) if item["array"].is_valid else 0
+            if n == 0:
+                raise _Skip("empty_audio", "0 samples")
+            return int(item["sampling_rate"].as_py() or 0), n
+        blob = self._blob(row)
+        if blob is not None:
+            if blob.size == 0:
+                raise _Skip("empty_audio", "0 bytes")
+            return _info(pa.BufferReader(blob))
+        if self.paths[row] is None:
+            raise _Skip("missing", "no bytes and no path")
+        return _file_info(self.paths[row])
+
+    def read(self, row: int) -> np.ndarray:
+        if self.kind == "array":
+            item = self.column[row]
+            audio = item["array"].values.to_numpy(zero_copy_only=False)
+            return to_16k_mono(audio, int(item["sampling_rate"].as_py()), where=self.where(row))
+        blob = self._blob(row)
+        if blob is None and self.paths[row] is None:
+            raise AudioError(f"{self.where(row)}: no bytes and no path")
+        return read_audio(self.paths[row] if blob is None else blob.to_pybytes())
+
+
+@dataclass
+class _Candidates:
+    """Everything a source lists, before any audio is looked at."""
+
+    ids: list[str]
+    texts: list[str | None]
+    audio: _Audio
+    declared_rates: list | None = None
+    extras: dict[str, list] = field(default_factory=dict)
+
+
+@dataclass
+class Utterances:
+    """The usable utterances of one split; audio is decoded lazily by `audio(i)`."""
+
+    source: str
+    ids: list[str]
+    texts: list[str]
+    durations: np.ndarray  # [N] seconds, from the audio headers
+    extras: dict[str, list]  # other per-utterance columns (voice, engine, ...), kept rows only
+    report: BadInputReport
+    _audio: _Audio
+    _rows: np.ndarray  # [N] row of each utterance in the source
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def audio(self, i: int) -> np.ndarray:
+        """Utterance `i` as 16 kHz mono float32; raises `AudioError` naming it if decoding fails."""
+        try:
+            return self._audio.read(int(self._rows[i]))
+        except AudioError as e:
+            raise AudioError(f"{self.source} id {self.ids[i]!r}: {e}") from e
+
+    def where(self, i: int) -> str:
+        return f"id {self.ids[i]!r} ({self._audio.where(int(self._rows[i]))})"
+
+
+def _config(source: Mapping) -> dict:
+    cfg = dict(DEFAULTS)
+    unknown = sorted(set(source.keys()) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown data source key(s) {unknown}; known: {sorted(DEFAULTS)}")
+    cfg.update({k: source[k] for k in source.keys()})
+    if cfg["kind"] not in KINDS:
+        raise ValueError(f"data source kind must be one of {KINDS}, got {cfg['kind']!r}")
+    if cfg["kind"] != "hf" and not cfg["path"]:
+        raise ValueError(f"data source of kind {cfg['kind']!r} needs a 'path'")
+    return cfg
+
+
+def _librispeech(cfg: dict, split: str) -> tuple[str, _Candidates]:
+    root = Path(cfg["path"]) / split
+    if not root.is_dir():
+        raise FileNotFoundError(f"LibriSpeech split folder {root} does not exist")
+    ids, texts, paths = [], [], []
+    for trans in sorted(root.glob("*/*/*.trans.txt")):
+        for n, line in enumerate(trans.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            uid, _, text = line.strip().partition(" ")
+            if not uid.startswith(f"{trans.parent.parent.name}-{trans.parent.name}-"):
+                raise ValueError(f"{trans}:{n}: utterance id {uid!r} does not match its folder")
+            ids.append(uid)
+            texts.append(text)
+            paths.append(str(trans.parent / f"{uid}.flac"))
+    if not ids:
+        raise FileNotFoundError(f"no */*/*.trans.txt transcripts under {root}")
+    return str(root), _Candidates(ids, texts, _Audio(paths))
+
+
+def _manifest_file(cfg: dict, split: str) -> Path:
+    path = str(cfg["path"])
+    if "{split}" in path:
+        return Path(path.format(split=split))
+    if os.path.isdir(path):
+        found = [Path(path) / f"{split}{ext}" for ext in (".csv", ".jsonl", ".json")]
+        found = [p for p in found if p.is_file()]
+        if not found:
+            raise FileNotFoundError(f"no {split}.csv or {split}.jsonl manifest in {path}")
+        return found[0]
+    return Path(path)
+
+
+def _manifest(cfg: dict, split: str) -> tuple[str, _Candidates]:
+    file = _manifest_file(cfg, split)
+    if not file.is_file():
+        raise FileNotFoundError(f"manifest {file} does not exist")
+    if file.suffix == ".csv":
+        with file.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            rows = list(reader)
+        if "text" not in header or not {"path", "audio_filepath"} & set(header):
+            raise ValueError(f"{file}: CSV header needs 'path' and 'text', got {header}")
+    else:
+        rows = []
+        for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{file}:{n}: not valid JSON ({e})") from e
+    paths, ids, extras = [], [], {}
+    for n, row in enumerate(rows, start=1):
+        p = row.get("path", row.get("audio_filepath"))
+        if not isinstance(p, str) or not p:
+            raise ValueError(f"{file}: entry {n} has no 'path' or 'audio_filepath': {row}")
+        paths.append(p if os.path.isabs(p) else str(file.parent / p))
+        ids.append(
+            str(row[cfg["id_column"]]) if row.get(cfg["id_column"]) else os.path.splitext(p)[0]
+        )
+    for key in {k for row in rows for k in row} - {"path", "audio_filepath", "text"}:
+        extras[key] = [row.get(key) for row in rows]
+    texts = [row.get("text") for row in rows]
+    rates = extras.get(cfg["rate_column"])
+    return str(file), _Candidates(ids, texts, _Audio(paths), rates, extras)
+
+
+def _hf(cfg: dict, split: str) -> tuple[str, _Candidates]:
+    import datasets  # heavy import, only for these sources
+
+    if cfg["kind"] == "hf":
+        if not cfg["name"]:
+            raise ValueError("data source of kind 'hf' needs a 'name'")
+        where = f"{cfg['name']}" + (f"/{cfg['config']}" if cfg["config"] else "") + f"[{split}]"
+        ds = datasets.load_dataset(
+            cfg["name"],
+            cfg["config"],
+            split=split,
+            data_files=cfg["data_files"],
+            data_dir=cfg["data_dir"],
+        )
+    else:
+        where = f"{cfg['path']}[{split}]"
+        ds = datasets.load_from_disk(cfg["path"])
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise KeyError(f"{cfg['path']} has splits {sorted(ds)}, not {split!r}")
+            ds = ds[split]
+    for key in ("audio_column", "text_column"):
+        if cfg[key] not in ds.column_names:
+            raise ValueError(f"{where}: no {key} {cfg[key]!r}; columns are {ds.column_names}")
+    if getattr(ds, "_indices", None) is not None:  # a selected/shuffled view: make rows physical
+        ds = ds.flatten_indices()
+    table = ds.data.table
+    root = Path(cfg["path"]) if cfg["path"] and os.path.isdir(cfg["path"]) else None
+    audio = _Audio(table.column(cfg["audio_column"]), cfg["audio_column"], root)
+    ids = [f"{split}-{i:07d}" for i in range(table.num_rows)]
+    if cfg["id_column"] in ds.column_names:
+        ids = [str(i) for i in table.column(cfg["id_column"]).to_pylist()]
+    skip = (cfg["audio_column"], cfg["text_column"], cfg["id_column"])
+    scalar = (pa.types.is_string, pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean)
+    extras = {
+        name: table.column(name).to_pylist()
+        for name in ds.column_names
+        if name not in skip and any(f(table.schema.field(name).type) for f in scalar)
+    }
+    texts = table.column(cfg["text_column"]).to_pylist()
+    return where, _Candidates(ids, texts, audio, extras.get(cfg["rate_column"]), extras)
+
+
+def _number(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _check(cands: _Candidates, row: int, cfg: dict) -> float:
+    """Duration in seconds of a usable row; raises `_Skip` with the reason otherwise."""
+    text = cands.texts[row]
+    if not isinstance(text, str) or not text.strip():
+        raise _Skip("empty_text", f"transcript {text!r}")
+    sr, frames = cands.audio.probe(row)
+    if sr < cfg["min_sample_rate"]:
+        raise _Skip("sample_rate", f"{sr} Hz < min_sample_rate {cfg['min_sample_rate']} Hz")
+    declared = cands.declared_rates[row] if cands.declared_rates is not None else None
+    if declared not in (None, "") and _number(declared) != sr:
+        raise _Skip("sample_rate", f"file is {sr} Hz, {cfg['rate_column']} says {declared}")
+    return frames / sr
+
+
+def load_split(source: Mapping, split: str) -> Utterances:
+    """Lists the usable utterances of one split of a corpus, reading only audio headers.
+
+    Args:
+      source: dict-like config: `kind` in ("librispeech", "hf", "disk", "manifest") and the keys of
+        `DEFAULTS` (`path`; `name`/`config`/`data_files`/`data_dir` for hf; column names;
+        `min_seconds`/`max_seconds`; `min_sample_rate`; `max_bad_fraction`; `limit`, a cap on
+        the number of utterances kept, taken in source order).
+      split: e.g. "train", "dev-clean"; a LibriSpeech subfolder of `path`, a manifest name (or
+        `{split}` in `path`), or a dataset split.
+
+    Returns:
+      `Utterances`, with `report` counting what was skipped and why.
+
+    Raises:
+      ValueError: for a bad config; `BadInputError` if too much is bad; FileNotFoundError.
+    """
+    cfg = _config(source)
+    reader = {"librispeech": _librispeech, "manifest": _manifest}.get(cfg["kind"], _hf)
+    where, cands = reader(cfg, split)
+    report = BadInputReport(where)
+    limit = cfg["limit"] if cfg["limit"] is not None else len(cands.ids)
+    keep, durations = [], []
+
+    def probe(row: int):
+        try:
+            return _check(cands, row, cfg), None
+        except _Skip as e:
+            return None, e
+
+    # Header reads are I/O bound and libsndfile releases the GIL, so threads overlap them.
+    with ThreadPoolExecutor(8) as pool:
+        for start in range(0, len(cands.ids), _PROBE_CHUNK):
+            if len(keep) >= limit:
+                break
+            rows = range(start, min(start + _PROBE_CHUNK, len(cands.ids)))
+            for row, (dur, skip) in zip(rows, pool.map(probe, rows), strict=True):
+                if len(keep) >= limit:
+                    break
+                report.seen += 1
+                label = f"id {cands.ids[row]!r} ({cands.audio.where(row)})"
+                if skip is not None:
+                    report.skip(skip.reason, label, skip.detail)
+                elif dur < cfg["min_seconds"]:
+                    report.skip("too_short", label, f"{dur:.2f} s", seconds=dur)
+                elif dur > cfg["max_seconds"]:
+                    report.skip("too_long", label, f"{dur:.2f} s", seconds=dur)
+                else:
+                    keep.append(row)
+                    durations.append(dur)
+    report.kept = len(keep)
+    ids = [cands.ids[r] for r in keep]
+    dup = [k for k, n in Counter(ids).items() if n > 1]
+    if dup:
+        raise ValueError(f"{where}: duplicate utterance ids, e.g. {dup[:5]}; ids key caches")
+    log.info("%s", report.summary())
+    report.check(cfg["max_bad_fraction"])
+    if not keep:
+        raise BadInputError(f"{report.summary()}: no usable utterances")
+    return Utterances(
+        source=where,
+        ids=ids,
+        texts=[cands.texts[r].strip() for r in keep],
+        durations=np.asarray(durations, np.float64),
+        extras={k: [v[r] for r in keep] for k, v in cands.extras.items()},
+        report=report,
+        _audio=cands.audio,
+        _rows=np.asarray(keep, np.int64),
+    )

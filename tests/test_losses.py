@@ -1,0 +1,199 @@
+"""Loss math against hand-computed values."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mkd_jax import losses
+
+LN2 = math.log(2.0)
+
+
+def test_make_labels_hand_example():
+    sot, nt, eot = 50257, 50362, 50256
+    inputs, labels, mask = losses.make_labels([sot, nt], [[10, 11, 12], [20]], eot, pad_len=7)
+    np.testing.assert_array_equal(
+        inputs, [[sot, nt, 10, 11, 12, eot, eot], [sot, nt, 20, eot, eot, eot, eot]]
+    )
+    np.testing.assert_array_equal(
+        labels, [[nt, 10, 11, 12, eot, eot, eot], [nt, 20, eot, eot, eot, eot, eot]]
+    )
+    # The last prompt token predicts the first text token; EOT is a target; padding is not.
+    np.testing.assert_array_equal(mask, [[0, 1, 1, 1, 1, 0, 0], [0, 1, 1, 0, 0, 0, 0]])
+    assert inputs.dtype == np.int32 and labels.dtype == np.int32 and mask.dtype == np.float32
+    assert np.sum(inputs[0] == sot) == 1  # start token once
+    # Exactly full: no padding at all.
+    inputs, labels, mask = losses.make_labels([sot], [[1, 2]], eot, pad_len=3)
+    np.testing.assert_array_equal(inputs, [[sot, 1, 2]])
+    np.testing.assert_array_equal(labels, [[1, 2, eot]])
+    np.testing.assert_array_equal(mask, [[1, 1, 1]])
+
+
+def test_make_labels_rejects_bad_input():
+    with pytest.raises(ValueError, match="utterance 1.*exceed pad_len=4"):
+        losses.make_labels([1, 2], [[5], [5, 6, 7]], 0, pad_len=4)
+    with pytest.raises(ValueError, match="contain EOT"):
+        losses.make_labels([1], [[5, 0]], 0, pad_len=8)
+    with pytest.raises(ValueError, match="non-empty prompt"):
+        losses.make_labels([], [[5]], 0, pad_len=8)
+
+
+def _logits(*rows):
+    return jnp.log(jnp.asarray(rows, jnp.float32))
+
+
+def test_cross_entropy_hand_values_and_padding():
+    logits = _logits([[0.5, 0.25, 0.25], [0.5, 0.25, 0.25], [0.1, 0.1, 0.8]])
+    labels = jnp.array([[0, 1, 2]])
+    mask = jnp.array([[1.0, 1.0, 0.0]])
+    ce, n = losses.cross_entropy(logits, labels, mask)
+    np.testing.assert_allclose(ce, (LN2 + 2 * LN2) / 2, rtol=1e-6)
+    assert float(n) == 2.0
+    # Padding with any content changes nothing.
+    padded = jnp.concatenate([logits, 100.0 * jnp.ones((1, 3, 3))], axis=1)
+    ce2, n2 = losses.cross_entropy(
+        padded, jnp.array([[0, 1, 2, 1, 1, 1]]), jnp.array([[1.0, 1, 0, 0, 0, 0]])
+    )
+    np.testing.assert_allclose(ce2, ce, rtol=1e-6)
+    assert float(n2) == 2.0
+    ce0, n0 = losses.cross_entropy(logits, labels, jnp.zeros((1, 3)))
+    assert float(ce0) == 0.0 and float(n0) == 0.0
+
+
+def test_cross_entropy_averages_tokens_not_rows():
+    logits = _logits([[0.5, 0.5], [0.5, 0.5]], [[0.25, 0.75], [0.25, 0.75]])
+    labels = jnp.array([[0, 0], [0, 0]])
+    mask = jnp.array([[1.0, 0.0], [1.0, 1.0]])
+    ce, _ = losses.cross_entropy(logits, labels, mask)
+    np.testing.assert_allclose(ce, (LN2 + 2 * (2 * LN2)) / 3, rtol=1e-6)
+    per_utt = losses.cross_entropy_per_utt(logits, labels, mask)
+    np.testing.assert_allclose(per_utt, [LN2, 2 * LN2], rtol=1e-6)
+
+
+def test_kd_kl_hand_values():
+    p = jnp.array([0.5, 0.25, 0.25])
+    q = jnp.array([0.25, 0.5, 0.25])
+    # KL(p || q) = 0.5 ln 2 + 0.25 ln(1/2) + 0 = 0.25 ln 2. At T = 1:
+    kl = losses.kd_kl(jnp.log(q)[None, None], p[None, None], jnp.ones((1, 1)), temperature=1.0)
+    np.testing.assert_allclose(kl, 0.25 * LN2, rtol=1e-6)
+    # At T = 2 with student logits 2 log q (so softmax(z / T) = q): T^2 * 0.25 ln 2 = ln 2.
+    kl2 = losses.kd_kl(2 * jnp.log(q)[None, None], p[None, None], jnp.ones((1, 1)), temperature=2.0)
+    np.testing.assert_allclose(kl2, LN2, rtol=1e-6)
+    # Mean over unmasked tokens: second token KL 0, third masked with a wild target.
+    student = jnp.stack([jnp.log(q), jnp.log(p), jnp.zeros(3)])[None]
+    target = jnp.stack([p, p, jnp.array([1.0, 0.0, 0.0])])[None]
+    kl3 = losses.kd_kl(student, target, jnp.array([[1.0, 1.0, 0.0]]), temperature=1.0)
+    np.testing.assert_allclose(kl3, 0.25 * LN2 / 2, rtol=1e-6)
+
+
+def test_kd_kl_zero_entries_and_gradient():
+    p = jnp.array([[[1.0, 0.0, 0.0]]])
+    z = jnp.array([[[0.0, 0.0, 0.0]]])
+    np.testing.assert_allclose(losses.kd_kl(z, p, jnp.ones((1, 1)), temperature=1.0), math.log(3))
+    # A zero row (no target) adds 0 but still counts as a token in the mean.
+    np.testing.assert_allclose(losses.kd_kl(z, 0 * p, jnp.ones((1, 1)), temperature=1.0), 0.0)
+    # d/dz T^2 KL(p || softmax(z / T)) = T (softmax(z / T) - p).
+    t = 2.0
+    z = jnp.array([[[1.0, -1.0, 0.5]]])
+    target = jnp.array([[[0.2, 0.3, 0.5]]])
+    g = jax.grad(lambda z: losses.kd_kl(z, target, jnp.ones((1, 1)), temperature=t))(z)
+    np.testing.assert_allclose(g, t * (jax.nn.softmax(z / t) - target), rtol=1e-5, atol=1e-7)
+    g_target = jax.grad(lambda p: losses.kd_kl(z, p, jnp.ones((1, 1)), temperature=t))(target)
+    np.testing.assert_array_equal(g_target, 0.0)
+
+
+def test_tempered_probs():
+    probs = losses.tempered_probs(jnp.log(jnp.array([1.0, 4.0, 1.0])), 2.0)
+    np.testing.assert_allclose(probs, [0.25, 0.5, 0.25], rtol=1e-6)
+
+
+def test_ensemble_target_modes():
+    p0 = jnp.array([[[1.0, 0.0]], [[0.5, 0.5]]])  # [B=2, S=1, V=2]
+    p1 = jnp.array([[[0.0, 1.0]], [[0.1, 0.9]]])
+    mean = losses.ensemble_target([p0, p1])
+    np.testing.assert_allclose(mean, [[[0.5, 0.5]], [[0.3, 0.7]]], rtol=1e-6)
+    weighted = losses.ensemble_target([p0, p1], mode="weights", weights=[3.0, 1.0])
+    np.testing.assert_allclose(weighted, [[[0.75, 0.25]], [[0.4, 0.6]]], rtol=1e-6)
+    ce = jnp.array([[1.0, 0.2], [0.5, 0.9]])  # [K, B]: utt 0 -> teacher 1, utt 1 -> teacher 0
+    best = losses.ensemble_target([p0, p1], mode="best", teacher_ce_per_utt=ce)
+    np.testing.assert_allclose(best, [[[0.0, 1.0]], [[0.5, 0.5]]])
+    with pytest.raises(ValueError, match="needs 2 weights"):
+        losses.ensemble_target([p0, p1], mode="weights", weights=[1.0])
+    with pytest.raises(ValueError, match="teacher_ce_per_utt"):
+        losses.ensemble_target([p0, p1], mode="best")
+    with pytest.raises(ValueError, match="mode"):
+        losses.ensemble_target([p0, p1], mode="max")
+
+
+def test_ensemble_target_with_masks():
+    p0 = jnp.array([[[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]])  # [B=1, S=3, V=2]
+    p1 = jnp.array([[[0.0, 1.0], [0.0, 1.0], [0.0, 1.0]]])
+    m0 = jnp.array([[1.0, 0.0, 0.0]])
+    m1 = jnp.array([[1.0, 1.0, 0.0]])
+    target = losses.ensemble_target([p0, p1], masks=[m0, m1])
+    # Position 0: both teachers; 1: only teacher 1; 2: none (zero row).
+    np.testing.assert_allclose(target, [[[0.5, 0.5], [0.0, 1.0], [0.0, 0.0]]])
+    np.testing.assert_array_equal(losses.ensemble_mask([m0, m1]), [[1.0, 1.0, 0.0]])
+    ce = jnp.array([[0.1], [0.9]])  # teacher 0 is best, but lacks position 1
+    best = losses.ensemble_target([p0, p1], mode="best", teacher_ce_per_utt=ce, masks=[m0, m1])
+    np.testing.assert_allclose(best, [[[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])
+    np.testing.assert_array_equal(
+        losses.ensemble_mask([m0, m1], mode="best", teacher_ce_per_utt=ce), [[1.0, 0.0, 0.0]]
+    )
+
+
+def test_interpolated_target_and_schedule():
+    ps = jnp.array([0.2, 0.8])
+    pt = jnp.array([1.0, 0.0])
+    np.testing.assert_allclose(losses.interpolated_target(ps, pt, 0.25), [0.4, 0.6], rtol=1e-6)
+    g_s, g_t = jax.grad(lambda a, b: losses.interpolated_target(a, b, 0.25)[0], (0, 1))(ps, pt)
+    np.testing.assert_array_equal(g_s, [0.0, 0.0])
+    np.testing.assert_array_equal(g_t, [0.25, 0.0])
+    got = [float(losses.lambda_schedule(s, 9)) for s in range(12)]
+    np.testing.assert_allclose(got, [0.1] * 3 + [0.5] * 3 + [0.9] * 6, rtol=1e-6)
+    got = [float(losses.lambda_schedule(s, 10)) for s in range(10)]  # thirds at 3.33 and 6.67
+    np.testing.assert_allclose(got, [0.1] * 4 + [0.5] * 3 + [0.9] * 3, rtol=1e-6)
+    jitted = jax.jit(lambda s: losses.lambda_schedule(s, 9, values=(0.0, 1.0)))
+    assert float(jitted(4)) == 0.0 and float(jitted(5)) == 1.0
+    with pytest.raises(ValueError, match="total_steps"):
+        losses.lambda_schedule(0, 0)
+
+
+def _vec(*rows):
+    return jnp.asarray(rows, jnp.float32)[None]  # [1, T, D]
+
+
+def test_feature_losses_hand_values():
+    pred = _vec([1.0, 0.0], [1.0, 0.0], [2.0, 2.0], [5.0, -7.0])
+    target = _vec([0.0, 3.0], [1.0, 1.0], [-1.0, -1.0], [0.0, 0.0])
+    mask = jnp.array([[1.0, 1.0, 1.0, 0.0]])  # the last position is padding
+    angles = [math.pi / 2, math.pi / 4, math.pi]
+    geo = losses.geodesic(pred, target, mask)
+    np.testing.assert_allclose(geo, sum(angles) / 3, atol=2e-3)  # the clamp costs ~sqrt(2e-6)
+    np.testing.assert_allclose(
+        losses.geodesic(pred[:, :2], target[:, :2], mask[:, :2]), 3 * math.pi / 8, rtol=1e-5
+    )
+    cos = [0.0, 1 / math.sqrt(2), -1.0]
+    np.testing.assert_allclose(
+        losses.cosine(pred, target, mask), sum(1 - c for c in cos) / 3, rtol=1e-6
+    )
+    sq = [(1 + 9) / 2, (0 + 1) / 2, (9 + 9) / 2]
+    np.testing.assert_allclose(losses.mse(pred, target, mask), sum(sq) / 3, rtol=1e-6)
+    with pytest.raises(ValueError, match="feature loss"):
+        losses.mse(pred, target[:, :2], mask)
+
+
+@pytest.mark.parametrize("name", ["mse", "cosine", "geodesic"])
+def test_feature_loss_gradients_finite_at_identical_and_opposite(name):
+    fn = losses.FEATURE_LOSSES[name]
+    x = _vec([0.3, -1.2, 2.0], [0.0, 0.0, 0.0])
+    mask = jnp.ones((1, 2))
+    for target in (x, -x):
+        g = jax.grad(fn)(x, target, mask)
+        assert np.all(np.isfinite(np.asarray(g))), (name, g)
+    if name == "geodesic":
+        np.testing.assert_allclose(fn(x[:, :1], x[:, :1], mask[:, :1]), math.sqrt(2e-6), rtol=1e-2)
+        np.testing.assert_array_equal(jax.grad(fn)(x[:, :1], x[:, :1], mask[:, :1]), 0.0)

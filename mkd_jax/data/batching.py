@@ -26,6 +26,7 @@ from dataclasses import astuple, dataclass
 
 import numpy as np
 
+from mkd_jax import token_align
 from mkd_jax.data import features
 from mkd_jax.data.audio import AudioError
 from mkd_jax.data.loaders import Utterances
@@ -146,12 +147,19 @@ class BatchIterator:
         self.shuffle, self.repeat, self.prefetch = shuffle, repeat, prefetch
         self.process_index, self.process_count = process_index, process_count
         self._toks = {}  # name -> (prompt, eot, [token ids per utterance])
+        self._align = {}  # name -> [student token -> teacher token index or -1, per utterance]
         lengths = np.zeros(len(utts), np.int64)
+        texts = [" " + t if leading_space else t for t in utts.texts]
+        student = tokenizers[STUDENT]
         for name, tok in tokenizers.items():
             prompt = tok.prompt_ids(language, task)
-            ids = [tok.encode(" " + t if leading_space else t) for t in utts.texts]
+            ids = [tok.encode(t) for t in texts]
             self._toks[name] = (prompt, tok.eot, ids)
             lengths = np.maximum(lengths, [len(prompt) + len(i) for i in ids])
+            if name != STUDENT:
+                vmap = token_align.vocab_map(tok, student)
+                self._align[name] = [token_align.align_positions(t, tok, student, vmap=vmap)
+                                     for t in texts]
         # A copy, so several iterators over one split do not count each other's skips.
         self.report = dataclasses.replace(utts.report, counts=Counter(utts.report.counts))
         self._members = self._assign(lengths)
@@ -250,6 +258,7 @@ class BatchIterator:
         idx = global_idx[self.process_index * rows : (self.process_index + 1) * rows]
         audio = np.zeros((rows, bucket.n_frames * features.HOP), np.float32)
         valid = np.zeros(rows, np.float32)
+        frames = np.zeros(rows, np.int32)  # mel frames that hold audio, for feature-loss masks
         for r, i in enumerate(idx):
             if i < 0:
                 continue
@@ -260,11 +269,23 @@ class BatchIterator:
                 continue
             audio[r, : len(clip)] = clip
             valid[r] = 1.0
+            frames[r] = -(-len(clip) // features.HOP)
         batch = {
             "mel": features.log_mel(audio, n_mels=self.n_mels, n_frames=bucket.n_frames),
+            "audio_frames": frames,
             "ids": np.array([self.utts.ids[i] if i >= 0 else "" for i in idx], dtype=str),
             "valid": valid,
         }
+        student_prompt = len(self._toks[STUDENT][0])
+        for name, aligns in self._align.items():
+            prompt, _, tokens = self._toks[name]
+            batch[f"t:{name}/rows"] = np.stack([
+                token_align.label_rows(aligns[i], n_teacher_tokens=len(tokens[i]),
+                                       student_prompt_len=student_prompt,
+                                       teacher_prompt_len=len(prompt), pad_len=bucket.n_tokens)
+                if i >= 0 else np.full(bucket.n_tokens, -1, np.int32)
+                for i in idx
+            ])
         for name, (prompt, eot, tokens) in self._toks.items():
             prefix = "" if name == STUDENT else f"t:{name}/"
             arrays = [

@@ -1,0 +1,437 @@
+"""An offline English speech corpus from TTS: `python -m mkd_jax.data.synth --out DIR --hours H`.
+
+Sentences (`sentences.py`) are split by a hash of their text; voices (`voices.py`) are split by
+holding whole voices out for test. The build is planned up front from the seed, so it is
+deterministic, then synthesised in shards of `--shard-size` utterances by a pool of worker
+processes (one TTS session each). Each finished shard is written atomically to `DIR/shards/`,
+so an interrupted build resumes where it stopped. At the end the shards become a Hugging Face
+`DatasetDict` saved with `save_to_disk(DIR)`, plus `DIR/manifest.jsonl`.
+
+Splits:
+    train: seen voices (base voices and their blends), train sentences.
+    dev: seen voices, dev sentences.
+    test: held-out voices (never in train or in any blend), test sentences.
+    test_seen: seen voices, test sentences not used by `test` (a small slice).
+
+For single clips, `synthesize(text, voice)` and `list_voices()` (from `voices.py`) give 16 kHz
+float32 audio for a named voice such as "kokoro:af_heart" or "flite:slt".
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import multiprocessing as mp
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import soundfile as sf
+from tqdm import tqdm
+
+from mkd_jax.data import augment, sentences, voices
+from mkd_jax.data.voices import list_voices, synthesize
+
+__all__ = ["Config", "build", "list_voices", "main", "make_plan", "synthesize"]
+DATASET_SPLITS = ("train", "dev", "test", "test_seen")
+SENTENCE_SPLIT = {"train": "train", "dev": "dev", "test": "test", "test_seen": "test"}
+PLAN_VERSION = 1
+# Mean speaking rate of Kokoro and flite at speed 1.0, measured on the sentence pool (15-17.6
+# characters a second); used only to plan how many sentences fill the requested hours.
+CHARS_PER_SECOND = 16.0
+SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("text", pa.string()),
+        ("audio", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+        ("sampling_rate", pa.int32()),
+        ("duration", pa.float32()),
+        ("engine", pa.string()),
+        ("voice", pa.string()),
+        ("voice_seen", pa.bool_()),
+        ("augment", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """What the corpus is made of; two builds with equal configs are identical."""
+
+    hours: float
+    seed: int = 0
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    test_seen_fraction: float = 0.05
+    shard_size: int = 32
+    blends: int = 12
+    held_out: tuple[str, ...] = voices.DEFAULT_HELD_OUT
+    template_fraction: float = 0.1
+    n_templates: int = 6000
+    clean_fraction: float = 0.4
+    speed_range: tuple[float, float] = (0.85, 1.15)
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning
+# ---------------------------------------------------------------------------------------------
+
+
+def split_voices(cfg: Config) -> tuple[list[str], list[str]]:
+    """`(seen, unseen)` voices: base voices not held out plus blends of them, and held-out ones.
+
+    Raises:
+        ValueError: a held-out voice is unknown, or none of them is a Kokoro voice.
+    """
+    all_voices = voices.list_voices()
+    unknown = [v for v in cfg.held_out if v not in all_voices]
+    if unknown:
+        raise ValueError(f"held-out voices {unknown} are not among list_voices()")
+    if not any(v.startswith("kokoro:") for v in cfg.held_out):
+        raise ValueError(f"held-out voices {cfg.held_out} include no Kokoro voice")
+    seen_base = [v for v in all_voices if v not in cfg.held_out]
+    return seen_base + voices.make_blends(seen_base, cfg.blends, cfg.seed), list(cfg.held_out)
+
+
+def _cycle(items: list, r: random.Random):
+    """Yield `items` in shuffled order forever, reshuffling on each pass (balanced use)."""
+    if not items:
+        raise ValueError("cannot draw from an empty list")
+    while True:
+        order = list(items)
+        r.shuffle(order)
+        yield from order
+
+
+def estimate_seconds(text: str, speed: float, augmentation: str) -> float:
+    """Planned duration of an utterance: speech at `CHARS_PER_SECOND`, plus padding."""
+    seconds = len(text) / CHARS_PER_SECOND / speed
+    for effect in augmentation.split(","):
+        if effect.startswith("speed="):
+            seconds /= float(effect[6:])
+    return seconds + 0.5
+
+
+def _utt_seed(seed: int, utt_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}/{utt_id}".encode()).digest()[:8], "big")
+
+
+def make_plan(cfg: Config, natural: list[str]) -> dict[str, list[dict]]:
+    """Every utterance of every split: text, voice, speed and augmentation, from the seed.
+
+    Args:
+        cfg: Build configuration.
+        natural: Natural sentences (order matters for determinism).
+
+    Returns:
+        `{split: [utterance, ...]}` for `DATASET_SPLITS`; each utterance is a dict with `id`,
+        `split`, `text`, `engine`, `voice`, `voice_seen`, `tts_speed`, `augment`, `seed`.
+    """
+    seen, unseen = split_voices(cfg)
+    nat = sentences.by_split(natural, cfg.fractions)
+    tpl = sentences.by_split(sentences.templates(cfg.n_templates, cfg.seed), cfg.fractions)
+    # One sentence stream per sentence split, so test and test_seen never share a sentence.
+    streams = {
+        s: (_cycle(nat[s], random.Random(f"{cfg.seed}/nat/{s}")),
+            _cycle(tpl[s], random.Random(f"{cfg.seed}/tpl/{s}")))
+        for s in sentences.SPLITS
+    }  # fmt: skip
+    fracs = dict(zip(("train", "dev", "test"), cfg.fractions, strict=True))
+    fracs["test_seen"] = cfg.test_seen_fraction
+    plan = {}
+    for split in DATASET_SPLITS:
+        r = random.Random(f"{cfg.seed}/plan/{split}")
+        voice_pool = unseen if split == "test" else seen
+        voice_stream = _cycle(voice_pool, random.Random(f"{cfg.seed}/voices/{split}"))
+        natural_stream, template_stream = streams[SENTENCE_SPLIT[split]]
+        target, total, utts = cfg.hours * 3600 * fracs[split], 0.0, []
+        while total < target:
+            use_template = r.random() < cfg.template_fraction
+            text = next(template_stream if use_template else natural_stream)
+            voice = next(voice_stream)
+            speed = round(r.uniform(*cfg.speed_range), 2)
+            aug = augment.choose(r, cfg.clean_fraction)
+            utt_id = f"{split}-{len(utts):06d}"
+            utts.append(
+                {
+                    "id": utt_id,
+                    "split": split,
+                    "text": text,
+                    "engine": voice.split(":", 1)[0],
+                    "voice": voice,
+                    "voice_seen": split != "test",
+                    "tts_speed": speed,
+                    "augment": aug,
+                    "seed": _utt_seed(cfg.seed, utt_id),
+                }
+            )
+            total += estimate_seconds(text, speed, aug)
+        plan[split] = utts
+    return plan
+
+
+def shard_jobs(plan: dict[str, list[dict]], shard_size: int) -> list[tuple[str, list[dict]]]:
+    """`(shard_name, utterances)` for every shard, in split then index order."""
+    jobs = []
+    for split in DATASET_SPLITS:
+        utts = plan[split]
+        for k in range(0, len(utts), shard_size):
+            jobs.append((f"{split}-{k // shard_size:05d}", utts[k : k + shard_size]))
+    return jobs
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthesis (runs in worker processes)
+# ---------------------------------------------------------------------------------------------
+
+_PROGRESS = None
+
+
+def _init_worker(cache: Path, threads: int, progress) -> None:
+    global _PROGRESS
+    voices.configure(cache=cache, threads=threads)
+    _PROGRESS = progress
+
+
+def render(utt: dict) -> np.ndarray:
+    """The final 16 kHz audio of one planned utterance (TTS, padding, augmentation, level)."""
+    x = voices.synthesize(utt["text"], utt["voice"], utt["tts_speed"])
+    rng = np.random.default_rng(utt["seed"])
+    x = augment.pad(x, rng)
+    x = augment.apply(x, utt["augment"], rng)
+    return augment.set_level(x, rng)
+
+
+def _flac(x: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(x, -1.0, 1.0), voices.SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def make_shard(job: tuple[Path, str, list[dict]]) -> tuple[str, list[float], float]:
+    """Synthesise one shard and write it atomically as `shards/NAME.parquet`.
+
+    Returns:
+        `(name, durations in seconds, wall seconds)`.
+    """
+    shard_dir, name, utts = job
+    start = time.perf_counter()
+    rows = {field: [] for field in SCHEMA.names}
+    for utt in utts:
+        x = render(utt)
+        rows["id"].append(utt["id"])
+        rows["text"].append(utt["text"])
+        rows["audio"].append({"bytes": _flac(x), "path": f"{utt['id']}.flac"})
+        rows["sampling_rate"].append(voices.SAMPLE_RATE)
+        rows["duration"].append(len(x) / voices.SAMPLE_RATE)
+        for key in ("engine", "voice", "voice_seen", "augment"):
+            rows[key].append(utt[key])
+        if _PROGRESS is not None:
+            _PROGRESS.put(1)
+    tmp = shard_dir / f"{name}.parquet.tmp"
+    pq.write_table(pa.table(rows, schema=SCHEMA), tmp)
+    os.replace(tmp, shard_dir / f"{name}.parquet")
+    return name, rows["duration"], time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------------------------
+# Build
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_plan(out: Path, cfg: Config, plan: dict) -> None:
+    """Write `plan.json`, or check that an existing one (from an earlier run) is the same."""
+    record = {"version": PLAN_VERSION, "config": asdict(cfg), "plan": plan}
+    text = json.dumps(record, sort_keys=True)
+    path = out / "plan.json"
+    if path.exists():
+        if path.read_text() != text:
+            raise ValueError(
+                f"{path} was written by a build with other settings or sentences; resume with "
+                f"the same arguments or choose a new --out (config there: "
+                f"{json.loads(path.read_text()).get('config')})"
+            )
+        return
+    path.with_suffix(".tmp").write_text(text)
+    path.with_suffix(".tmp").replace(path)
+
+
+def _run_jobs(jobs, out: Path, workers: int, threads: int, total_utts: int, done_utts: int):
+    """Run shard jobs on a process pool with a per-utterance progress bar; yield results."""
+    shard_dir, cache = out / "shards", voices.default_cache()
+    bar = tqdm(total=total_utts, initial=done_utts, unit="utt", desc="synth", file=sys.stderr)
+    if workers <= 1:
+        _init_worker(cache, threads, None)
+        for name, utts in jobs:
+            result = make_shard((shard_dir, name, utts))
+            bar.update(len(utts))
+            yield result
+        bar.close()
+        return
+    ctx = mp.get_context("spawn")  # onnxruntime and espeak keep process-global state
+    progress = ctx.Queue()
+    with ctx.Pool(workers, _init_worker, (cache, threads, progress)) as pool:
+        pending = [pool.apply_async(make_shard, ((shard_dir, n, u),)) for n, u in jobs]
+        while pending:
+            while not progress.empty():
+                bar.update(progress.get())
+            ready = [p for p in pending if p.ready()]
+            for p in ready:
+                pending.remove(p)
+                yield p.get()
+            if not ready:
+                time.sleep(0.2)
+        while not progress.empty():
+            bar.update(progress.get())
+    bar.close()
+
+
+def assemble(out: Path, plan: dict[str, list[dict]], shard_size: int) -> dict[str, float]:
+    """Join all shards into a `DatasetDict` saved to `out` and write `manifest.jsonl`.
+
+    Returns:
+        Seconds of audio per split.
+    """
+    import datasets  # noqa: PLC0415  (slow import; only the final step needs it)
+
+    splits, manifest, seconds = {}, [], {}
+    for split in DATASET_SPLITS:
+        names = [n for n, _ in shard_jobs(plan, shard_size) if n.rsplit("-", 1)[0] == split]
+        if not names:
+            continue
+        table = pa.concat_tables([pq.read_table(out / "shards" / f"{n}.parquet") for n in names])
+        ids = table.column("id").to_pylist()
+        if ids != [u["id"] for u in plan[split]]:
+            raise RuntimeError(f"shards of {split} in {out / 'shards'} do not match plan.json")
+        splits[split] = datasets.Dataset(table).cast_column("audio", datasets.Audio(decode=False))
+        seconds[split] = float(np.sum(table.column("duration").to_numpy()))
+        for utt, duration in zip(plan[split], table.column("duration").to_pylist(), strict=True):
+            entry = {k: utt[k] for k in ("id", "split", "text", "engine", "voice", "voice_seen")}
+            entry.update(tts_speed=utt["tts_speed"], augment=utt["augment"])
+            entry.update(duration=round(duration, 4), sampling_rate=voices.SAMPLE_RATE)
+            manifest.append(entry)
+    datasets.DatasetDict(splits).save_to_disk(str(out))
+    tmp = out / "manifest.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(e) + "\n" for e in manifest))
+    tmp.replace(out / "manifest.jsonl")
+    return seconds
+
+
+def build(
+    out: Path, cfg: Config, workers: int = 0, threads: int = 1, max_shards: int | None = None
+) -> dict | None:
+    """Plan, synthesise (resuming finished shards) and assemble a corpus in `out`.
+
+    Args:
+        out: Output folder.
+        cfg: Build configuration.
+        workers: Worker processes; 0 means one per CPU core.
+        threads: onnxruntime threads per Kokoro session.
+        max_shards: Stop after this many new shards without assembling (for tests and
+            time-boxed runs); rerun to continue.
+
+    Returns:
+        Build statistics, or None when stopped by `max_shards` before the end.
+    """
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "shards").mkdir(exist_ok=True)
+    for stale in (out / "shards").glob("*.tmp"):
+        stale.unlink()  # a shard being written when the last run was killed
+    cache = voices.default_cache()
+    pool = sentences.natural_pool(cache)
+    plan = make_plan(cfg, pool["wordnet"] + pool["fortunes"])
+    _check_plan(out, cfg, plan)
+    # Fetch assets once here, so workers do not race to download them.
+    voices.ensure_kokoro(cache / "kokoro")
+    voices.ensure_flite(cache / "flite")
+
+    jobs = shard_jobs(plan, cfg.shard_size)
+    todo = todo_all(jobs, out)
+    total = sum(len(u) for u in plan.values())
+    done = total - sum(len(u) for _, u in todo)
+    if max_shards is not None:
+        todo = todo[:max_shards]
+    workers = workers or os.cpu_count() or 1
+    t1 = time.perf_counter()
+    audio_s = 0.0
+    for _, durations, _ in _run_jobs(todo, out, min(workers, len(todo) or 1), threads, total, done):
+        audio_s += sum(durations)
+    synth_s = time.perf_counter() - t1
+    remaining = todo_all(jobs, out)
+    if remaining:
+        print(f"stopped with {len(remaining)} of {len(jobs)} shards left; rerun to resume")
+        return None
+    seconds = assemble(out, plan, cfg.shard_size)
+    return {
+        "utterances": {s: len(plan[s]) for s in seconds},
+        "hours": {s: round(d / 3600, 4) for s, d in seconds.items()},
+        "synthesised_audio_s": round(audio_s, 1),
+        "synthesis_wall_s": round(synth_s, 1),
+        "total_wall_s": round(time.perf_counter() - t0, 1),
+        "rtf_audio_per_wall": round(audio_s / synth_s, 3) if audio_s else None,
+        "workers": workers,
+    }
+
+
+def todo_all(jobs: list[tuple[str, list[dict]]], out: Path) -> list[tuple[str, list[dict]]]:
+    """The jobs whose shard file does not exist yet."""
+    return [(n, u) for n, u in jobs if not (out / "shards" / f"{n}.parquet").exists()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line entry point; see the module docstring."""
+    p = argparse.ArgumentParser(
+        prog="python -m mkd_jax.data.synth", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
+    p.add_argument("--hours", type=float, required=True, help="train+dev+test hours")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fractions", default="0.8,0.1,0.1", help="train,dev,test shares of --hours")
+    p.add_argument("--test-seen-fraction", type=float, default=0.05,
+                   help="extra test_seen slice, as a share of --hours")  # fmt: skip
+    p.add_argument("--shard-size", type=int, default=32)
+    p.add_argument("--blends", type=int, default=12, help="Kokoro blend voices for training")
+    p.add_argument("--held-out", default=",".join(voices.DEFAULT_HELD_OUT),
+                   help="comma-separated test-only voices")  # fmt: skip
+    p.add_argument("--workers", type=int, default=0, help="0: one per CPU core")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime threads per worker")
+    p.add_argument("--max-shards", type=int, default=None, help="stop after N new shards")
+    args = p.parse_args(argv)
+    try:
+        fractions = tuple(float(f) for f in args.fractions.split(","))
+    except ValueError:
+        p.error(f"--fractions {args.fractions!r}: expected three numbers like 0.8,0.1,0.1")
+    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6:
+        p.error(f"--fractions {args.fractions!r}: expected three shares summing to 1")
+    cfg = Config(
+        hours=args.hours,
+        seed=args.seed,
+        fractions=fractions,
+        test_seen_fraction=args.test_seen_fraction,
+        shard_size=args.shard_size,
+        blends=args.blends,
+        held_out=tuple(v.strip() for v in args.held_out.split(",") if v.strip()),
+    )
+    stats = build(args.out, cfg, args.workers, args.threads, args.max_shards)
+    if stats is None:
+        return
+    for split, n in stats["utterances"].items():
+        print(f"{split:10s} {n:6d} utterances {stats['hours'][split]:.3f} h")
+    print(
+        f"synthesised {stats['synthesised_audio_s']:.0f} s of audio in "
+        f"{stats['synthesis_wall_s']:.0f} s: RTF {stats['rtf_audio_per_wall']} audio s / wall s "
+        f"({stats['workers']} workers); total wall {stats['total_wall_s']:.0f} s"
+    )
+    (args.out / "build_stats.json").write_text(json.dumps(stats, indent=1))
+
+
+if __name__ == "__main__":
+    main()

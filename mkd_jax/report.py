@@ -1,0 +1,137 @@
+"""What a run shows its user: one log line per interval, JSONL and TensorBoard metrics, and the
+final report (WER before and after, trainable share of the teachers, throughput) with a PNG."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from absl import logging
+
+from mkd_jax import lora
+
+_SHORT = {"train/loss": "loss", "train/ce": "ce", "train/kd_kl": "kd", "train/grad_norm": "gnorm"}
+
+
+def param_budget(roles, n_trainable: int) -> dict:
+    """Trainable parameters against the largest teacher and against the whole ensemble."""
+    sizes = {n: lora.count(r[1]) for n, r in roles["teachers"].items()}
+    out = {"trainable": n_trainable, "student": lora.count(roles["student"][1]),
+           "teachers": sizes}
+    if sizes:
+        out["pct_of_largest_teacher"] = 100.0 * n_trainable / max(sizes.values())
+        out["pct_of_ensemble"] = 100.0 * n_trainable / sum(sizes.values())
+    return out
+
+
+class RunLog:
+    """Metrics sinks for one workdir: `metrics.jsonl`, TensorBoard events and the console."""
+
+    def __init__(self, workdir: Path, cfg, roles, n_trainable: int):
+        from tensorboardX import SummaryWriter
+
+        self.workdir = workdir
+        self.total_steps = cfg.total_steps
+        self.jsonl = open(workdir / "metrics.jsonl", "a")  # noqa: SIM115 - lives with the run
+        self.tb = SummaryWriter(str(workdir / "tb"))
+        self.history: dict = {}
+        self.t0 = time.time()
+        self.steps_done_at_start = None
+        budget = param_budget(roles, n_trainable)
+        logging.info("parameters: %s", json.dumps(budget))
+        print(f"trainable {n_trainable:,} params"
+              + (f" = {budget['pct_of_largest_teacher']:.3f}% of the largest teacher, "
+                 f"{budget['pct_of_ensemble']:.3f}% of the ensemble"
+                 if "pct_of_largest_teacher" in budget else ""), flush=True)
+
+    def scalar(self, step: int, key: str, value: float) -> None:
+        self.tb.add_scalar(key, value, step)
+        self.jsonl.write(json.dumps({"step": step, key: value}) + "\n")
+        self.jsonl.flush()
+        self.history.setdefault("curves", {}).setdefault(key, []).append((step, float(value)))
+
+    def interval(self, step, metrics: list[dict], utts: float, audio_s: float, wall: float,
+                 lrs: dict, bar) -> None:
+        """Average the interval's step metrics, write them everywhere, print one line."""
+        mean = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
+        mean.update({f"train/lr/{k}": v for k, v in lrs.items()})
+        mean["perf/utt_per_s"] = utts / max(wall, 1e-9)
+        mean["perf/audio_x_realtime"] = audio_s / max(wall, 1e-9)
+        mean["perf/step_s"] = wall / max(len(metrics), 1)
+        for k, v in mean.items():
+            self.tb.add_scalar(k, v, step)
+            self.history.setdefault("curves", {}).setdefault(k, []).append((step, v))
+        self.jsonl.write(json.dumps({"step": step, **mean}) + "\n")
+        self.jsonl.flush()
+        eta = mean["perf/step_s"] * (self.total_steps - step)
+        terms = " ".join(f"{_SHORT.get(k, k.removeprefix('train/'))}={v:.4g}"
+                         for k, v in mean.items() if k.startswith("train/")
+                         and not k.startswith(("train/lr", "train/tokens")))
+        line = (f"step {step}/{self.total_steps} {terms} lr={lrs.get('lora', 0):.2e} "
+                f"{mean['perf/utt_per_s']:.1f} utt/s {mean['perf/audio_x_realtime']:.1f}x rt "
+                f"ETA {eta / 60:.1f} min")
+        bar.write(line) if bar is not None else print(line)
+
+    def close(self) -> None:
+        self.tb.close()
+        self.jsonl.close()
+
+
+def plot_curves(history: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = history.get("curves", {})
+    keys = [k for k in curves if k.startswith(("train/", "eval/wer"))
+            and not k.startswith(("train/lr", "train/tokens", "train/coverage"))]
+    if not keys:
+        return
+    cols = min(3, len(keys))
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys, strict=False):
+        steps, values = zip(*curves[key], strict=True)
+        ax.plot(steps, values)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_report(workdir: Path, cfg, roles, log: RunLog, after: dict, n_trainable: int,
+                 wall_s: float) -> str:
+    """Write `report.json`, `report.md` and `curves.png`; return the markdown."""
+    budget = param_budget(roles, n_trainable)
+    curves = log.history.get("curves", {})
+    step_s = [v for _, v in curves.get("perf/step_s", [])]
+    rt = [v for _, v in curves.get("perf/audio_x_realtime", [])]
+    report = {"before": log.history.get("before"), "after": after, "params": budget,
+              "median_step_s": float(np.median(step_s)) if step_s else None,
+              "median_audio_x_realtime": float(np.median(rt)) if rt else None,
+              "wall_s": wall_s, "total_steps": cfg.total_steps}
+    (workdir / "report.json").write_text(json.dumps(report, indent=2))
+    plot_curves(log.history, workdir / "curves.png")
+    log.close()
+    lines = ["| metric | value |", "|---|---|"]
+    if report["before"]:
+        lines.append(f"| {cfg.data.eval_split} WER before | {report['before']['wer']:.2f}% |")
+    for split, res in after.items():
+        lines.append(f"| {split} WER after | {res['wer']:.2f}% (CER {res['cer']:.2f}%) |")
+    lines.append(f"| trainable params | {n_trainable:,} |")
+    if "pct_of_largest_teacher" in budget:
+        lines.append(f"| % of largest teacher / ensemble | "
+                     f"{budget['pct_of_largest_teacher']:.3f}% / {budget['pct_of_ensemble']:.3f}% |")
+    if report["median_step_s"]:
+        lines.append(f"| median step time | {report['median_step_s']:.2f} s |")
+        lines.append(f"| throughput | {report['median_audio_x_realtime']:.1f}x real time |")
+    lines.append(f"| wall time | {wall_s / 60:.1f} min |")
+    md = "\n".join(lines)
+    (workdir / "report.md").write_text(md + "\n")
+    return md

@@ -1,0 +1,119 @@
+"""Teacher and student roles and the data source, built from a config.
+
+A role is a checkpoint (a known name, an HF folder or a CTranslate2 folder) or, when `checkpoint`
+is empty, a randomly initialised Whisper of the `init` dimensions with the tokenizer named by
+`tokenizer` (used by tests and shape checks; never for real runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from mkd_jax import assets
+from mkd_jax.data.tokenizers import WhisperTokenizer, load_tokenizer
+from mkd_jax.models.whisper import Whisper, abstract_params, load
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _dtype(name: str, where: str):
+    if name not in DTYPES:
+        raise ValueError(f"{where}.dtype={name!r}; choose one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def build_role(cfg, where: str, *, seed: int = 0, abstract: bool = False):
+    """`(model, params, tokenizer, folder)` for one role config (`student` or `teachers.<name>`).
+
+    With `abstract=True` params are `jax.ShapeDtypeStruct`s (nothing is loaded or allocated).
+    """
+    dtype = _dtype(cfg.dtype, where)
+    if cfg.checkpoint:
+        if abstract:
+            folder = assets.resolve_model(cfg.checkpoint)
+            config = json.loads((Path(folder) / "config.json").read_text())
+            from mkd_jax.models.whisper import dims_from_hf_config
+
+            model = Whisper(**dims_from_hf_config(config), dtype=dtype)
+            params = nn.unbox(abstract_params(model))
+        else:
+            model, params, config = load(cfg.checkpoint, dtype=dtype)
+            folder = config["_folder"]
+        tok_folder = assets.resolve_model(cfg.tokenizer) if cfg.tokenizer else folder
+    else:
+        if not cfg.tokenizer:
+            raise ValueError(f"{where}: a randomly initialised role needs `tokenizer`")
+        try:
+            model = Whisper(**cfg.init.to_dict(), dtype=dtype)
+        except TypeError as e:
+            raise ValueError(f"{where}.init: {e}") from e
+        tok_folder = folder = assets.resolve_model(cfg.tokenizer)
+        params = nn.unbox(abstract_params(model, frames=2 * model.max_source_positions))
+        if not abstract:
+            key = jax.random.fold_in(jax.random.PRNGKey(seed), int(hashlib.sha1(
+                where.encode()).hexdigest()[:7], 16))
+            params = _random_init(model, key)
+    tokenizer = load_tokenizer(tok_folder, model_vocab_size=model.vocab_size)
+    return model, params, tokenizer, Path(folder)
+
+
+def _random_init(model: Whisper, key) -> dict:
+    mel = jnp.zeros((1, model.num_mel_bins, 2 * model.max_source_positions), jnp.float32)
+    params = jax.jit(lambda k: model.init(k, mel, jnp.zeros((1, 4), jnp.int32)))(key)
+    return jax.tree.map(np.asarray, nn.unbox(params["params"]))
+
+
+def build_roles(config, *, abstract: bool = False):
+    """Student and every teacher: `{"student": role, "teachers": {name: role}}`."""
+    student = build_role(config.student, "student", seed=config.seed, abstract=abstract)
+    if not config.teachers:
+        logging.info("no teachers: supervised mode (CE only)")
+    teachers = {
+        name: build_role(cfg, f"teachers.{name}", seed=config.seed, abstract=abstract)
+        for name, cfg in config.teachers.items()
+    }
+    for name, (model, _, _, _) in teachers.items():
+        if model.num_mel_bins != student[0].num_mel_bins:
+            raise ValueError(
+                f"teachers.{name} takes {model.num_mel_bins} mel bins, the student "
+                f"{student[0].num_mel_bins}; mixed mel sizes need per-model features, which the "
+                "batcher does not build yet"
+            )
+    return {"student": student, "teachers": teachers}
+
+
+def same_vocabulary(a: WhisperTokenizer, b: WhisperTokenizer, vocab_a: int, vocab_b: int) -> bool:
+    """Whether two roles share token ids (no cross-tokenizer mapping needed)."""
+    if vocab_a != vocab_b or a.vocab_size != b.vocab_size:
+        return False
+    probe = "The quick brown fox, 12 o'clock; naïve café!"
+    return a.encode(probe) == b.encode(probe) and a.eot == b.eot and a.sot == b.sot
+
+
+def resolve_source(source) -> dict:
+    """The loader config for `data.source`; kind `synth` builds the project's corpus if missing.
+
+    Empty strings and a zero `limit` mean "unset"; `hours` only applies to kind `synth`.
+    """
+    src = source.to_dict() if hasattr(source, "to_dict") else dict(source)
+    hours = float(src.pop("hours", 0.0))
+    src = {k: (None if v == "" or (k == "limit" and not v) else v) for k, v in src.items()}
+    if src["kind"] != "synth":
+        return src
+    from mkd_jax.data import synth
+
+    path = Path(src["path"]) if src["path"] else assets.cache_dir() / "corpora" / f"synth_{hours:g}h"
+    if not (path / "dataset_dict.json").is_file():
+        logging.info("building the %.3g h synthetic corpus at %s (cached for later runs)",
+                     hours, path)
+        if synth.build(path, synth.Config(hours=hours)) is None:
+            raise RuntimeError(f"corpus build at {path} stopped early; rerun to resume it")
+    return dict(src, kind="disk", path=str(path))

@@ -1,0 +1,126 @@
+"""The train state and everything static about a run, built from the config and the roles.
+
+`state = {"step", "trainable": {"lora", "mappers"}, "opt", "rng"}`; `frozen = {"teachers",
+"student"}`. `restore_student` rebuilds a workdir's merged student for evaluate and export.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+from ml_collections import ConfigDict
+
+from mkd_jax import lora, token_align
+from mkd_jax.distill import Setup, merged_student
+from mkd_jax.mappers import Mappers, format_layer_map, layer_counts, resolve_layer_map
+from mkd_jax.optim import make_optimizer
+
+
+def _layers(model) -> dict[str, int]:
+    return layer_counts({"encoder_layers": model.encoder_layers,
+                         "decoder_layers": model.decoder_layers})
+
+
+def make_setup(cfg, roles) -> Setup:
+    """Static step settings: models, layer map, vocabulary maps and loss weights."""
+    student, _, tok_s, _ = roles["student"]
+    teachers = roles["teachers"]
+    vocab_maps, vocab_index = {}, {}
+    for name, (model, _, tok, _) in teachers.items():
+        vmap = token_align.vocab_map(tok, tok_s)
+        if token_align.same_vocabulary(vmap, student.vocab_size) and (
+                model.vocab_size == student.vocab_size):
+            vocab_maps[name] = vocab_index[name] = None
+        else:
+            vocab_maps[name] = vmap
+            vocab_index[name] = token_align.student_index(vmap, student.vocab_size)
+            logging.info("teacher %s has another vocabulary: cross-tokenizer KD", name)
+    mappers = None
+    if teachers and cfg.mappers.weight > 0:
+        pairs = resolve_layer_map(
+            cfg.mappers.strategy, student_layers=_layers(student),
+            teachers={n: _layers(m) for n, (m, *_) in teachers.items()},
+            sides=tuple(cfg.mappers.sides), explicit=list(cfg.mappers.explicit) or None)
+        logging.info("layer map:\n%s", format_layer_map(pairs))
+        mappers = Mappers(tuple(pairs), tuple((n, m.d_model) for n, (m, *_) in teachers.items()),
+                          kind=cfg.mappers.kind, hidden=cfg.mappers.hidden or None,
+                          align=cfg.mappers.align)
+    loss = cfg.loss
+    return Setup(
+        student=student,
+        teachers={n: m for n, (m, *_) in teachers.items()},
+        teacher_weights={n: float(c.get("weight", 1.0)) for n, c in cfg.teachers.items()},
+        vocab_maps=vocab_maps, vocab_index=vocab_index, mappers=mappers,
+        lora_rank=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+        w_ce=loss.w_ce, w_kd=loss.w_kd if teachers else 0.0, w_map=cfg.mappers.weight,
+        feature_loss=cfg.mappers.loss, temperature=loss.temperature, ensemble=loss.ensemble,
+        ensemble_weights=tuple(loss.ensemble_weights), interpolate=loss.interpolate,
+        lambdas=tuple(loss.lambdas), total_steps=cfg.total_steps,
+    )
+
+
+def init_trainable(cfg, roles, setup: Setup, rng) -> dict:
+    """`{"lora", "mappers"}`: LoRA with zero `b` on the student, mappers on dummy features."""
+    student, params_s, _, _ = roles["student"]
+    lora_rng, map_rng = jax.random.split(rng)
+    targets = list(cfg.lora.targets)
+    lora_tree = lora.init(lora_rng, params_s, targets=targets, rank=cfg.lora.rank) if targets else {}
+    mappers = {}
+    if setup.mappers is not None:
+        def site_dim(model, site):
+            return model.d_model  # every site of a Whisper has width d_model
+
+        s_out = {p.student_site: jnp.zeros((1, 1, site_dim(student, p.student_site)))
+                 for p in setup.mappers.pairs}
+        t_out = {}
+        for p in setup.mappers.pairs:
+            t = setup.teachers[p.teacher]
+            t_out.setdefault(p.teacher, {})[p.teacher_site] = jnp.zeros((1, 1, t.d_model))
+        mappers = setup.mappers.init(map_rng, s_out, t_out)["params"]
+    return {"lora": lora_tree, "mappers": mappers}
+
+
+def make_tx(cfg):
+    """The optimizer and its schedules; `total_steps` counts micro-batches."""
+    updates = max(cfg.total_steps // max(cfg.optim.accum_steps, 1), 1)
+    return make_optimizer(cfg.optim, total_steps=updates)
+
+
+def init_state(trainable, tx, rng) -> dict:
+    return {"step": jnp.int32(0), "trainable": trainable, "opt": tx.init(trainable), "rng": rng}
+
+
+def load_config(workdir) -> ConfigDict:
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {workdir} is not a mkd_jax training workdir")
+    return ConfigDict(json.loads(path.read_text()))
+
+
+def restore_student(workdir):
+    """`(model, merged params, tokenizer, folder, config)` of a workdir's latest checkpoint."""
+    from mkd_jax.checkpoint import Checkpointer
+    from mkd_jax.roles import build_role
+
+    cfg = load_config(workdir)
+    student, params_s, tok, folder = build_role(cfg.student, "student", seed=cfg.seed)
+    roles = {"student": (student, params_s, tok, folder),
+             "teachers": {n: build_role(c, f"teachers.{n}", seed=cfg.seed, abstract=True)
+                          for n, c in cfg.teachers.items()}}
+    setup = make_setup(cfg, roles)
+    rng = jax.random.PRNGKey(cfg.seed)
+    tx, _ = make_tx(cfg)
+    state = jax.eval_shape(lambda: init_state(init_trainable(cfg, roles, setup, rng), tx, rng))
+    ckpt = Checkpointer(Path(workdir) / "checkpoints")
+    step = ckpt.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"{workdir}/checkpoints has no checkpoint yet")
+    restored, _ = ckpt.restore(step, state)
+    ckpt.close()
+    merged = jax.jit(lambda t, s: merged_student(t, {"student": s}, setup))(
+        restored["trainable"], params_s)
+    return student, merged, tok, folder, cfg

@@ -1,0 +1,196 @@
+"""Distil teachers into a LoRA student with projection mappers.
+
+    python -m mkd_jax.train --config configs/tiny.py --workdir /tmp/mkd_tiny [--config.a.b=v]
+
+Rerunning with the same workdir resumes from its latest checkpoint (state, optimizer, RNG and
+data position), bit-exactly. SIGTERM/SIGINT save a checkpoint and exit cleanly. Writes
+`config.json`, `metrics.jsonl`, TensorBoard events, `checkpoints/`, `report.json`/`report.md`
+and `curves.png` into the workdir. With no teachers configured, it trains the LoRA student with
+CE only (the supervised mode).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from mkd_jax import decode, lora, sharding
+from mkd_jax.checkpoint import Checkpointer
+from mkd_jax.data import batching, loaders
+from mkd_jax.distill import merged_student, train_step
+from mkd_jax.evaluate import format_table, score, transcribe_utts
+from mkd_jax.models.whisper import abstract_params
+from mkd_jax.report import RunLog, write_report
+from mkd_jax.roles import build_roles, resolve_source
+from mkd_jax.state import init_state, init_trainable, make_setup, make_tx
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Run folder; rerun with the same one to resume.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _device_batch(batch: dict, shardings: dict) -> dict:
+    return {k: jax.device_put(v, shardings[k]) for k, v in batch.items() if k in shardings}
+
+
+def _wer(cfg, roles, merged, utts, split, max_batches) -> dict:
+    student, _, tok, folder = roles["student"]
+    spec = decode.spec_from_folder(folder, tok, max_new_tokens=cfg.eval.max_new_tokens,
+                                   beam_size=cfg.eval.beam_size)
+    ids, hyps = transcribe_utts(student, merged, tok, spec, utts,
+                                batch_size=cfg.data.eval_batch_size, n_frames=cfg.data.n_frames,
+                                max_batches=max_batches, desc=f"decode {split}")
+    return score(utts, ids, hyps)["all"]
+
+
+def main(argv):
+    del argv
+    cfg, workdir = FLAGS.config, Path(FLAGS.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("MKD_JAX_DISTRIBUTED") == "1":
+        jax.distributed.initialize()  # coordinator and ranks from the launcher's environment
+    jax.config.update("jax_threefry_partitionable", True)
+    (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
+    t_start = time.time()
+
+    # ----- mesh, roles, data -----
+    mesh = sharding.make_mesh(cfg.mesh)
+    rules = tuple(tuple(r) for r in cfg.sharding_rules)
+    dp = sharding.data_parallel_size(mesh, rules)
+    if cfg.data.batch_size % dp:
+        raise ValueError(f"data.batch_size={cfg.data.batch_size} is not a multiple of the "
+                         f"{dp}-way data parallelism of mesh {dict(mesh.shape)}")
+    roles = build_roles(cfg)
+    student, params_s, tok_s, _ = roles["student"]
+    setup = make_setup(cfg, roles)
+    source = resolve_source(cfg.data.source)
+    train_utts = loaders.load_split(source, cfg.data.train_split)
+    eval_utts = loaders.load_split(source, cfg.data.eval_split)
+    tokenizers = {batching.STUDENT: tok_s}
+    tokenizers.update({n: roles["teachers"][n][2] for n, ix in setup.vocab_index.items()
+                       if ix is not None})
+    buckets = batching.make_buckets(tuple(cfg.data.token_buckets), (cfg.data.n_frames,),
+                                    cfg.data.batch_size)
+    train_iter = batching.BatchIterator(train_utts, tokenizers, buckets=buckets,
+                                        n_mels=student.num_mel_bins, seed=cfg.seed,
+                                        prefetch=cfg.data.prefetch)
+
+    # ----- state, shardings, restore -----
+    rng = jax.random.PRNGKey(cfg.seed)
+    init_rng, state_rng = jax.random.split(rng)
+    trainable = init_trainable(cfg, roles, setup, init_rng)
+    tx, schedules = make_tx(cfg)
+    state = init_state(trainable, tx, state_rng)
+    replicated = sharding.replicated(mesh)
+    state_sh = jax.tree.map(lambda _: replicated, state)
+    frozen_sh = {
+        "student": sharding.param_shardings(abstract_params(student), mesh, rules),
+        "teachers": {n: sharding.param_shardings(abstract_params(m), mesh, rules)
+                     for n, (m, *_) in roles["teachers"].items()},
+    }
+    frozen = sharding.put({"student": params_s,
+                           "teachers": {n: r[1] for n, r in roles["teachers"].items()}},
+                          frozen_sh)
+    state = jax.device_put(state, state_sh)
+    n_train = lora.count(state["trainable"])
+    log = RunLog(workdir, cfg, roles, n_train)
+    ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=cfg.ckpt.max_to_keep)
+    start = ckpt.latest_step()
+    if start is not None:
+        state, meta = ckpt.restore(start, state)
+        train_iter.restore(meta["data"])
+        log.history = meta.get("history", {})
+        logging.info("resumed from step %d", start)
+
+    # ----- jit -----
+    ranks = {"mel": 3, "decoder_input": 2, "labels": 2, "mask": 2, "valid": 1, "audio_frames": 1}
+    for name in tokenizers:
+        if name != batching.STUDENT:
+            ranks.update({f"t:{name}/{k}": 2 for k in ("decoder_input", "labels", "mask", "rows")})
+    batch_sh = {k: sharding.batch_sharding(mesh, rules, r) for k, r in ranks.items()}
+    step_fn = jax.jit(functools.partial(train_step, setup=setup, tx=tx),
+                      in_shardings=(state_sh, frozen_sh, batch_sh),
+                      out_shardings=(state_sh, replicated), donate_argnums=(0,))
+    merge_fn = jax.jit(lambda t, f: merged_student(t, f, setup))
+
+    # ----- WER before training -----
+    if "before" not in log.history and cfg.eval.max_batches >= 0:
+        merged = merge_fn(state["trainable"], frozen)
+        log.history["before"] = _wer(cfg, roles, merged, eval_utts, cfg.data.eval_split,
+                                     cfg.eval.max_batches)
+        logging.info("%s WER before training: %.2f%%", cfg.data.eval_split,
+                     log.history["before"]["wer"])
+
+    # ----- loop -----
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signal.Signals(signum).name
+
+    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    step = int(jax.device_get(state["step"]))
+    bar = tqdm(total=cfg.total_steps, initial=step, desc="train", unit="step")
+    pending, t_window = [], time.time()
+    while step < cfg.total_steps and stop["signal"] is None:
+        batch = next(train_iter)
+        state, metrics = step_fn(state, frozen, _device_batch(batch, batch_sh))
+        step += 1
+        bar.update(1)
+        pending.append((metrics, float(batch["valid"].sum()),
+                        float(batch["audio_frames"].sum()) / 100.0))
+        if step % cfg.log_every_steps == 0 or step == cfg.total_steps:
+            log.interval(step, jax.device_get([m for m, _, _ in pending]),
+                         sum(u for _, u, _ in pending), sum(a for _, _, a in pending),
+                         time.time() - t_window, {k: float(s(step)) for k, s in schedules.items()},
+                         bar)
+            pending, t_window = [], time.time()
+        if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < cfg.total_steps:
+            res = _wer(cfg, roles, merge_fn(state["trainable"], frozen), eval_utts,
+                       cfg.data.eval_split, cfg.eval.max_batches)
+            log.scalar(step, "eval/wer", res["wer"])
+            log.scalar(step, "eval/cer", res["cer"])
+        if step % cfg.ckpt.every_steps == 0 or step == cfg.total_steps:
+            ckpt.save(step, state, {"data": train_iter.state(), "history": log.history})
+    bar.close()
+    if stop["signal"] is not None:
+        ckpt.save(step, state, {"data": train_iter.state(), "history": log.history}, force=True)
+        ckpt.close()
+        train_iter.close()
+        logging.warning("%s received: saved step %d to %s; rerun to resume", stop["signal"],
+                        step, workdir / "checkpoints")
+        return
+    for s, h in old_handlers.items():
+        signal.signal(s, h)
+    ckpt.close()
+    train_iter.close()
+
+    # ----- final report -----
+    merged = merge_fn(state["trainable"], frozen)
+    after = {}
+    for split in dict.fromkeys([cfg.data.eval_split, cfg.data.test_split]):
+        try:
+            utts = eval_utts if split == cfg.data.eval_split else loaders.load_split(source, split)
+        except (ValueError, FileNotFoundError, KeyError) as e:
+            logging.warning("no %s split to score (%s)", split, e)
+            continue
+        after[split] = _wer(cfg, roles, merged, utts, split, cfg.eval.max_batches)
+    report = write_report(workdir, cfg, roles, log, after, n_train, time.time() - t_start)
+    print(report)
+    print(format_table({f"{k} (after)": v for k, v in after.items()}))
+
+
+if __name__ == "__main__":
+    jax.config.update("jax_threefry_partitionable", True)
+    app.run(main)

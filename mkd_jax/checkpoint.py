@@ -26,7 +26,12 @@ class Checkpointer:
         return self._mngr.latest_step()
 
     def save(self, step: int, state, meta: dict, *, force: bool = False) -> bool:
-        """Start an asynchronous save of `state` and `meta` (JSON-able) at `step`."""
+        """Start an asynchronous save of `state` and `meta` (JSON-able) at `step`.
+
+        A step that is already saved (e.g. by the cadence just before a SIGTERM) is kept as is.
+        """
+        if step in self._mngr.all_steps():
+            return False
         return self._mngr.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),

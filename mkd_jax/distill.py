@@ -143,7 +143,7 @@ def train_step(state, frozen, batch, *, setup: Setup, tx: optax.GradientTransfor
                                   setup=setup)
     updates, opt = tx.update(grads, state["opt"], state["trainable"])
     trainable = optax.apply_updates(state["trainable"], updates)
-    metrics["train/grad_norm"] = optax.global_norm(grads)
+    metrics["train/grad_norm"] = optax.tree.norm(grads)
     new_state = {"step": state["step"] + 1, "trainable": trainable, "opt": opt, "rng": rng}
     return new_state, metrics
 

@@ -26,6 +26,15 @@ def param_budget(roles, n_trainable: int) -> dict:
     return out
 
 
+def quiet_library_logs() -> None:
+    """Keep INFO lines of ours; drop the INFO chatter of orbax and jax internals."""
+    def keep(record) -> bool:
+        noisy = ("orbax" in record.pathname or "jax/_src" in record.pathname)
+        return record.levelno >= logging.WARNING or not noisy
+
+    logging.get_absl_handler().addFilter(keep)
+
+
 class RunLog:
     """Metrics sinks for one workdir: `metrics.jsonl`, TensorBoard events and the console."""
 
@@ -66,9 +75,13 @@ class RunLog:
         self.jsonl.write(json.dumps({"step": step, **mean}) + "\n")
         self.jsonl.flush()
         eta = mean["perf/step_s"] * (self.total_steps - step)
-        terms = " ".join(f"{_SHORT.get(k, k.removeprefix('train/'))}={v:.4g}"
-                         for k, v in mean.items() if k.startswith("train/")
-                         and not k.startswith(("train/lr", "train/tokens")))
+        shown = {_SHORT.get(k, k.removeprefix("train/")): v for k, v in mean.items()
+                 if k.startswith("train/") and not k.startswith(
+                     ("train/lr", "train/tokens", "train/coverage", "train/feat/"))}
+        feats = [v for k, v in mean.items() if k.startswith("train/feat/")]
+        if feats:  # each mapper's term is in metrics.jsonl and TensorBoard
+            shown["feat"] = float(np.mean(feats))
+        terms = " ".join(f"{k}={v:.4g}" for k, v in shown.items())
         line = (f"step {step}/{self.total_steps} {terms} lr={lrs.get('lora', 0):.2e} "
                 f"{mean['perf/utt_per_s']:.1f} utt/s {mean['perf/audio_x_realtime']:.1f}x rt "
                 f"ETA {eta / 60:.1f} min")

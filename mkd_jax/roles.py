@@ -66,9 +66,28 @@ def build_role(cfg, where: str, *, seed: int = 0, abstract: bool = False):
 
 
 def _random_init(model: Whisper, key) -> dict:
-    mel = jnp.zeros((1, model.num_mel_bins, 2 * model.max_source_positions), jnp.float32)
-    params = jax.jit(lambda k: model.init(k, mel, jnp.zeros((1, 4), jnp.int32)))(key)
-    return jax.tree.map(np.asarray, nn.unbox(params["params"]))
+    """Random float32 params drawn on the host: N(0, 0.02) weights, unit norms, sinusoid table.
+
+    Host numpy keeps start-up free of XLA compiles (a jitted `model.init` compiles the whole
+    unrolled network). Used only for roles without a checkpoint.
+    """
+    from flax.traverse_util import flatten_dict, unflatten_dict
+
+    from mkd_jax.models.whisper import sinusoids
+
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).tolist())
+    flat = {}
+    for path, leaf in flatten_dict(nn.unbox(abstract_params(model)), sep="/").items():
+        if path == "encoder/embed_positions":
+            value = sinusoids(*leaf.shape)
+        elif path.endswith("/scale"):
+            value = np.ones(leaf.shape, np.float32)
+        elif path.endswith("/bias"):
+            value = np.zeros(leaf.shape, np.float32)
+        else:
+            value = rng.normal(0.0, 0.02, leaf.shape).astype(np.float32)
+        flat[path] = value
+    return unflatten_dict(flat, sep="/")
 
 
 def build_roles(config, *, abstract: bool = False):

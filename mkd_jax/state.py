@@ -1,7 +1,8 @@
 """The train state and everything static about a run, built from the config and the roles.
 
 `state = {"step", "trainable": {"lora", "mappers"}, "opt", "rng"}`; `frozen = {"teachers",
-"student"}`. `restore_student` rebuilds a workdir's merged student for evaluate and export.
+"student"}`. `restore_student` rebuilds a workdir's merged student for evaluate; `restore_run` also
+returns the unmerged trainable tree, for export.
 """
 
 from __future__ import annotations
@@ -64,22 +65,23 @@ def make_setup(cfg, roles) -> Setup:
 
 
 def init_trainable(cfg, roles, setup: Setup, rng) -> dict:
-    """`{"lora", "mappers"}`: LoRA with zero `b` on the student, mappers on dummy features."""
+    """`{"lora", "mappers"}`: LoRA with zero `b` on the student, mappers on dummy features.
+
+    Only parameter shapes are read, so this traces under `jax.jit` / `jax.eval_shape` and runs
+    as one compiled program.
+    """
     student, params_s, _, _ = roles["student"]
     lora_rng, map_rng = jax.random.split(rng)
     targets = list(cfg.lora.targets)
     lora_tree = lora.init(lora_rng, params_s, targets=targets, rank=cfg.lora.rank) if targets else {}
     mappers = {}
     if setup.mappers is not None:
-        def site_dim(model, site):
-            return model.d_model  # every site of a Whisper has width d_model
-
-        s_out = {p.student_site: jnp.zeros((1, 1, site_dim(student, p.student_site)))
-                 for p in setup.mappers.pairs}
+        # Every site of a Whisper has width d_model; one frame is enough to create the kernels.
+        s_out = {p.student_site: jnp.zeros((1, 1, student.d_model)) for p in setup.mappers.pairs}
         t_out = {}
         for p in setup.mappers.pairs:
-            t = setup.teachers[p.teacher]
-            t_out.setdefault(p.teacher, {})[p.teacher_site] = jnp.zeros((1, 1, t.d_model))
+            width = setup.teachers[p.teacher].d_model
+            t_out.setdefault(p.teacher, {})[p.teacher_site] = jnp.zeros((1, 1, width))
         mappers = setup.mappers.init(map_rng, s_out, t_out)["params"]
     return {"lora": lora_tree, "mappers": mappers}
 
@@ -101,12 +103,35 @@ def load_config(workdir) -> ConfigDict:
     return ConfigDict(json.loads(path.read_text()))
 
 
-def restore_student(workdir):
-    """`(model, merged params, tokenizer, folder, config)` of a workdir's latest checkpoint."""
+def checkpoint_steps(workdir) -> list[int]:
+    """Steps with a finished checkpoint in `workdir/checkpoints` (orbax names each by its step)."""
+    folder = Path(workdir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+
+
+def restore_run(workdir, step: int | None = None):
+    """`(cfg, student role, setup, trainable, step)` of a workdir's checkpoint (latest by default).
+
+    The student role is `(model, base params, tokenizer, folder)` and `trainable` the restored
+    `{"lora", "mappers"}` tree, unmerged (export writes the LoRA factors themselves).
+
+    Raises:
+      FileNotFoundError: the workdir has no config.json or no checkpoint.
+      ValueError: `step` has no checkpoint; the message lists the steps that do.
+    """
     from mkd_jax.checkpoint import Checkpointer
     from mkd_jax.roles import build_role
 
     cfg = load_config(workdir)
+    steps = checkpoint_steps(workdir)
+    if not steps:
+        raise FileNotFoundError(f"{workdir}/checkpoints has no checkpoint yet")
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise ValueError(f"{workdir}/checkpoints has no step {step}; it has steps {steps}")
     student, params_s, tok, folder = build_role(cfg.student, "student", seed=cfg.seed)
     roles = {"student": (student, params_s, tok, folder),
              "teachers": {n: build_role(c, f"teachers.{n}", seed=cfg.seed, abstract=True)
@@ -116,11 +141,13 @@ def restore_student(workdir):
     tx, _ = make_tx(cfg)
     state = jax.eval_shape(lambda: init_state(init_trainable(cfg, roles, setup, rng), tx, rng))
     ckpt = Checkpointer(Path(workdir) / "checkpoints")
-    step = ckpt.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"{workdir}/checkpoints has no checkpoint yet")
     restored, _ = ckpt.restore(step, state)
     ckpt.close()
-    merged = jax.jit(lambda t, s: merged_student(t, {"student": s}, setup))(
-        restored["trainable"], params_s)
+    return cfg, roles["student"], setup, restored["trainable"], step
+
+
+def restore_student(workdir):
+    """`(model, merged params, tokenizer, folder, config)` of a workdir's latest checkpoint."""
+    cfg, (student, params_s, tok, folder), setup, trainable, _ = restore_run(workdir)
+    merged = jax.jit(lambda t, s: merged_student(t, {"student": s}, setup))(trainable, params_s)
     return student, merged, tok, folder, cfg

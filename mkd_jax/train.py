@@ -12,7 +12,6 @@ CE only (the supervised mode).
 from __future__ import annotations
 
 import functools
-import json
 import os
 import signal
 import time
@@ -25,13 +24,13 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from mkd_jax import decode, lora, sharding
+from mkd_jax import assets, decode, lora, sharding
 from mkd_jax.checkpoint import Checkpointer
 from mkd_jax.data import batching, loaders
 from mkd_jax.distill import merged_student, train_step
-from mkd_jax.evaluate import format_table, score, transcribe_utts
+from mkd_jax.evaluate import score, transcribe_utts
 from mkd_jax.models.whisper import abstract_params
-from mkd_jax.report import RunLog, write_report
+from mkd_jax.report import RunLog, quiet_library_logs, write_report
 from mkd_jax.roles import build_roles, resolve_source
 from mkd_jax.state import init_state, init_trainable, make_setup, make_tx
 
@@ -55,13 +54,18 @@ def _wer(cfg, roles, merged, utts, split, max_batches) -> dict:
     return score(utts, ids, hyps)["all"]
 
 
-def main(argv):
-    del argv
-    cfg, workdir = FLAGS.config, Path(FLAGS.workdir)
+def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
+    """Train (or resume) one run; returns the final trainable tree and run facts.
+
+    `stop_at` ends this invocation after that step with a checkpoint, as SIGTERM would (for
+    time-boxed sessions); rerunning continues to `cfg.total_steps`.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     if os.environ.get("MKD_JAX_DISTRIBUTED") == "1":
         jax.distributed.initialize()  # coordinator and ranks from the launcher's environment
     jax.config.update("jax_threefry_partitionable", True)
+    # Reruns, resumes and ablation rows share compiled programs through the persistent cache.
+    jax.config.update("jax_compilation_cache_dir", str(assets.cache_dir() / "xla"))
     (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
     t_start = time.time()
 
@@ -90,9 +94,9 @@ def main(argv):
     # ----- state, shardings, restore -----
     rng = jax.random.PRNGKey(cfg.seed)
     init_rng, state_rng = jax.random.split(rng)
-    trainable = init_trainable(cfg, roles, setup, init_rng)
     tx, schedules = make_tx(cfg)
-    state = init_state(trainable, tx, state_rng)
+    state = jax.jit(lambda r1, r2: init_state(init_trainable(cfg, roles, setup, r1), tx, r2))(
+        init_rng, state_rng)
     replicated = sharding.replicated(mesh)
     state_sh = jax.tree.map(lambda _: replicated, state)
     frozen_sh = {
@@ -126,7 +130,7 @@ def main(argv):
     merge_fn = jax.jit(lambda t, f: merged_student(t, f, setup))
 
     # ----- WER before training -----
-    if "before" not in log.history and cfg.eval.max_batches >= 0:
+    if "before" not in log.history and cfg.eval.max_batches >= 0:  # -1 skips every WER pass
         merged = merge_fn(state["trainable"], frozen)
         log.history["before"] = _wer(cfg, roles, merged, eval_utts, cfg.data.eval_split,
                                      cfg.eval.max_batches)
@@ -144,6 +148,9 @@ def main(argv):
     bar = tqdm(total=cfg.total_steps, initial=step, desc="train", unit="step")
     pending, t_window = [], time.time()
     while step < cfg.total_steps and stop["signal"] is None:
+        if stop_at is not None and step >= stop_at:
+            stop["signal"] = f"stop_at={stop_at}"
+            break
         batch = next(train_iter)
         state, metrics = step_fn(state, frozen, _device_batch(batch, batch_sh))
         step += 1
@@ -168,9 +175,10 @@ def main(argv):
         ckpt.save(step, state, {"data": train_iter.state(), "history": log.history}, force=True)
         ckpt.close()
         train_iter.close()
-        logging.warning("%s received: saved step %d to %s; rerun to resume", stop["signal"],
-                        step, workdir / "checkpoints")
-        return
+        log.close()
+        logging.warning("%s: saved step %d to %s; rerun to resume", stop["signal"], step,
+                        workdir / "checkpoints")
+        return {"step": step, "stopped_by": stop["signal"]}
     for s, h in old_handlers.items():
         signal.signal(s, h)
     ckpt.close()
@@ -179,7 +187,8 @@ def main(argv):
     # ----- final report -----
     merged = merge_fn(state["trainable"], frozen)
     after = {}
-    for split in dict.fromkeys([cfg.data.eval_split, cfg.data.test_split]):
+    splits = [cfg.data.eval_split, cfg.data.test_split] if cfg.eval.max_batches >= 0 else []
+    for split in dict.fromkeys(splits):
         try:
             utts = eval_utts if split == cfg.data.eval_split else loaders.load_split(source, split)
         except (ValueError, FileNotFoundError, KeyError) as e:
@@ -188,7 +197,14 @@ def main(argv):
         after[split] = _wer(cfg, roles, merged, utts, split, cfg.eval.max_batches)
     report = write_report(workdir, cfg, roles, log, after, n_train, time.time() - t_start)
     print(report)
-    print(format_table({f"{k} (after)": v for k, v in after.items()}))
+    return {"step": step, "trainable": jax.device_get(state["trainable"]), "after": after,
+            "train_step_compiles": step_fn._cache_size()}
+
+
+def main(argv):
+    del argv
+    quiet_library_logs()
+    run(FLAGS.config, Path(FLAGS.workdir))
 
 
 if __name__ == "__main__":

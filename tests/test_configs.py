@@ -1,0 +1,83 @@
+"""Every config builds, and its train step traces on abstract shapes (no weights, no memory)."""
+
+import functools
+import importlib.util
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from mkd_jax import lora
+from mkd_jax.distill import train_step
+from mkd_jax.report import param_budget
+from mkd_jax.roles import build_roles
+from mkd_jax.state import init_state, init_trainable, make_setup, make_tx
+
+CONFIGS = sorted(Path(__file__).parent.parent.glob("configs/*.py"))
+
+
+def load_config(path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def abstract_setup(cfg):
+    """Roles from `init` shapes with real tokenizers: multilingual for 51865, English for 51864."""
+    for role in [cfg.student, *cfg.teachers.values()]:
+        role.checkpoint = ""
+        role.tokenizer = "base" if role.init.vocab_size == 51865 else "tiny.en"
+    roles = build_roles(cfg, abstract=True)
+    setup = make_setup(cfg, roles)
+    rng = jax.random.PRNGKey(0)
+    tx, _ = make_tx(cfg)
+    state = jax.eval_shape(lambda: init_state(init_trainable(cfg, roles, setup, rng), tx, rng))
+    return roles, setup, tx, state
+
+
+def abstract_batch(cfg, setup, student):
+    b, s, f = cfg.data.batch_size, max(cfg.data.token_buckets), cfg.data.n_frames
+    batch = {"mel": jax.ShapeDtypeStruct((b, student.num_mel_bins, f), jnp.float32),
+             "valid": jax.ShapeDtypeStruct((b,), jnp.float32),
+             "audio_frames": jax.ShapeDtypeStruct((b,), jnp.int32)}
+    for prefix in [""] + [f"t:{n}/" for n, ix in setup.vocab_index.items() if ix is not None]:
+        batch[prefix + "decoder_input"] = jax.ShapeDtypeStruct((b, s), jnp.int32)
+        batch[prefix + "labels"] = jax.ShapeDtypeStruct((b, s), jnp.int32)
+        batch[prefix + "mask"] = jax.ShapeDtypeStruct((b, s), jnp.float32)
+        if prefix:
+            batch[prefix + "rows"] = jax.ShapeDtypeStruct((b, s), jnp.int32)
+    return batch
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_config_traces_one_step_on_abstract_shapes(path):
+    cfg = load_config(path)
+    with cfg.unlocked():
+        roles, setup, tx, state = abstract_setup(cfg)
+    frozen = {"student": roles["student"][1],
+              "teachers": {n: r[1] for n, r in roles["teachers"].items()}}
+    batch = abstract_batch(cfg, setup, roles["student"][0])
+    new_state, metrics = jax.eval_shape(functools.partial(train_step, setup=setup, tx=tx),
+                                        state, frozen, batch)
+    assert jax.tree.structure(new_state) == jax.tree.structure(state)
+    assert metrics["train/loss"].shape == ()
+    assert "train/ce" in metrics
+    if roles["teachers"]:
+        budget = param_budget(roles, lora.count(state["trainable"]))
+        assert budget["pct_of_largest_teacher"] < 1.0, budget
+
+
+def test_paper_preset_budget_is_computed_not_guessed():
+    cfg = load_config(Path(__file__).parent.parent / "configs/paper_large_v2.py")
+    with cfg.unlocked():
+        roles, setup, _, state = abstract_setup(cfg)
+    budget = param_budget(roles, lora.count(state["trainable"]))
+    # 4 decoder layers x (8 attention 768x768 + fc1/fc2 768x3072) at r=32, plus 768->1280 + bias.
+    lora_params = 4 * (8 * 32 * (768 + 768) + 2 * 32 * (768 + 3072))
+    assert budget["trainable"] == lora_params + 768 * 1280 + 1280
+    assert 1.5e9 < budget["teachers"]["large_v2"] < 1.6e9
+    assert budget["pct_of_largest_teacher"] < 0.3
+    assert [p.student_site for p in setup.mappers.pairs] == ["encoder/output"]
+    assert setup.vocab_index["large_v2"] is not None  # multilingual teacher: cross-tokenizer KD

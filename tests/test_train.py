@@ -1,0 +1,91 @@
+"""End-to-end training on the tiny preset: a 2-step run, one compile, bit-exact resume."""
+
+import importlib.util
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from mkd_jax import train
+
+ROOT = Path(__file__).parent.parent
+
+
+def tiny_config(data_root, **overrides):
+    spec = importlib.util.spec_from_file_location("tiny", ROOT / "configs/tiny.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = module.get_config()
+    cfg.data.source.kind = "librispeech"
+    cfg.data.source.path = str(data_root)
+    cfg.eval.max_batches = -1  # no WER passes: decoding a random model tells nothing here
+    cfg.data.prefetch = 0
+    for key, value in overrides.items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return cfg
+
+
+def test_end_to_end_run_compiles_once(tiny_librispeech, tmp_path):
+    out = train.run(tiny_config(tiny_librispeech, total_steps=4), tmp_path)
+    assert out["step"] == 4
+    assert out["train_step_compiles"] == 1
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["params"]["trainable"] > 0
+    assert report["params"]["pct_of_largest_teacher"] < 1.0
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = [x for x in lines if "train/loss" in x]
+    assert [x["step"] for x in logged] == [1, 2, 3, 4]
+    for key in ("train/ce", "train/kd_kl", "train/agree/a", "train/agree/b", "train/coverage/b"):
+        assert np.isfinite(logged[-1][key]), key
+    assert any(k.startswith("train/feat/") for k in logged[-1])
+    assert 0.5 < logged[-1]["train/coverage/b"] <= 1.0  # cross-tokenizer teacher
+    assert (tmp_path / "checkpoints" / "4").is_dir()
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    # LoRA `b` moved off zero: the student is no longer exactly its pretrained self.
+    b = [x for p, x in jax.tree_util.tree_flatten_with_path(out["trainable"]["lora"])[0]
+         if p[-1].key == "b"]
+    assert max(float(np.abs(x).max()) for x in b) > 0
+
+
+def test_resume_is_bit_exact(tiny_librispeech, tmp_path):
+    cfg = tiny_config(tiny_librispeech, total_steps=4)
+    straight = train.run(cfg, tmp_path / "straight")
+    interrupted = train.run(cfg, tmp_path / "resumed", stop_at=2)
+    assert interrupted == {"step": 2, "stopped_by": "stop_at=2"}
+    resumed = train.run(cfg, tmp_path / "resumed")
+    assert resumed["step"] == 4
+    flat_a = jax.tree_util.tree_flatten_with_path(straight["trainable"])[0]
+    flat_b = jax.tree_util.tree_flatten_with_path(resumed["trainable"])[0]
+    assert len(flat_a) == len(flat_b) > 0
+    for (path, a), (_, b) in zip(flat_a, flat_b, strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_cleanly(tiny_librispeech, tmp_path):
+    cmd = [sys.executable, "-m", "mkd_jax.train", "--config", str(ROOT / "configs/tiny.py"),
+           "--workdir", str(tmp_path), "--config.total_steps=1000",
+           "--config.data.source.kind=librispeech",
+           f"--config.data.source.path={tiny_librispeech}", "--config.eval.max_batches=-1",
+           "--config.ckpt.every_steps=1000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    for line in proc.stdout:
+        if "step 1/1000" in line or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, rest
+    assert "SIGTERM: saved step" in rest
+    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved and 1 <= saved[-1] < 1000

@@ -1,0 +1,71 @@
+"""The pure step: what is differentiated, identity at init, and padding that changes nothing."""
+
+import importlib.util
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mkd_jax import distill
+from mkd_jax.data import batching, loaders
+from mkd_jax.roles import build_roles
+from mkd_jax.state import init_trainable, make_setup
+
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.fixture(scope="module")
+def parts(tiny_librispeech):
+    spec = importlib.util.spec_from_file_location("tiny", ROOT / "configs/tiny.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = module.get_config()
+    roles = build_roles(cfg)
+    setup = make_setup(cfg, roles)
+    trainable = jax.jit(lambda r: init_trainable(cfg, roles, setup, r))(jax.random.PRNGKey(1))
+    frozen = {"student": roles["student"][1],
+              "teachers": {n: r[1] for n, r in roles["teachers"].items()}}
+    utts = loaders.load_split({"kind": "librispeech", "path": str(tiny_librispeech)}, "dev")
+    toks = {batching.STUDENT: roles["student"][2], "b": roles["teachers"]["b"][2]}
+    it = batching.BatchIterator(utts, toks, buckets=batching.make_buckets((48,), (1000,), 4),
+                                shuffle=False, prefetch=0, process_index=0, process_count=1)
+    batch = {k: v for k, v in next(it).items() if k != "ids"}
+    return cfg, setup, trainable, frozen, batch
+
+
+def test_only_trainables_get_gradients_and_teachers_are_constant(parts):
+    _, setup, trainable, frozen, batch = parts
+    # Frozen weights and the batch go in as arguments: closed-over numpy arrays would be
+    # constant-folded through whole networks by XLA.
+    loss = jax.jit(jax.grad(lambda t, f, b: distill.loss_fn(t, f, b, None, 0, setup=setup)[0],
+                            argnums=(0, 1)))
+    grads, frozen_grads = loss(trainable, frozen, batch)
+    assert jax.tree.structure(grads) == jax.tree.structure(trainable)
+    lora_b = [g for p, g in jax.tree_util.tree_flatten_with_path(grads["lora"])[0]
+              if p[-1].key == "b"]
+    assert max(float(jnp.abs(g).max()) for g in lora_b) > 0  # a != 0, so b learns at once
+    assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads["mappers"])) > 0
+    for leaf in jax.tree.leaves(frozen_grads["teachers"]):
+        assert not np.any(np.asarray(leaf))
+
+
+def test_student_is_exactly_pretrained_at_init(parts):
+    _, setup, trainable, frozen, _ = parts
+    merged = jax.jit(lambda t, f: distill.merged_student(t, f, setup))(trainable, frozen)
+    for a, b in zip(jax.tree.leaves(merged), jax.tree.leaves(frozen["student"]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_padding_rows_change_nothing(parts):
+    _, setup, trainable, frozen, batch = parts
+    loss = jax.jit(lambda t, f, b: distill.loss_fn(t, f, b, None, 0, setup=setup))
+    _, base = loss(trainable, frozen, batch)
+    padded = {k: np.concatenate([v, np.zeros_like(v[:1])]) for k, v in batch.items()}
+    for k in [k for k in padded if k.endswith("rows")]:
+        padded[k][-1] = -1
+    _, more = loss(trainable, frozen, padded)
+    for key in base:
+        if key != "train/tokens":
+            np.testing.assert_allclose(more[key], base[key], rtol=2e-5, atol=1e-6, err_msg=key)

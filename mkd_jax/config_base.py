@@ -16,12 +16,37 @@ SHARDING_RULES = (
     ("lora_rank", None),
 )
 
+# Hours of synthetic speech the demo, its supervised teacher and the ablation share.
+DEMO_CORPUS_HOURS = 0.3
+
 MESH = (("data", -1), ("fsdp", 1), ("tensor", 1))
 
 LORA_DECODER = (
     r"decoder/layers_\d+/((self_attn|encoder_attn)/(q_proj|k_proj|v_proj|out_proj)/kernel"
     r"|(fc1|fc2)/kernel)"
 )
+LORA_ENCODER = r"encoder/layers_\d+/(self_attn/(q_proj|k_proj|v_proj|out_proj)|fc1|fc2)/kernel"
+
+
+def load_config_file(path) -> ConfigDict:
+    """`get_config()` of a config file, as `--config` would load it (unlocked, for programs)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found")
+    spec = importlib.util.spec_from_file_location(f"mkd_jax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"{path} has no get_config()")
+    return module.get_config()
+
+
+BASE_DIMS = dict(vocab_size=51865, num_mel_bins=80, d_model=512, encoder_layers=6,
+                 decoder_layers=6, encoder_attention_heads=8, decoder_attention_heads=8,
+                 encoder_ffn_dim=2048, decoder_ffn_dim=2048)
 
 
 def dims(**kw) -> ConfigDict:

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from mkd_jax import lora
+from mkd_jax import assets, lora
 from mkd_jax.distill import train_step
 from mkd_jax.report import param_budget
 from mkd_jax.roles import build_roles
@@ -27,6 +27,8 @@ def load_config(path):
 def abstract_setup(cfg):
     """Roles from `init` shapes with real tokenizers: multilingual for 51865, English for 51864."""
     for role in [cfg.student, *cfg.teachers.values()]:
+        if role.checkpoint in assets.MODELS:
+            continue  # real shapes from the converted checkpoint's config.json
         role.checkpoint = ""
         role.tokenizer = "base" if role.init.vocab_size == 51865 else "tiny.en"
     roles = build_roles(cfg, abstract=True)

@@ -22,11 +22,13 @@ def get_config():
     c.total_steps = 60
     c.ckpt.every_steps = 60
     c.log_every_steps = 10
-    c.ablation = ConfigDict(dict(
-        rows=(1, 2, 3, 4, 5, 6, 7),
-        seeds=(0, 1),
-        lr_grid=(5e-4,),
-        single_teacher="base",
-        base_ft_run="",  # merged base_ft folder; default: the demo's (<cache>/demo/base_ft)
-    ))
+    c.ablation = ConfigDict(
+        dict(
+            rows=(1, 2, 3, 4, 5, 6, 7),
+            seeds=(0, 1),
+            lr_grid=(5e-4,),
+            single_teacher="base",
+            base_ft_run="",  # merged base_ft folder; default: the demo's (<cache>/demo/base_ft)
+        )
+    )
     return c

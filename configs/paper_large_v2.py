@@ -15,12 +15,28 @@ Data as in the paper: train-clean-100 capped at 4000 utterances, 30 s windows.
 
 from mkd_jax.config_base import base_config, dims, role
 
-LARGE_V2 = dict(vocab_size=51865, num_mel_bins=80, d_model=1280, encoder_layers=32,
-                decoder_layers=32, encoder_attention_heads=20, decoder_attention_heads=20,
-                encoder_ffn_dim=5120, decoder_ffn_dim=5120)
-DISTIL_SMALL_EN = dict(vocab_size=51864, num_mel_bins=80, d_model=768, encoder_layers=12,
-                       decoder_layers=4, encoder_attention_heads=12, decoder_attention_heads=12,
-                       encoder_ffn_dim=3072, decoder_ffn_dim=3072)
+LARGE_V2 = dict(
+    vocab_size=51865,
+    num_mel_bins=80,
+    d_model=1280,
+    encoder_layers=32,
+    decoder_layers=32,
+    encoder_attention_heads=20,
+    decoder_attention_heads=20,
+    encoder_ffn_dim=5120,
+    decoder_ffn_dim=5120,
+)
+DISTIL_SMALL_EN = dict(
+    vocab_size=51864,
+    num_mel_bins=80,
+    d_model=768,
+    encoder_layers=12,
+    decoder_layers=4,
+    encoder_attention_heads=12,
+    decoder_attention_heads=12,
+    encoder_ffn_dim=3072,
+    decoder_ffn_dim=3072,
+)
 
 
 def get_config():
@@ -38,10 +54,10 @@ def get_config():
     c.data.batch_size = 64
     c.data.eval_batch_size = 64
     # `init` holds each model's shape, used only by abstract shape checks without weights.
-    c.student = role(checkpoint="distil-small.en", init=dims(**DISTIL_SMALL_EN),
-                     dtype="bfloat16")
-    c.teachers.large_v2 = role(checkpoint="whisper-large-v2", init=dims(**LARGE_V2),
-                               dtype="bfloat16", weight=1.0)
+    c.student = role(checkpoint="distil-small.en", init=dims(**DISTIL_SMALL_EN), dtype="bfloat16")
+    c.teachers.large_v2 = role(
+        checkpoint="whisper-large-v2", init=dims(**LARGE_V2), dtype="bfloat16", weight=1.0
+    )
     c.mappers.strategy = "last"
     c.mappers.loss = "geodesic"
     c.lora.rank = 32

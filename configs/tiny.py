@@ -21,14 +21,23 @@ def get_config():
     c.data.batch_size = 8
     c.data.eval_batch_size = 8
     c.student = role(tokenizer="tiny.en", init=dims(d_model=64))
-    c.teachers.a = role(tokenizer="tiny.en", init=dims(d_model=96, encoder_layers=3,
-                                                      encoder_attention_heads=6,
-                                                      decoder_attention_heads=6,
-                                                      encoder_ffn_dim=192, decoder_ffn_dim=192),
-                        weight=1.0)
-    c.teachers.b = role(tokenizer="base", init=dims(vocab_size=51865, d_model=128,
-                                                   encoder_ffn_dim=256, decoder_ffn_dim=256),
-                        weight=1.0)
+    c.teachers.a = role(
+        tokenizer="tiny.en",
+        init=dims(
+            d_model=96,
+            encoder_layers=3,
+            encoder_attention_heads=6,
+            decoder_attention_heads=6,
+            encoder_ffn_dim=192,
+            decoder_ffn_dim=192,
+        ),
+        weight=1.0,
+    )
+    c.teachers.b = role(
+        tokenizer="base",
+        init=dims(vocab_size=51865, d_model=128, encoder_ffn_dim=256, decoder_ffn_dim=256),
+        weight=1.0,
+    )
     c.mappers.strategy = "uniform"
     c.mappers.sides = ("encoder", "decoder")
     c.lora.rank = 4

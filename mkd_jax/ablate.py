@@ -80,11 +80,14 @@ def zero_shot(base, root: Path) -> dict:
         from mkd_jax.roles import resolve_source
 
         source = resolve_source(base.data.source)
-        after = {s: _test_wer(base.student.checkpoint, base, source, s)
-                 for s in (base.data.eval_split, base.data.test_split)}
+        after = {
+            s: _test_wer(base.student.checkpoint, base, source, s)
+            for s in (base.data.eval_split, base.data.test_split)
+        }
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"after": after, "params": {"trainable": 0},
-                                    "median_step_s": None}))
+        path.write_text(
+            json.dumps({"after": after, "params": {"trainable": 0}, "median_step_s": None})
+        )
     return json.loads(path.read_text())
 
 
@@ -94,19 +97,23 @@ def _stat(values):
 
 def summarise(base, results: dict) -> tuple[str, list]:
     dev, test = base.data.eval_split, base.data.test_split
-    lines = ["| row | method | best LR (dev) | dev WER % mean [min, max] | "
-             "test WER % mean [min, max] | trainable % of largest teacher | step s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| row | method | best LR (dev) | dev WER % mean [min, max] | "
+        "test WER % mean [min, max] | trainable % of largest teacher | step s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     plot = []
     for row, (lr, reports) in results.items():
         d = _stat([r["after"][dev]["wer"] for r in reports])
         t = _stat([r["after"][test]["wer"] for r in reports])
         pct = reports[0]["params"].get("pct_of_largest_teacher")
         step = [r["median_step_s"] for r in reports if r.get("median_step_s")]
-        lines.append(f"| {row} | {ROWS[row]} | {lr if lr else '-'} | {d[0]:.2f} [{d[1]:.2f}, "
-                     f"{d[2]:.2f}] | {t[0]:.2f} [{t[1]:.2f}, {t[2]:.2f}] | "
-                     f"{f'{pct:.3f}' if pct else '-'} | "
-                     f"{f'{np.mean(step):.1f}' if step else '-'} |")
+        lines.append(
+            f"| {row} | {ROWS[row]} | {lr if lr else '-'} | {d[0]:.2f} [{d[1]:.2f}, "
+            f"{d[2]:.2f}] | {t[0]:.2f} [{t[1]:.2f}, {t[2]:.2f}] | "
+            f"{f'{pct:.3f}' if pct else '-'} | "
+            f"{f'{np.mean(step):.1f}' if step else '-'} |"
+        )
         plot.append((row, d, t))
     return "\n".join(lines), plot
 
@@ -143,7 +150,8 @@ def main(argv):
 
     with base.unlocked():
         base.teachers.base_ft.checkpoint = ab.base_ft_run or str(
-            ensure_base_ft(assets.cache_dir() / "demo"))
+            ensure_base_ft(assets.cache_dir() / "demo")
+        )
     t0 = time.time()
     results = {}
     for row in ab.rows:
@@ -159,11 +167,13 @@ def main(argv):
     out.mkdir(parents=True, exist_ok=True)
     write_plot(plot, out / "ablation.png")
     seeds = ", ".join(str(s) for s in ab.seeds)
-    text = (f"# Ablation ({base.total_steps} steps, seeds {seeds}, LR grid "
-            f"{list(ab.lr_grid)})\n\nCommand: `python -m mkd_jax.ablate --config "
-            f"{FLAGS['config'].config_filename} --workdir {FLAGS.workdir}`\n\n{table}\n\n"
-            f"Wall time of this invocation: {(time.time() - t0) / 60:.1f} min "
-            "(finished runs are reused).\n")
+    text = (
+        f"# Ablation ({base.total_steps} steps, seeds {seeds}, LR grid "
+        f"{list(ab.lr_grid)})\n\nCommand: `python -m mkd_jax.ablate --config "
+        f"{FLAGS['config'].config_filename} --workdir {FLAGS.workdir}`\n\n{table}\n\n"
+        f"Wall time of this invocation: {(time.time() - t0) / 60:.1f} min "
+        "(finished runs are reused).\n"
+    )
     (out / "ablation.md").write_text(text)
     print(text)
 

@@ -1,6 +1,6 @@
 """Ahead-of-time compile of the train step for a TPU topology, with no TPU attached.
 
-    python -m mkd_jax.aot --config configs/paper_large_v2.py --init_shapes \
+    JAX_PLATFORMS=cpu python -m mkd_jax.aot --config configs/paper_large_v2.py --init_shapes \
         --topology v5e:4x4 --mesh data=-1,fsdp=4
     python -m mkd_jax.aot --config configs/tiny.py --platform cpu --mesh data=2,fsdp=4
 
@@ -10,8 +10,11 @@ batch of the config's largest bucket, then lowers and compiles `train_step` exac
 devices, and prints the per-device memory XLA plans and the step's FLOPs. Answers "does this
 config fit on that slice, with that mesh?" before renting the slice.
 
-TPU topologies need libtpu (`pip install -e .[tpu]`); it is only used as a compiler here.
-`--platform cpu` does the same on this machine's CPU devices (`--cpu_devices` fakes several).
+TPU topologies need libtpu (`pip install -e .[tpu]`); it is only used as a compiler here, and
+`JAX_PLATFORMS=cpu` keeps JAX from also starting a local TPU backend. `--config.a.b=v` overrides
+work as in `mkd_jax.train`. `--platform cpu` does the same on this machine's CPU devices
+(`--cpu_devices` fakes several). The paper preset on v5e:4x4 plans 3.97 GiB per chip (table in
+launch/README.md).
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -44,8 +46,10 @@ def parse_mesh(text: str) -> tuple[tuple[str, int], ...]:
     for part in text.split(","):
         name, _, size = (s.strip() for s in part.partition("="))
         if not name or not (size.isdigit() and int(size) > 0 or size == "-1"):
-            raise ValueError(f"--mesh={text!r}: expected name=size pairs such as data=-1,fsdp=4 "
-                             f"(size a positive int or -1), got {part!r}")
+            raise ValueError(
+                f"--mesh={text!r}: expected name=size pairs such as data=-1,fsdp=4 "
+                f"(size a positive int or -1), got {part!r}"
+            )
         axes.append((name, int(size)))
     names = [n for n, _ in axes]
     if len(set(names)) != len(names):
@@ -62,15 +66,19 @@ def override_mesh(config_mesh, axes) -> tuple[tuple[str, int], ...]:
 def topology_devices(name: str) -> list:
     """The devices of a TPU topology such as `v5e:4x4`, compiled for through libtpu."""
     if importlib.util.find_spec("libtpu") is None:
-        raise RuntimeError(f"--topology={name} needs libtpu as the TPU compiler; install it with "
-                           "`pip install -e .[tpu]` (jax[tpu]==0.10.2, libtpu 0.0.42.*)")
+        raise RuntimeError(
+            f"--topology={name} needs libtpu as the TPU compiler; install it with "
+            "`pip install -e .[tpu]` (jax[tpu]==0.10.2, libtpu 0.0.42.*)"
+        )
     from jax.experimental import topologies
 
     try:
         return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
     except Exception as e:  # libtpu reports bad names as various XLA errors
-        raise ValueError(f"--topology={name!r} is not a TPU topology libtpu knows "
-                         f"(examples: v5e:2x2, v5e:4x4, v4:2x2x2, v5p:2x2x2): {e}") from e
+        raise ValueError(
+            f"--topology={name!r} is not a TPU topology libtpu knows "
+            f"(examples: v5e:2x2, v5e:4x4, v4:2x2x2, v5p:2x2x2): {e}"
+        ) from e
 
 
 def use_init_shapes(cfg: ConfigDict) -> None:
@@ -84,8 +92,10 @@ def use_init_shapes(cfg: ConfigDict) -> None:
     for where, role in roles.items():
         vocab = int(role.init.vocab_size)
         if vocab not in TOKENIZER_BY_VOCAB:
-            raise ValueError(f"{where}.init.vocab_size={vocab}: --init_shapes knows tokenizers "
-                             f"for {sorted(TOKENIZER_BY_VOCAB)} only")
+            raise ValueError(
+                f"{where}.init.vocab_size={vocab}: --init_shapes knows tokenizers "
+                f"for {sorted(TOKENIZER_BY_VOCAB)} only"
+            )
         role.checkpoint = ""
         role.tokenizer = TOKENIZER_BY_VOCAB[vocab]
 
@@ -93,9 +103,11 @@ def use_init_shapes(cfg: ConfigDict) -> None:
 def abstract_batch(cfg, setup, student) -> dict:
     """ShapeDtypeStructs of one global batch of the largest bucket, keyed as the batcher keys it."""
     b, s, f = cfg.data.batch_size, max(cfg.data.token_buckets), cfg.data.n_frames
-    batch = {"mel": jax.ShapeDtypeStruct((b, student.num_mel_bins, f), jnp.float32),
-             "valid": jax.ShapeDtypeStruct((b,), jnp.float32),
-             "audio_frames": jax.ShapeDtypeStruct((b,), jnp.int32)}
+    batch = {
+        "mel": jax.ShapeDtypeStruct((b, student.num_mel_bins, f), jnp.float32),
+        "valid": jax.ShapeDtypeStruct((b,), jnp.float32),
+        "audio_frames": jax.ShapeDtypeStruct((b,), jnp.int32),
+    }
     cross = [f"t:{n}/" for n, ix in setup.vocab_index.items() if ix is not None]
     for prefix in ["", *cross]:
         batch[prefix + "decoder_input"] = jax.ShapeDtypeStruct((b, s), jnp.int32)
@@ -111,29 +123,38 @@ def lower_train_step(cfg, mesh) -> jax.stages.Lowered:
     rules = tuple(tuple(r) for r in cfg.sharding_rules)
     dp = sharding.data_parallel_size(mesh, rules)
     if cfg.data.batch_size % dp:
-        raise ValueError(f"data.batch_size={cfg.data.batch_size} is not a multiple of the "
-                         f"{dp}-way data parallelism of mesh {dict(mesh.shape)}")
+        raise ValueError(
+            f"data.batch_size={cfg.data.batch_size} is not a multiple of the "
+            f"{dp}-way data parallelism of mesh {dict(mesh.shape)}"
+        )
     roles = build_roles(cfg, abstract=True)
     student = roles["student"][0]
     setup = make_setup(cfg, roles)
     tx, _ = make_tx(cfg)
     rng = jax.random.PRNGKey(cfg.seed)
     state = jax.eval_shape(lambda: init_state(init_trainable(cfg, roles, setup, rng), tx, rng))
-    frozen = {"student": roles["student"][1],
-              "teachers": {n: r[1] for n, r in roles["teachers"].items()}}
+    frozen = {
+        "student": roles["student"][1],
+        "teachers": {n: r[1] for n, r in roles["teachers"].items()},
+    }
     batch = abstract_batch(cfg, setup, student)
 
     replicated = sharding.replicated(mesh)
     state_sh = jax.tree.map(lambda _: replicated, state)
     frozen_sh = {
         "student": sharding.param_shardings(abstract_params(student), mesh, rules),
-        "teachers": {n: sharding.param_shardings(abstract_params(m), mesh, rules)
-                     for n, (m, *_) in roles["teachers"].items()},
+        "teachers": {
+            n: sharding.param_shardings(abstract_params(m), mesh, rules)
+            for n, (m, *_) in roles["teachers"].items()
+        },
     }
     batch_sh = {k: sharding.batch_sharding(mesh, rules, v.ndim) for k, v in batch.items()}
-    step_fn = jax.jit(functools.partial(train_step, setup=setup, tx=tx),
-                      in_shardings=(state_sh, frozen_sh, batch_sh),
-                      out_shardings=(state_sh, replicated), donate_argnums=(0,))
+    step_fn = jax.jit(
+        functools.partial(train_step, setup=setup, tx=tx),
+        in_shardings=(state_sh, frozen_sh, batch_sh),
+        out_shardings=(state_sh, replicated),
+        donate_argnums=(0,),
+    )
     return step_fn.lower(state, frozen, batch)
 
 
@@ -142,14 +163,17 @@ def _flops(compiled) -> float | None:
         cost = compiled.cost_analysis()
     except Exception:  # some backends do not implement it
         return None
-    if isinstance(cost, list | tuple):  # older jax returned one dict per program
-        cost = cost[0] if cost else None
     flops = (cost or {}).get("flops")
     return float(flops) if flops is not None and flops >= 0 else None
 
 
 def compile_report(cfg, mesh) -> dict:
-    """Compile the train step on `mesh` and summarise XLA's per-device memory plan and cost.
+    """Compile the train step on `mesh` and summarise it (see `summarize`)."""
+    return summarize(lower_train_step(cfg, mesh).compile(), cfg, mesh)
+
+
+def summarize(compiled, cfg, mesh) -> dict:
+    """XLA's per-device memory plan and cost of a compiled train step.
 
     Returns:
       A JSON-able dict: platform, device kind and count, mesh, global batch shape, and per
@@ -157,7 +181,6 @@ def compile_report(cfg, mesh) -> dict:
       arguments), `temp_gib`, `total_gib` (= argument + output - alias + temp, the live peak
       XLA plans for) and `flops` (None where the backend reports no cost analysis).
     """
-    compiled = lower_train_step(cfg, mesh).compile()
     mem = compiled.memory_analysis()
     if mem is None:
         raise RuntimeError(f"{mesh.devices.flat[0].platform} compiler gave no memory analysis")
@@ -169,8 +192,11 @@ def compile_report(cfg, mesh) -> dict:
         "device_kind": dev.device_kind,
         "devices": int(mesh.devices.size),
         "mesh": {k: int(v) for k, v in mesh.shape.items()},
-        "batch": [int(cfg.data.batch_size), int(max(cfg.data.token_buckets)),
-                  int(cfg.data.n_frames)],
+        "batch": [
+            int(cfg.data.batch_size),
+            int(max(cfg.data.token_buckets)),
+            int(cfg.data.n_frames),
+        ],
         "argument_gib": arg / GIB,
         "output_gib": out / GIB,
         "alias_gib": alias / GIB,
@@ -184,29 +210,44 @@ def format_report(r: dict) -> str:
     flops = "n/a" if r["flops"] is None else f"{r['flops'] / 1e12:.3f} TFLOP per device"
     mesh = ",".join(f"{k}={v}" for k, v in r["mesh"].items())
     b, s, f = r["batch"]
-    return "\n".join([
-        f"{r['devices']} x {r['device_kind']} ({r['platform']}), mesh {mesh}, "
-        f"global batch {b} x {s} tokens x {f} mel frames",
-        "per-device memory (GiB):",
-        f"  arguments {r['argument_gib']:9.3f}",
-        f"  outputs   {r['output_gib']:9.3f}  ({r['alias_gib']:.3f} of it aliased to donated "
-        "arguments)",
-        f"  temp      {r['temp_gib']:9.3f}",
-        f"  total     {r['total_gib']:9.3f}  (arguments + outputs - aliased + temp)",
-        f"step cost: {flops}",
-    ])
+    return "\n".join(
+        [
+            f"{r['devices']} x {r['device_kind']} ({r['platform']}), mesh {mesh}, "
+            f"global batch {b} x {s} tokens x {f} mel frames",
+            "per-device memory (GiB):",
+            f"  arguments {r['argument_gib']:9.3f}",
+            f"  outputs   {r['output_gib']:9.3f}  ({r['alias_gib']:.3f} of it aliased to donated "
+            "arguments)",
+            f"  temp      {r['temp_gib']:9.3f}",
+            f"  total     {r['total_gib']:9.3f}  (arguments + outputs - aliased + temp)",
+            f"step cost: {flops}",
+        ]
+    )
 
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
-flags.DEFINE_enum("platform", "tpu", ["tpu", "cpu"], "Compile for a TPU topology or local CPUs.")
-flags.DEFINE_string("topology", "", "TPU topology, e.g. v5e:4x4 or v4:2x2x2 (platform tpu).")
-flags.DEFINE_string("mesh", "", "Mesh overriding config.mesh, e.g. data=-1,fsdp=4; config axes "
-                    "left out get size 1.")
-flags.DEFINE_integer("cpu_devices", 8, "CPU devices to fake with --platform cpu.")
-flags.DEFINE_bool("init_shapes", False, "Take every role's shape from its `init` dimensions, "
-                  "not its checkpoint (check a preset without its weights).")
-flags.DEFINE_string("json", "", "Also write the report as JSON to this file.")
+
+
+def define_flags() -> None:
+    """Command-line flags; defined on demand so importing this module next to `mkd_jax.train`
+    (which also defines `--config`) does not clash."""
+    config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+    flags.DEFINE_enum("platform", "tpu", ["tpu", "cpu"], "Compile for a TPU topology or CPUs.")
+    flags.DEFINE_string("topology", "", "TPU topology, e.g. v5e:4x4 or v4:2x2x2 (platform tpu).")
+    flags.DEFINE_string(
+        "mesh",
+        "",
+        "Mesh overriding config.mesh, e.g. data=-1,fsdp=4; config axes left out get size 1.",
+    )
+    flags.DEFINE_integer("cpu_devices", 8, "CPU devices to fake with --platform cpu.")
+    flags.DEFINE_bool(
+        "init_shapes",
+        False,
+        "Take every role's shape from its `init` dimensions, not its checkpoint (check a preset "
+        "without its weights).",
+    )
+    flags.DEFINE_string("json", "", "Also write the report as JSON to this file.")
+    flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
@@ -220,7 +261,7 @@ def main(argv):
     else:
         if FLAGS.topology:
             raise app.UsageError("--topology applies to --platform tpu only")
-        # Before the CPU backend starts; the TPU path never starts a local backend it needs.
+        # Takes effect only before the CPU backend starts, which nothing above has done.
         jax.config.update("jax_num_cpu_devices", FLAGS.cpu_devices)
         devices = jax.devices("cpu")
     with cfg.unlocked():
@@ -237,5 +278,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config"])
-    sys.exit(app.run(main))
+    define_flags()
+    app.run(main)

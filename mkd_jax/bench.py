@@ -1,6 +1,10 @@
 """Benchmarks that print speed figures. Never run in the timed test suite.
 
     python -m mkd_jax.bench decode [--models=tiny.en,base] [--batch_sizes=1,16] [--clips=16]
+    python -m mkd_jax.bench features
+
+`features`: log-mel speed (x real time) on batches of 16 x 30 s clips, alone and through the
+whole batching pipeline (FLAC decode, resample, log-mel, tokens).
 
 `decode`: greedy decoding real-time factor (wall seconds / audio seconds, lower is better) and
 generated tokens per second, for our jitted decoder and for transformers' PyTorch `generate`, on
@@ -94,8 +98,10 @@ def _torch(name, mel, batch, max_new):
     with torch.inference_mode():
         ref.generate(torch.tensor(mel[:batch]), **kwargs)  # warm-up
         t0 = time.perf_counter()
-        outs = [ref.generate(torch.tensor(mel[i : i + batch]), **kwargs).numpy()
-                for i in range(0, len(mel), batch)]
+        outs = [
+            ref.generate(torch.tensor(mel[i : i + batch]), **kwargs).numpy()
+            for i in range(0, len(mel), batch)
+        ]
         wall = time.perf_counter() - t0
     eot = ref.generation_config.eos_token_id
     from mkd_jax.decode import strip
@@ -110,8 +116,10 @@ def bench_decode():
     batch_sizes = [int(b) for b in FLAGS.batch_sizes]
     clips = _clips(FLAGS.clips)
     audio_s = sum(len(c) for c in clips) / features.SAMPLE_RATE
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"{len(clips)} clips, {audio_s:.1f} s of audio, 30 s windows, greedy")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"{len(clips)} clips, {audio_s:.1f} s of audio, 30 s windows, greedy"
+    )
     header = f"{'model':8} {'batch':>5} {'impl':>8} {'RTF':>7} {'tok/s':>7} {'compile s':>9}"
     print(header + "\n" + "-" * len(header))
     for name in FLAGS.models:
@@ -120,19 +128,71 @@ def bench_decode():
         mel = features.log_mel(clips, n_mels=load(name)[0].num_mel_bins)
         for batch in batch_sizes:
             wall, toks, compile_s, texts = _ours(name, mel, batch, FLAGS.max_new_tokens)
-            print(f"{name:8} {batch:5d} {'mkd_jax':>8} {wall / audio_s:7.3f} {toks / wall:7.1f} "
-                  f"{compile_s:9.1f}", flush=True)
+            print(
+                f"{name:8} {batch:5d} {'mkd_jax':>8} {wall / audio_s:7.3f} {toks / wall:7.1f} "
+                f"{compile_s:9.1f}",
+                flush=True,
+            )
             if FLAGS.torch:
                 wall_t, toks_t = _torch(name, mel, batch, FLAGS.max_new_tokens)
-                print(f"{name:8} {batch:5d} {'torch':>8} {wall_t / audio_s:7.3f} "
-                      f"{toks_t / wall_t:7.1f} {'-':>9}", flush=True)
+                print(
+                    f"{name:8} {batch:5d} {'torch':>8} {wall_t / audio_s:7.3f} "
+                    f"{toks_t / wall_t:7.1f} {'-':>9}",
+                    flush=True,
+                )
         print(f"  sample ({name}): {texts[0]!r}")
 
 
+def bench_features():
+    import tempfile
+    from pathlib import Path
+
+    import soundfile as sf
+
+    from mkd_jax import assets
+    from mkd_jax.data import batching, features, loaders
+    from mkd_jax.data.tokenizers import load_tokenizer
+
+    rng = np.random.default_rng(0)
+    clips = [(0.1 * rng.standard_normal(16000 * 30)).astype(np.float32) for _ in range(16)]
+    features.log_mel(clips)  # compile
+    t0 = time.perf_counter()
+    for _ in range(3):
+        features.log_mel(clips)
+    alone = 3 * 16 * 30 / (time.perf_counter() - t0)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = []
+        for i in range(48):
+            path = Path(tmp) / f"u{i}.flac"
+            sf.write(path, clips[i % 16][: 16000 * 29], 16000)
+            rows.append(f"{path.name},hello world number {i}")
+        (Path(tmp) / "all.csv").write_text("path,text\n" + "\n".join(rows) + "\n")
+        utts = loaders.load_split({"kind": "manifest", "path": str(Path(tmp) / "all.csv")}, "all")
+        tok = load_tokenizer(assets.ensure_model("tiny.en"))
+        it = batching.BatchIterator(
+            utts,
+            {batching.STUDENT: tok},
+            prefetch=0,
+            shuffle=False,
+            buckets=batching.make_buckets((32,), batch_size=16),
+            process_index=0,
+            process_count=1,
+        )
+        next(it)
+        t0 = time.perf_counter()
+        n = sum(1 for _ in [next(it), next(it)])
+        pipeline = n * 16 * 29 / (time.perf_counter() - t0)
+        it.close()
+    print(
+        f"log-mel alone: {alone:.0f}x real time; whole pipeline: {pipeline:.0f}x real time "
+        f"(batches of 16 x 30 s, {os.cpu_count()} cores)"
+    )
+
+
 def main(argv):
-    if len(argv) != 2 or argv[1] not in ("decode",):
-        raise app.UsageError("usage: python -m mkd_jax.bench decode [flags]")
-    bench_decode()
+    if len(argv) != 2 or argv[1] not in ("decode", "features"):
+        raise app.UsageError("usage: python -m mkd_jax.bench decode|features [flags]")
+    bench_decode() if argv[1] == "decode" else bench_features()
 
 
 if __name__ == "__main__":

@@ -34,7 +34,9 @@ class Checkpointer:
             return False
         return self._mngr.save(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
             force=force,
         )
 
@@ -43,8 +45,9 @@ class Checkpointer:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         out = self._mngr.restore(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                    meta=ocp.args.JsonRestore()),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+            ),
         )
         return out["state"], out["meta"]
 

@@ -44,27 +44,50 @@ def load_config_file(path) -> ConfigDict:
     return module.get_config()
 
 
-BASE_DIMS = dict(vocab_size=51865, num_mel_bins=80, d_model=512, encoder_layers=6,
-                 decoder_layers=6, encoder_attention_heads=8, decoder_attention_heads=8,
-                 encoder_ffn_dim=2048, decoder_ffn_dim=2048)
+BASE_DIMS = dict(
+    vocab_size=51865,
+    num_mel_bins=80,
+    d_model=512,
+    encoder_layers=6,
+    decoder_layers=6,
+    encoder_attention_heads=8,
+    decoder_attention_heads=8,
+    encoder_ffn_dim=2048,
+    decoder_ffn_dim=2048,
+)
 
 
 def dims(**kw) -> ConfigDict:
     """Whisper dimensions, used when a role has no checkpoint (random init, tests, shape checks)."""
-    base = dict(vocab_size=51864, num_mel_bins=80, d_model=64, encoder_layers=2,
-                decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
-                encoder_ffn_dim=128, decoder_ffn_dim=128, max_source_positions=1500,
-                max_target_positions=448)
+    base = dict(
+        vocab_size=51864,
+        num_mel_bins=80,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_source_positions=1500,
+        max_target_positions=448,
+    )
     base.update(kw)
     return ConfigDict(base)
 
 
-def role(checkpoint: str = "", tokenizer: str = "", init: ConfigDict | None = None,
-         dtype: str = "float32", **extra) -> ConfigDict:
+def role(
+    checkpoint: str = "",
+    tokenizer: str = "",
+    init: ConfigDict | None = None,
+    dtype: str = "float32",
+    **extra,
+) -> ConfigDict:
     """A teacher or student: a checkpoint (name, HF or CTranslate2 folder), or random init from
     `init` with the tokenizer of `tokenizer` (a model name or folder with tokenizer.json)."""
-    return ConfigDict(dict(checkpoint=checkpoint, tokenizer=tokenizer, init=init or dims(),
-                           dtype=dtype, **extra))
+    return ConfigDict(
+        dict(checkpoint=checkpoint, tokenizer=tokenizer, init=init or dims(), dtype=dtype, **extra)
+    )
 
 
 def base_config() -> ConfigDict:
@@ -72,31 +95,74 @@ def base_config() -> ConfigDict:
     c.seed = 0
     c.total_steps = 100
     c.log_every_steps = 10
-    c.data = ConfigDict(dict(
-        # kind: synth (the project's offline corpus, built into the cache if missing), disk,
-        # librispeech, hf or manifest; see mkd_jax/data/loaders.py.
-        source=ConfigDict(dict(kind="synth", path="", name="", config="", hours=0.05,
-                               audio_column="audio", text_column="text", id_column="id",
-                               min_seconds=0.0, max_seconds=30.0, max_bad_fraction=0.01,
-                               limit=0)),
-        train_split="train",
-        eval_split="dev",
-        test_split="test",
-        n_frames=3000,
-        token_buckets=(32, 64, 128),
-        batch_size=8,
-        eval_batch_size=8,
-        prefetch=2,
-    ))
+    c.data = ConfigDict(
+        dict(
+            # kind: synth (the project's offline corpus, built into the cache if missing), disk,
+            # librispeech, hf or manifest; see mkd_jax/data/loaders.py.
+            source=ConfigDict(
+                dict(
+                    kind="synth",
+                    path="",
+                    name="",
+                    config="",
+                    hours=0.05,
+                    audio_column="audio",
+                    text_column="text",
+                    id_column="id",
+                    min_seconds=0.0,
+                    max_seconds=30.0,
+                    max_bad_fraction=0.01,
+                    limit=0,
+                )
+            ),
+            train_split="train",
+            eval_split="dev",
+            test_split="test",
+            n_frames=3000,
+            token_buckets=(32, 64, 128),
+            batch_size=8,
+            eval_batch_size=8,
+            prefetch=2,
+        )
+    )
     c.student = role()
     c.teachers = ConfigDict()
-    c.mappers = ConfigDict(dict(strategy="last", sides=("encoder",), explicit=(), kind="linear",
-                                hidden=0, loss="geodesic", weight=1.0, align="auto"))
+    c.mappers = ConfigDict(
+        dict(
+            strategy="last",
+            sides=("encoder",),
+            explicit=(),
+            kind="linear",
+            hidden=0,
+            loss="geodesic",
+            weight=1.0,
+            align="auto",
+        )
+    )
     c.lora = ConfigDict(dict(targets=(LORA_DECODER,), rank=32, alpha=32.0, dropout=0.1))
-    c.loss = ConfigDict(dict(w_ce=0.8, w_kd=1.0, temperature=2.0, ensemble="mean",
-                             ensemble_weights=(), interpolate=False, lambdas=(0.1, 0.5, 0.9)))
-    c.optim = ConfigDict(dict(lr=1e-3, mapper_lr=1e-3, warmup_steps=10, weight_decay=0.0,
-                              b1=0.9, b2=0.999, clip_norm=1.0, accum_steps=1))
+    c.loss = ConfigDict(
+        dict(
+            w_ce=0.8,
+            w_kd=1.0,
+            temperature=2.0,
+            ensemble="mean",
+            ensemble_weights=(),
+            interpolate=False,
+            lambdas=(0.1, 0.5, 0.9),
+        )
+    )
+    c.optim = ConfigDict(
+        dict(
+            lr=1e-3,
+            mapper_lr=1e-3,
+            warmup_steps=10,
+            weight_decay=0.0,
+            b1=0.9,
+            b2=0.999,
+            clip_norm=1.0,
+            accum_steps=1,
+        )
+    )
     c.mesh = MESH
     c.sharding_rules = SHARDING_RULES
     c.ckpt = ConfigDict(dict(every_steps=50, max_to_keep=2))

@@ -41,8 +41,11 @@ def spec_from_folder(folder, tokenizer, *, max_new_tokens=128, beam_size=1, lang
     """DecodeSpec from a checkpoint folder's `generation_config.json` and its tokenizer."""
     gen_path = Path(folder) / "generation_config.json"
     gen = json.loads(gen_path.read_text()) if gen_path.is_file() else {}
-    prompt = tokenizer.prompt_ids(language=language) if tokenizer.is_multilingual else (
-        tokenizer.prompt_ids())
+    prompt = (
+        tokenizer.prompt_ids(language=language)
+        if tokenizer.is_multilingual
+        else (tokenizer.prompt_ids())
+    )
     return DecodeSpec(
         prompt=tuple(int(t) for t in prompt),
         eot=int(tokenizer.eot),
@@ -152,7 +155,16 @@ def beam_search(params, mel, *, model: Whisper, spec: DecodeSpec) -> jax.Array:
 
     seqs = jnp.full((b, k, n), spec.eot, jnp.int32)
     logp = jnp.tile(jnp.asarray([0.0] + [NEG_INF] * (k - 1), jnp.float32), (b, 1))
-    state = (jnp.int32(0), last, cache, seqs, logp, seqs, jnp.full((b, k), NEG_INF), jnp.zeros(b, bool))
+    state = (
+        jnp.int32(0),
+        last,
+        cache,
+        seqs,
+        logp,
+        seqs,
+        jnp.full((b, k), NEG_INF),
+        jnp.zeros(b, bool),
+    )
     i, _, _, seqs, logp, fin_seqs, fin_score, done = jax.lax.while_loop(cond, body, state)
     # Live beams compete with finished ones at their current length (they hit the token limit).
     live_score = jnp.where(done[:, None], NEG_INF, length_norm(logp, jnp.maximum(i, 1)))

@@ -40,8 +40,16 @@ def _test_wer(model_name: str, cfg, source: dict, split: str) -> dict:
     tok = load_tokenizer(config["_folder"], model_vocab_size=model.vocab_size)
     spec = decode.spec_from_folder(config["_folder"], tok, max_new_tokens=cfg.eval.max_new_tokens)
     utts = loaders.load_split(source, split)
-    ids, hyps = transcribe_utts(model, params, tok, spec, utts, n_frames=cfg.data.n_frames,
-                                batch_size=cfg.data.eval_batch_size, desc=f"{model_name} {split}")
+    ids, hyps = transcribe_utts(
+        model,
+        params,
+        tok,
+        spec,
+        utts,
+        n_frames=cfg.data.n_frames,
+        batch_size=cfg.data.eval_batch_size,
+        desc=f"{model_name} {split}",
+    )
     return score(utts, ids, hyps)["all"]
 
 
@@ -100,26 +108,37 @@ def run(workdir: Path) -> str:
     t = time.time()
     test = demo_cfg.data.test_split
     rows = {
-        "teacher base": _cached(workdir / "wer_base.json",
-                                lambda: _test_wer("base", demo_cfg, source, test)),
-        "teacher base_ft": _cached(workdir / "wer_base_ft.json",
-                                   lambda: _test_wer(str(ft_merged), demo_cfg, source,
-                                                     test)),
-        "student tiny.en, before": _cached(workdir / "wer_student_before.json",
-                                           lambda: _test_wer("tiny.en", demo_cfg, source, test)),
+        "teacher base": _cached(
+            workdir / "wer_base.json", lambda: _test_wer("base", demo_cfg, source, test)
+        ),
+        "teacher base_ft": _cached(
+            workdir / "wer_base_ft.json", lambda: _test_wer(str(ft_merged), demo_cfg, source, test)
+        ),
+        "student tiny.en, before": _cached(
+            workdir / "wer_student_before.json",
+            lambda: _test_wer("tiny.en", demo_cfg, source, test),
+        ),
         "student tiny.en, after": report["after"][test],
     }
     times["evaluation"] = time.time() - t
     budget = report["params"]
-    lines = [f"## mkd_jax demo: {test} split of the synthetic corpus "
-             f"(held-out voices and sentences), greedy, Whisper normaliser", "",
-             "| model | WER % | CER % |", "|---|---|---|"]
+    lines = [
+        f"## mkd_jax demo: {test} split of the synthetic corpus "
+        f"(held-out voices and sentences), greedy, Whisper normaliser",
+        "",
+        "| model | WER % | CER % |",
+        "|---|---|---|",
+    ]
     lines += [f"| {name} | {r['wer']:.2f} | {r['cer']:.2f} |" for name, r in rows.items()]
-    lines += ["", f"trainable: {budget['trainable']:,} params = "
-              f"{budget['pct_of_largest_teacher']:.3f}% of the largest teacher, "
-              f"{budget['pct_of_ensemble']:.3f}% of the ensemble",
-              "time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())
-              + f"; total {(time.time() - t0) / 60:.1f} min"]
+    lines += [
+        "",
+        f"trainable: {budget['trainable']:,} params = "
+        f"{budget['pct_of_largest_teacher']:.3f}% of the largest teacher, "
+        f"{budget['pct_of_ensemble']:.3f}% of the ensemble",
+        "time: "
+        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())
+        + f"; total {(time.time() - t0) / 60:.1f} min",
+    ]
     table = "\n".join(lines)
     (workdir / "demo.md").write_text(table + "\n")
     return table

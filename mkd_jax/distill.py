@@ -50,9 +50,14 @@ class Setup:
 
 def merged_student(trainable, frozen, setup: Setup, rng=None):
     """Student parameters with LoRA merged in (dropout only when `rng` is given)."""
-    return lora.merge(frozen["student"], trainable["lora"], alpha=setup.lora_alpha,
-                      rank=setup.lora_rank, dropout_rng=rng,
-                      dropout=setup.lora_dropout if rng is not None else 0.0)
+    return lora.merge(
+        frozen["student"],
+        trainable["lora"],
+        alpha=setup.lora_alpha,
+        rank=setup.lora_rank,
+        dropout_rng=rng,
+        dropout=setup.lora_dropout if rng is not None else 0.0,
+    )
 
 
 def _frame_mask(batch, n_enc: int) -> jax.Array:
@@ -69,26 +74,31 @@ def _teacher(name, model, params, batch, setup: Setup, v_s: int):
     prefix = f"t:{name}/" if cross else ""
     logits_t, out_t = model.apply({"params": params}, batch["mel"], batch[prefix + "decoder_input"])
     logits_t, out_t = jax.lax.stop_gradient((logits_t, out_t))
-    ce_utt = losses.cross_entropy_per_utt(logits_t, batch[prefix + "labels"],
-                                          batch[prefix + "mask"])
+    ce_utt = losses.cross_entropy_per_utt(
+        logits_t, batch[prefix + "labels"], batch[prefix + "mask"]
+    )
     mask = batch["mask"]
     if not cross:
         return losses.tempered_probs(logits_t, setup.temperature), mask, out_t, ce_utt
     rows = batch[f"t:{name}/rows"]  # [B, S_s] teacher row predicting the aligned token, or -1
     aligned = (rows >= 0).astype(jnp.float32)
     p_t = losses.tempered_probs(token_align.gather_rows(logits_t, rows), setup.temperature)
-    p_t = token_align.map_teacher_probs(p_t * aligned[..., None], setup.vocab_maps[name], v_s,
-                                        index=setup.vocab_index[name])
-    feats = {k: token_align.gather_rows(v, rows) if k.startswith("decoder/") else v
-             for k, v in out_t.items()}
+    p_t = token_align.map_teacher_probs(
+        p_t * aligned[..., None], setup.vocab_maps[name], v_s, index=setup.vocab_index[name]
+    )
+    feats = {
+        k: token_align.gather_rows(v, rows) if k.startswith("decoder/") else v
+        for k, v in out_t.items()
+    }
     return p_t, mask * aligned, feats, ce_utt
 
 
 def loss_fn(trainable, frozen, batch, rng, step, *, setup: Setup):
     """Total loss and metrics. Differentiate with respect to `trainable` only."""
     params_s = merged_student(trainable, frozen, setup, rng)
-    logits_s, out_s = setup.student.apply({"params": params_s}, batch["mel"],
-                                          batch["decoder_input"])
+    logits_s, out_s = setup.student.apply(
+        {"params": params_s}, batch["mel"], batch["decoder_input"]
+    )
     mask = batch["mask"]
     ce, n_tok = losses.cross_entropy(logits_s, batch["labels"], mask)
     metrics = {"train/ce": ce, "train/tokens": n_tok}
@@ -97,8 +107,9 @@ def loss_fn(trainable, frozen, batch, rng, step, *, setup: Setup):
     probs, masks, feats, ces = [], [], {}, []
     pred_s = jnp.argmax(logits_s, axis=-1)
     for name, model in setup.teachers.items():
-        p_t, m_t, f_t, ce_t = _teacher(name, model, frozen["teachers"][name], batch, setup,
-                                       setup.student.vocab_size)
+        p_t, m_t, f_t, ce_t = _teacher(
+            name, model, frozen["teachers"][name], batch, setup, setup.student.vocab_size
+        )
         probs.append(p_t)
         masks.append(m_t)
         feats[name] = f_t
@@ -108,8 +119,11 @@ def loss_fn(trainable, frozen, batch, rng, step, *, setup: Setup):
         metrics[f"train/coverage/{name}"] = jnp.sum(m_t) / jnp.maximum(jnp.sum(mask), 1.0)
 
     if probs and setup.w_kd > 0:
-        kw = dict(mode=setup.ensemble, weights=setup.ensemble_weights or None,
-                  teacher_ce_per_utt=jnp.stack(ces) if setup.ensemble == "best" else None)
+        kw = dict(
+            mode=setup.ensemble,
+            weights=setup.ensemble_weights or None,
+            teacher_ce_per_utt=jnp.stack(ces) if setup.ensemble == "best" else None,
+        )
         target = losses.ensemble_target(probs, masks=masks, **kw)
         kd_mask = losses.ensemble_mask(masks, **kw)
         if setup.interpolate:
@@ -139,8 +153,9 @@ def train_step(state, frozen, batch, *, setup: Setup, tx: optax.GradientTransfor
     """One optimizer update of `state = {"step", "trainable", "opt", "rng"}`."""
     rng, step_rng = jax.random.split(state["rng"])
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, metrics), grads = grad_fn(state["trainable"], frozen, batch, step_rng, state["step"],
-                                  setup=setup)
+    (_, metrics), grads = grad_fn(
+        state["trainable"], frozen, batch, step_rng, state["step"], setup=setup
+    )
     updates, opt = tx.update(grads, state["opt"], state["trainable"])
     trainable = optax.apply_updates(state["trainable"], updates)
     metrics["train/grad_norm"] = optax.tree.norm(grads)
@@ -150,6 +165,5 @@ def train_step(state, frozen, batch, *, setup: Setup, tx: optax.GradientTransfor
 
 def eval_step(trainable, frozen, batch, *, setup: Setup):
     """Loss terms on a held-out batch, without dropout."""
-    _, metrics = loss_fn(trainable, frozen, batch, None, jnp.int32(setup.total_steps),
-                         setup=setup)
+    _, metrics = loss_fn(trainable, frozen, batch, None, jnp.int32(setup.total_steps), setup=setup)
     return {k.replace("train/", "eval/"): v for k, v in metrics.items()}

@@ -23,17 +23,33 @@ from mkd_jax.data import batching, loaders, text
 FLAGS = flags.FLAGS
 
 
-def transcribe_utts(model, params, tokenizer, spec, utts, *, batch_size: int, n_frames: int,
-                    max_batches: int = 0, desc: str = "eval") -> tuple[list[str], list[str]]:
+def transcribe_utts(
+    model,
+    params,
+    tokenizer,
+    spec,
+    utts,
+    *,
+    batch_size: int,
+    n_frames: int,
+    max_batches: int = 0,
+    desc: str = "eval",
+) -> tuple[list[str], list[str]]:
     """`(ids, hypotheses)` for a split, decoded in one static shape per `n_frames`."""
     buckets = batching.make_buckets((model.max_target_positions,), (n_frames,), batch_size)
-    it = batching.BatchIterator(utts, {batching.STUDENT: tokenizer}, buckets=buckets,
-                                n_mels=model.num_mel_bins, shuffle=False, repeat=False,
-                                process_index=0, process_count=1)
+    it = batching.BatchIterator(
+        utts,
+        {batching.STUDENT: tokenizer},
+        buckets=buckets,
+        n_mels=model.num_mel_bins,
+        shuffle=False,
+        repeat=False,
+        process_index=0,
+        process_count=1,
+    )
     generate = decode.make_generate_fn(model, spec)
     ids, hyps = [], []
-    total = it.batches_per_epoch() if not max_batches else min(max_batches,
-                                                                it.batches_per_epoch())
+    total = it.batches_per_epoch() if not max_batches else min(max_batches, it.batches_per_epoch())
     for k, batch in enumerate(tqdm(it, total=total, desc=desc, unit="batch", leave=False)):
         if max_batches and k >= max_batches:
             break
@@ -63,8 +79,12 @@ def score(utts, ids: list[str], hyps: list[str], group_by: tuple[str, ...] = ())
     for name, rows in groups.items():
         r, h = [refs[j] for j in rows], [hyps[j] for j in rows]
         pairs = text.normalize_pairs(r, h)
-        out[name] = {"wer": 100 * text.wer(r, h), "cer": 100 * text.cer(r, h), "n": len(rows),
-                     "dropped_empty_refs": pairs.dropped}
+        out[name] = {
+            "wer": 100 * text.wer(r, h),
+            "cer": 100 * text.cer(r, h),
+            "n": len(rows),
+            "dropped_empty_refs": pairs.dropped,
+        }
     return out
 
 
@@ -103,17 +123,27 @@ def main(argv):
         source = _parse_source(FLAGS.source)
         n_frames = FLAGS.n_frames or 3000
     utts = loaders.load_split(source, FLAGS.split)
-    spec = decode.spec_from_folder(folder, tokenizer, max_new_tokens=FLAGS.max_new_tokens,
-                                   beam_size=FLAGS.beam_size)
-    ids, hyps = transcribe_utts(model, params, tokenizer, spec, utts,
-                                batch_size=FLAGS.batch_size, n_frames=n_frames)
+    spec = decode.spec_from_folder(
+        folder, tokenizer, max_new_tokens=FLAGS.max_new_tokens, beam_size=FLAGS.beam_size
+    )
+    ids, hyps = transcribe_utts(
+        model, params, tokenizer, spec, utts, batch_size=FLAGS.batch_size, n_frames=n_frames
+    )
     results = score(utts, ids, hyps, tuple(FLAGS.group_by or ()))
     name = FLAGS.workdir or FLAGS.model
-    print(format_table(results, f"{name} on {source['path']} [{FLAGS.split}], "
-                                f"normaliser: Whisper EnglishTextNormalizer"))
+    print(
+        format_table(
+            results,
+            f"{name} on {source['path']} [{FLAGS.split}], "
+            f"normaliser: Whisper EnglishTextNormalizer",
+        )
+    )
     if FLAGS.output:
-        Path(FLAGS.output).write_text(json.dumps(
-            {"results": results, "hypotheses": dict(zip(ids, hyps, strict=True))}, indent=1))
+        Path(FLAGS.output).write_text(
+            json.dumps(
+                {"results": results, "hypotheses": dict(zip(ids, hyps, strict=True))}, indent=1
+            )
+        )
         logging.info("wrote %s", FLAGS.output)
 
 

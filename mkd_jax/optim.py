@@ -36,8 +36,9 @@ def make_optimizer(cfg, *, total_steps: int):
     """
     schedules = {
         "lora": make_schedule(cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=total_steps),
-        "mappers": make_schedule(cfg.mapper_lr, warmup_steps=cfg.warmup_steps,
-                                 total_steps=total_steps),
+        "mappers": make_schedule(
+            cfg.mapper_lr, warmup_steps=cfg.warmup_steps, total_steps=total_steps
+        ),
     }
     groups = {
         name: optax.adamw(sched, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)

@@ -4,9 +4,11 @@ final report (WER before and after, trainable share of the teachers, throughput)
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 from absl import logging
 
@@ -18,18 +20,26 @@ _SHORT = {"train/loss": "loss", "train/ce": "ce", "train/kd_kl": "kd", "train/gr
 def param_budget(roles, n_trainable: int) -> dict:
     """Trainable parameters against the largest teacher and against the whole ensemble."""
     sizes = {n: lora.count(r[1]) for n, r in roles["teachers"].items()}
-    out = {"trainable": n_trainable, "student": lora.count(roles["student"][1]),
-           "teachers": sizes}
+    out = {"trainable": n_trainable, "student": lora.count(roles["student"][1]), "teachers": sizes}
     if sizes:
         out["pct_of_largest_teacher"] = 100.0 * n_trainable / max(sizes.values())
         out["pct_of_ensemble"] = 100.0 * n_trainable / sum(sizes.values())
     return out
 
 
+class _NullWriter:
+    def add_scalar(self, *args) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def quiet_library_logs() -> None:
     """Keep INFO lines of ours; drop the INFO chatter of orbax and jax internals."""
+
     def keep(record) -> bool:
-        noisy = ("orbax" in record.pathname or "jax/_src" in record.pathname)
+        noisy = "orbax" in record.pathname or "jax/_src" in record.pathname
         return record.levelno >= logging.WARNING or not noisy
 
     logging.get_absl_handler().addFilter(keep)
@@ -43,17 +53,26 @@ class RunLog:
 
         self.workdir = workdir
         self.total_steps = cfg.total_steps
-        self.jsonl = open(workdir / "metrics.jsonl", "a")  # noqa: SIM115 - lives with the run
-        self.tb = SummaryWriter(str(workdir / "tb"))
+        # Only process 0 writes files; the others log to nowhere.
+        self.primary = jax.process_index() == 0
+        sink = workdir / "metrics.jsonl" if self.primary else os.devnull
+        self.jsonl = open(sink, "a")  # noqa: SIM115 - lives as long as the run
+        self.tb = SummaryWriter(str(workdir / "tb")) if self.primary else _NullWriter()
         self.history: dict = {}
         self.t0 = time.time()
         self.steps_done_at_start = None
         budget = param_budget(roles, n_trainable)
         logging.info("parameters: %s", json.dumps(budget))
-        print(f"trainable {n_trainable:,} params"
-              + (f" = {budget['pct_of_largest_teacher']:.3f}% of the largest teacher, "
-                 f"{budget['pct_of_ensemble']:.3f}% of the ensemble"
-                 if "pct_of_largest_teacher" in budget else ""), flush=True)
+        print(
+            f"trainable {n_trainable:,} params"
+            + (
+                f" = {budget['pct_of_largest_teacher']:.3f}% of the largest teacher, "
+                f"{budget['pct_of_ensemble']:.3f}% of the ensemble"
+                if "pct_of_largest_teacher" in budget
+                else ""
+            ),
+            flush=True,
+        )
 
     def scalar(self, step: int, key: str, value: float) -> None:
         self.tb.add_scalar(key, value, step)
@@ -61,8 +80,9 @@ class RunLog:
         self.jsonl.flush()
         self.history.setdefault("curves", {}).setdefault(key, []).append((step, float(value)))
 
-    def interval(self, step, metrics: list[dict], utts: float, audio_s: float, wall: float,
-                 lrs: dict, bar) -> None:
+    def interval(
+        self, step, metrics: list[dict], utts: float, audio_s: float, wall: float, lrs: dict, bar
+    ) -> None:
         """Average the interval's step metrics, write them everywhere, print one line."""
         mean = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
         mean.update({f"train/lr/{k}": v for k, v in lrs.items()})
@@ -75,16 +95,21 @@ class RunLog:
         self.jsonl.write(json.dumps({"step": step, **mean}) + "\n")
         self.jsonl.flush()
         eta = mean["perf/step_s"] * (self.total_steps - step)
-        shown = {_SHORT.get(k, k.removeprefix("train/")): v for k, v in mean.items()
-                 if k.startswith("train/") and not k.startswith(
-                     ("train/lr", "train/tokens", "train/coverage", "train/feat/"))}
+        shown = {
+            _SHORT.get(k, k.removeprefix("train/")): v
+            for k, v in mean.items()
+            if k.startswith("train/")
+            and not k.startswith(("train/lr", "train/tokens", "train/coverage", "train/feat/"))
+        }
         feats = [v for k, v in mean.items() if k.startswith("train/feat/")]
         if feats:  # each mapper's term is in metrics.jsonl and TensorBoard
             shown["feat"] = float(np.mean(feats))
         terms = " ".join(f"{k}={v:.4g}" for k, v in shown.items())
-        line = (f"step {step}/{self.total_steps} {terms} lr={lrs.get('lora', 0):.2e} "
-                f"{mean['perf/utt_per_s']:.1f} utt/s {mean['perf/audio_x_realtime']:.1f}x rt "
-                f"ETA {eta / 60:.1f} min")
+        line = (
+            f"step {step}/{self.total_steps} {terms} lr={lrs.get('lora', 0):.2e} "
+            f"{mean['perf/utt_per_s']:.1f} utt/s {mean['perf/audio_x_realtime']:.1f}x rt "
+            f"ETA {eta / 60:.1f} min"
+        )
         bar.write(line) if bar is not None else print(line)
 
     def close(self) -> None:
@@ -99,8 +124,12 @@ def plot_curves(history: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     curves = history.get("curves", {})
-    keys = [k for k in curves if k.startswith(("train/", "eval/wer"))
-            and not k.startswith(("train/lr", "train/tokens", "train/coverage"))]
+    keys = [
+        k
+        for k in curves
+        if k.startswith(("train/", "eval/wer"))
+        and not k.startswith(("train/lr", "train/tokens", "train/coverage"))
+    ]
     if not keys:
         return
     cols = min(3, len(keys))
@@ -111,26 +140,33 @@ def plot_curves(history: dict, path: Path) -> None:
         ax.plot(steps, values)
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
-    for ax in list(axes.flat)[len(keys):]:
+    for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
-def write_report(workdir: Path, cfg, roles, log: RunLog, after: dict, n_trainable: int,
-                 wall_s: float) -> str:
+def write_report(
+    workdir: Path, cfg, roles, log: RunLog, after: dict, n_trainable: int, wall_s: float
+) -> str:
     """Write `report.json`, `report.md` and `curves.png`; return the markdown."""
     budget = param_budget(roles, n_trainable)
     curves = log.history.get("curves", {})
     step_s = [v for _, v in curves.get("perf/step_s", [])]
     rt = [v for _, v in curves.get("perf/audio_x_realtime", [])]
-    report = {"before": log.history.get("before"), "after": after, "params": budget,
-              "median_step_s": float(np.median(step_s)) if step_s else None,
-              "median_audio_x_realtime": float(np.median(rt)) if rt else None,
-              "wall_s": wall_s, "total_steps": cfg.total_steps}
-    (workdir / "report.json").write_text(json.dumps(report, indent=2))
-    plot_curves(log.history, workdir / "curves.png")
+    report = {
+        "before": log.history.get("before"),
+        "after": after,
+        "params": budget,
+        "median_step_s": float(np.median(step_s)) if step_s else None,
+        "median_audio_x_realtime": float(np.median(rt)) if rt else None,
+        "wall_s": wall_s,
+        "total_steps": cfg.total_steps,
+    }
+    if log.primary:
+        (workdir / "report.json").write_text(json.dumps(report, indent=2))
+        plot_curves(log.history, workdir / "curves.png")
     log.close()
     lines = ["| metric | value |", "|---|---|"]
     if report["before"]:
@@ -139,12 +175,15 @@ def write_report(workdir: Path, cfg, roles, log: RunLog, after: dict, n_trainabl
         lines.append(f"| {split} WER after | {res['wer']:.2f}% (CER {res['cer']:.2f}%) |")
     lines.append(f"| trainable params | {n_trainable:,} |")
     if "pct_of_largest_teacher" in budget:
-        lines.append(f"| % of largest teacher / ensemble | "
-                     f"{budget['pct_of_largest_teacher']:.3f}% / {budget['pct_of_ensemble']:.3f}% |")
+        lines.append(
+            f"| % of largest teacher / ensemble | "
+            f"{budget['pct_of_largest_teacher']:.3f}% / {budget['pct_of_ensemble']:.3f}% |"
+        )
     if report["median_step_s"]:
         lines.append(f"| median step time | {report['median_step_s']:.2f} s |")
         lines.append(f"| throughput | {report['median_audio_x_realtime']:.1f}x real time |")
     lines.append(f"| wall time | {wall_s / 60:.1f} min |")
     md = "\n".join(lines)
-    (workdir / "report.md").write_text(md + "\n")
+    if log.primary:
+        (workdir / "report.md").write_text(md + "\n")
     return md

@@ -58,8 +58,9 @@ def build_role(cfg, where: str, *, seed: int = 0, abstract: bool = False):
         tok_folder = folder = assets.resolve_model(cfg.tokenizer)
         params = nn.unbox(abstract_params(model, frames=2 * model.max_source_positions))
         if not abstract:
-            key = jax.random.fold_in(jax.random.PRNGKey(seed), int(hashlib.sha1(
-                where.encode()).hexdigest()[:7], 16))
+            key = jax.random.fold_in(
+                jax.random.PRNGKey(seed), int(hashlib.sha1(where.encode()).hexdigest()[:7], 16)
+            )
             params = _random_init(model, key)
     tokenizer = load_tokenizer(tok_folder, model_vocab_size=model.vocab_size)
     return model, params, tokenizer, Path(folder)
@@ -129,10 +130,13 @@ def resolve_source(source) -> dict:
         return src
     from mkd_jax.data import synth
 
-    path = Path(src["path"]) if src["path"] else assets.cache_dir() / "corpora" / f"synth_{hours:g}h"
+    path = (
+        Path(src["path"]) if src["path"] else assets.cache_dir() / "corpora" / f"synth_{hours:g}h"
+    )
     if not (path / "dataset_dict.json").is_file():
-        logging.info("building the %.3g h synthetic corpus at %s (cached for later runs)",
-                     hours, path)
+        logging.info(
+            "building the %.3g h synthetic corpus at %s (cached for later runs)", hours, path
+        )
         if synth.build(path, synth.Config(hours=hours)) is None:
             raise RuntimeError(f"corpus build at {path} stopped early; rerun to resume it")
     return dict(src, kind="disk", path=str(path))

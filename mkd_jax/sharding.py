@@ -17,8 +17,9 @@ from absl import logging
 from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+
 def make_mesh(axes: Sequence[tuple[str, int]], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A mesh over `devices` (default: all) from ordered `(name, size)` pairs; one size may be -1."""
+    """A mesh over `devices` (default all) from ordered `(name, size)` pairs; one size may be -1."""
     devices = list(devices if devices is not None else jax.devices())
     names = [str(a) for a, _ in axes]
     sizes = [int(s) for _, s in axes]
@@ -30,8 +31,10 @@ def make_mesh(axes: Sequence[tuple[str, int]], devices: Sequence[jax.Device] | N
             raise ValueError(f"mesh {list(axes)}: {len(devices)} devices not divisible by {known}")
         sizes[sizes.index(-1)] = len(devices) // known
     if int(np.prod(sizes)) != len(devices):
-        raise ValueError(f"mesh {dict(zip(names, sizes))} needs {int(np.prod(sizes))} devices, "
-                         f"have {len(devices)}")
+        raise ValueError(
+            f"mesh {dict(zip(names, sizes, strict=True))} needs {int(np.prod(sizes))} devices, "
+            f"have {len(devices)}"
+        )
     grid = np.asarray(devices).reshape(sizes)
     return Mesh(grid, tuple(names), axis_types=(AxisType.Auto,) * len(names))
 
@@ -49,8 +52,13 @@ def spec_for(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rule
     fixed = []
     for dim, axis in zip(shape, spec, strict=True):
         if axis is not None and dim % _axis_size(mesh, axis):
-            logging.log_first_n(logging.WARNING, "dim %d not divisible by mesh axis %s; "
-                                "replicating it", 8, dim, axis)
+            logging.log_first_n(
+                logging.WARNING,
+                "dim %d not divisible by mesh axis %s; replicating it",
+                8,
+                dim,
+                axis,
+            )
             axis = None
         fixed.append(axis)
     return PartitionSpec(*fixed)

@@ -22,8 +22,9 @@ from mkd_jax.optim import make_optimizer
 
 
 def _layers(model) -> dict[str, int]:
-    return layer_counts({"encoder_layers": model.encoder_layers,
-                         "decoder_layers": model.decoder_layers})
+    return layer_counts(
+        {"encoder_layers": model.encoder_layers, "decoder_layers": model.decoder_layers}
+    )
 
 
 def make_setup(cfg, roles) -> Setup:
@@ -34,7 +35,8 @@ def make_setup(cfg, roles) -> Setup:
     for name, (model, _, tok, _) in teachers.items():
         vmap = token_align.vocab_map(tok, tok_s)
         if token_align.same_vocabulary(vmap, student.vocab_size) and (
-                model.vocab_size == student.vocab_size):
+            model.vocab_size == student.vocab_size
+        ):
             vocab_maps[name] = vocab_index[name] = None
         else:
             vocab_maps[name] = vmap
@@ -43,24 +45,41 @@ def make_setup(cfg, roles) -> Setup:
     mappers = None
     if teachers and cfg.mappers.weight > 0:
         pairs = resolve_layer_map(
-            cfg.mappers.strategy, student_layers=_layers(student),
+            cfg.mappers.strategy,
+            student_layers=_layers(student),
             teachers={n: _layers(m) for n, (m, *_) in teachers.items()},
-            sides=tuple(cfg.mappers.sides), explicit=list(cfg.mappers.explicit) or None)
+            sides=tuple(cfg.mappers.sides),
+            explicit=list(cfg.mappers.explicit) or None,
+        )
         logging.info("layer map:\n%s", format_layer_map(pairs))
-        mappers = Mappers(tuple(pairs), tuple((n, m.d_model) for n, (m, *_) in teachers.items()),
-                          kind=cfg.mappers.kind, hidden=cfg.mappers.hidden or None,
-                          align=cfg.mappers.align)
+        mappers = Mappers(
+            tuple(pairs),
+            tuple((n, m.d_model) for n, (m, *_) in teachers.items()),
+            kind=cfg.mappers.kind,
+            hidden=cfg.mappers.hidden or None,
+            align=cfg.mappers.align,
+        )
     loss = cfg.loss
     return Setup(
         student=student,
         teachers={n: m for n, (m, *_) in teachers.items()},
         teacher_weights={n: float(c.get("weight", 1.0)) for n, c in cfg.teachers.items()},
-        vocab_maps=vocab_maps, vocab_index=vocab_index, mappers=mappers,
-        lora_rank=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-        w_ce=loss.w_ce, w_kd=loss.w_kd if teachers else 0.0, w_map=cfg.mappers.weight,
-        feature_loss=cfg.mappers.loss, temperature=loss.temperature, ensemble=loss.ensemble,
-        ensemble_weights=tuple(loss.ensemble_weights), interpolate=loss.interpolate,
-        lambdas=tuple(loss.lambdas), total_steps=cfg.total_steps,
+        vocab_maps=vocab_maps,
+        vocab_index=vocab_index,
+        mappers=mappers,
+        lora_rank=cfg.lora.rank,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        w_ce=loss.w_ce,
+        w_kd=loss.w_kd if teachers else 0.0,
+        w_map=cfg.mappers.weight,
+        feature_loss=cfg.mappers.loss,
+        temperature=loss.temperature,
+        ensemble=loss.ensemble,
+        ensemble_weights=tuple(loss.ensemble_weights),
+        interpolate=loss.interpolate,
+        lambdas=tuple(loss.lambdas),
+        total_steps=cfg.total_steps,
     )
 
 
@@ -73,7 +92,9 @@ def init_trainable(cfg, roles, setup: Setup, rng) -> dict:
     student, params_s, _, _ = roles["student"]
     lora_rng, map_rng = jax.random.split(rng)
     targets = list(cfg.lora.targets)
-    lora_tree = lora.init(lora_rng, params_s, targets=targets, rank=cfg.lora.rank) if targets else {}
+    lora_tree = (
+        lora.init(lora_rng, params_s, targets=targets, rank=cfg.lora.rank) if targets else {}
+    )
     mappers = {}
     if setup.mappers is not None:
         # Every site of a Whisper has width d_model; one frame is enough to create the kernels.
@@ -133,9 +154,13 @@ def restore_run(workdir, step: int | None = None):
     elif step not in steps:
         raise ValueError(f"{workdir}/checkpoints has no step {step}; it has steps {steps}")
     student, params_s, tok, folder = build_role(cfg.student, "student", seed=cfg.seed)
-    roles = {"student": (student, params_s, tok, folder),
-             "teachers": {n: build_role(c, f"teachers.{n}", seed=cfg.seed, abstract=True)
-                          for n, c in cfg.teachers.items()}}
+    roles = {
+        "student": (student, params_s, tok, folder),
+        "teachers": {
+            n: build_role(c, f"teachers.{n}", seed=cfg.seed, abstract=True)
+            for n, c in cfg.teachers.items()
+        },
+    }
     setup = make_setup(cfg, roles)
     rng = jax.random.PRNGKey(cfg.seed)
     tx, _ = make_tx(cfg)

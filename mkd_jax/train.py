@@ -17,9 +17,8 @@ import signal
 import time
 from pathlib import Path
 
+import flax.linen as nn
 import jax
-import jax.numpy as jnp
-import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
@@ -41,16 +40,31 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _device_batch(batch: dict, shardings: dict) -> dict:
-    return {k: jax.device_put(v, shardings[k]) for k, v in batch.items() if k in shardings}
+    """Global arrays from this process's rows (each process holds 1/process_count of a batch)."""
+    n = jax.process_count()
+    return {
+        k: jax.make_array_from_process_local_data(shardings[k], v, (v.shape[0] * n, *v.shape[1:]))
+        for k, v in batch.items()
+        if k in shardings
+    }
 
 
 def _wer(cfg, roles, merged, utts, split, max_batches) -> dict:
     student, _, tok, folder = roles["student"]
-    spec = decode.spec_from_folder(folder, tok, max_new_tokens=cfg.eval.max_new_tokens,
-                                   beam_size=cfg.eval.beam_size)
-    ids, hyps = transcribe_utts(student, merged, tok, spec, utts,
-                                batch_size=cfg.data.eval_batch_size, n_frames=cfg.data.n_frames,
-                                max_batches=max_batches, desc=f"decode {split}")
+    spec = decode.spec_from_folder(
+        folder, tok, max_new_tokens=cfg.eval.max_new_tokens, beam_size=cfg.eval.beam_size
+    )
+    ids, hyps = transcribe_utts(
+        student,
+        merged,
+        tok,
+        spec,
+        utts,
+        batch_size=cfg.data.eval_batch_size,
+        n_frames=cfg.data.n_frames,
+        max_batches=max_batches,
+        desc=f"decode {split}",
+    )
     return score(utts, ids, hyps)["all"]
 
 
@@ -66,7 +80,8 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
     jax.config.update("jax_threefry_partitionable", True)
     # Reruns, resumes and ablation rows share compiled programs through the persistent cache.
     jax.config.update("jax_compilation_cache_dir", str(assets.cache_dir() / "xla"))
-    (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
     t_start = time.time()
 
     # ----- mesh, roles, data -----
@@ -74,8 +89,10 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
     rules = tuple(tuple(r) for r in cfg.sharding_rules)
     dp = sharding.data_parallel_size(mesh, rules)
     if cfg.data.batch_size % dp:
-        raise ValueError(f"data.batch_size={cfg.data.batch_size} is not a multiple of the "
-                         f"{dp}-way data parallelism of mesh {dict(mesh.shape)}")
+        raise ValueError(
+            f"data.batch_size={cfg.data.batch_size} is not a multiple of the "
+            f"{dp}-way data parallelism of mesh {dict(mesh.shape)}"
+        )
     roles = build_roles(cfg)
     student, params_s, tok_s, _ = roles["student"]
     setup = make_setup(cfg, roles)
@@ -83,30 +100,41 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
     train_utts = loaders.load_split(source, cfg.data.train_split)
     eval_utts = loaders.load_split(source, cfg.data.eval_split)
     tokenizers = {batching.STUDENT: tok_s}
-    tokenizers.update({n: roles["teachers"][n][2] for n, ix in setup.vocab_index.items()
-                       if ix is not None})
-    buckets = batching.make_buckets(tuple(cfg.data.token_buckets), (cfg.data.n_frames,),
-                                    cfg.data.batch_size)
-    train_iter = batching.BatchIterator(train_utts, tokenizers, buckets=buckets,
-                                        n_mels=student.num_mel_bins, seed=cfg.seed,
-                                        prefetch=cfg.data.prefetch)
+    tokenizers.update(
+        {n: roles["teachers"][n][2] for n, ix in setup.vocab_index.items() if ix is not None}
+    )
+    buckets = batching.make_buckets(
+        tuple(cfg.data.token_buckets), (cfg.data.n_frames,), cfg.data.batch_size
+    )
+    train_iter = batching.BatchIterator(
+        train_utts,
+        tokenizers,
+        buckets=buckets,
+        n_mels=student.num_mel_bins,
+        seed=cfg.seed,
+        prefetch=cfg.data.prefetch,
+    )
 
     # ----- state, shardings, restore -----
     rng = jax.random.PRNGKey(cfg.seed)
     init_rng, state_rng = jax.random.split(rng)
     tx, schedules = make_tx(cfg)
     state = jax.jit(lambda r1, r2: init_state(init_trainable(cfg, roles, setup, r1), tx, r2))(
-        init_rng, state_rng)
+        init_rng, state_rng
+    )
     replicated = sharding.replicated(mesh)
     state_sh = jax.tree.map(lambda _: replicated, state)
     frozen_sh = {
         "student": sharding.param_shardings(abstract_params(student), mesh, rules),
-        "teachers": {n: sharding.param_shardings(abstract_params(m), mesh, rules)
-                     for n, (m, *_) in roles["teachers"].items()},
+        "teachers": {
+            n: sharding.param_shardings(abstract_params(m), mesh, rules)
+            for n, (m, *_) in roles["teachers"].items()
+        },
     }
-    frozen = sharding.put({"student": params_s,
-                           "teachers": {n: r[1] for n, r in roles["teachers"].items()}},
-                          frozen_sh)
+    frozen = sharding.put(
+        {"student": params_s, "teachers": {n: r[1] for n, r in roles["teachers"].items()}},
+        frozen_sh,
+    )
     state = jax.device_put(state, state_sh)
     n_train = lora.count(state["trainable"])
     log = RunLog(workdir, cfg, roles, n_train)
@@ -124,18 +152,29 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
         if name != batching.STUDENT:
             ranks.update({f"t:{name}/{k}": 2 for k in ("decoder_input", "labels", "mask", "rows")})
     batch_sh = {k: sharding.batch_sharding(mesh, rules, r) for k, r in ranks.items()}
-    step_fn = jax.jit(functools.partial(train_step, setup=setup, tx=tx),
-                      in_shardings=(state_sh, frozen_sh, batch_sh),
-                      out_shardings=(state_sh, replicated), donate_argnums=(0,))
+    jitted_step = jax.jit(
+        functools.partial(train_step, setup=setup, tx=tx),
+        in_shardings=(state_sh, frozen_sh, batch_sh),
+        out_shardings=(state_sh, replicated),
+        donate_argnums=(0,),
+    )
+
+    def step_fn(state, frozen, batch):
+        # The model's logical activation constraints resolve against these rules when traced.
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            return jitted_step(state, frozen, batch)
+
     merge_fn = jax.jit(lambda t, f: merged_student(t, f, setup))
 
     # ----- WER before training -----
     if "before" not in log.history and cfg.eval.max_batches >= 0:  # -1 skips every WER pass
         merged = merge_fn(state["trainable"], frozen)
-        log.history["before"] = _wer(cfg, roles, merged, eval_utts, cfg.data.eval_split,
-                                     cfg.eval.max_batches)
-        logging.info("%s WER before training: %.2f%%", cfg.data.eval_split,
-                     log.history["before"]["wer"])
+        log.history["before"] = _wer(
+            cfg, roles, merged, eval_utts, cfg.data.eval_split, cfg.eval.max_batches
+        )
+        logging.info(
+            "%s WER before training: %.2f%%", cfg.data.eval_split, log.history["before"]["wer"]
+        )
 
     # ----- loop -----
     stop = {"signal": None}
@@ -155,17 +194,33 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
         state, metrics = step_fn(state, frozen, _device_batch(batch, batch_sh))
         step += 1
         bar.update(1)
-        pending.append((metrics, float(batch["valid"].sum()),
-                        float(batch["audio_frames"].sum()) / 100.0))
+        pending.append(
+            (  # this process's rows times the process count: the global batch
+                metrics,
+                float(batch["valid"].sum()) * jax.process_count(),
+                float(batch["audio_frames"].sum()) / 100.0 * jax.process_count(),
+            )
+        )
         if step % cfg.log_every_steps == 0 or step == cfg.total_steps:
-            log.interval(step, jax.device_get([m for m, _, _ in pending]),
-                         sum(u for _, u, _ in pending), sum(a for _, _, a in pending),
-                         time.time() - t_window, {k: float(s(step)) for k, s in schedules.items()},
-                         bar)
+            log.interval(
+                step,
+                jax.device_get([m for m, _, _ in pending]),
+                sum(u for _, u, _ in pending),
+                sum(a for _, _, a in pending),
+                time.time() - t_window,
+                {k: float(s(step)) for k, s in schedules.items()},
+                bar,
+            )
             pending, t_window = [], time.time()
         if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < cfg.total_steps:
-            res = _wer(cfg, roles, merge_fn(state["trainable"], frozen), eval_utts,
-                       cfg.data.eval_split, cfg.eval.max_batches)
+            res = _wer(
+                cfg,
+                roles,
+                merge_fn(state["trainable"], frozen),
+                eval_utts,
+                cfg.data.eval_split,
+                cfg.eval.max_batches,
+            )
             log.scalar(step, "eval/wer", res["wer"])
             log.scalar(step, "eval/cer", res["cer"])
         if step % cfg.ckpt.every_steps == 0 or step == cfg.total_steps:
@@ -176,8 +231,12 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
         ckpt.close()
         train_iter.close()
         log.close()
-        logging.warning("%s: saved step %d to %s; rerun to resume", stop["signal"], step,
-                        workdir / "checkpoints")
+        logging.warning(
+            "%s: saved step %d to %s; rerun to resume",
+            stop["signal"],
+            step,
+            workdir / "checkpoints",
+        )
         return {"step": step, "stopped_by": stop["signal"]}
     for s, h in old_handlers.items():
         signal.signal(s, h)
@@ -197,8 +256,12 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
         after[split] = _wer(cfg, roles, merged, utts, split, cfg.eval.max_batches)
     report = write_report(workdir, cfg, roles, log, after, n_train, time.time() - t_start)
     print(report)
-    return {"step": step, "trainable": jax.device_get(state["trainable"]), "after": after,
-            "train_step_compiles": step_fn._cache_size()}
+    return {
+        "step": step,
+        "trainable": jax.device_get(state["trainable"]),
+        "after": after,
+        "train_step_compiles": jitted_step._cache_size(),
+    }
 
 
 def main(argv):

@@ -22,7 +22,9 @@ from mkd_jax.data.tokenizers import load_tokenizer
 from mkd_jax.models.whisper import load
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "tiny.en", "Model name (tiny.en, base), HF folder or CTranslate2 folder.")
+flags.DEFINE_string(
+    "model", "tiny.en", "Model name (tiny.en, base), HF folder or CTranslate2 folder."
+)
 flags.DEFINE_integer("batch_size", 16, "Windows decoded together.")
 flags.DEFINE_integer("beam_size", 1, "1 = greedy.")
 flags.DEFINE_integer("max_new_tokens", 128, "Token limit per 30 s window.")
@@ -34,13 +36,19 @@ WINDOW = features.N_FRAMES * features.HOP
 class Transcriber:
     """A loaded model plus its jitted decoder; `__call__` maps 16 kHz clips to text."""
 
-    def __init__(self, model_name: str, *, beam_size=1, max_new_tokens=128, language="en",
-                 batch_size=16):
+    def __init__(
+        self, model_name: str, *, beam_size=1, max_new_tokens=128, language="en", batch_size=16
+    ):
         self.model, self.params, config = load(model_name)
         folder = config["_folder"]
         self.tokenizer = load_tokenizer(folder, model_vocab_size=self.model.vocab_size)
-        self.spec = decode.spec_from_folder(folder, self.tokenizer, max_new_tokens=max_new_tokens,
-                                            beam_size=beam_size, language=language)
+        self.spec = decode.spec_from_folder(
+            folder,
+            self.tokenizer,
+            max_new_tokens=max_new_tokens,
+            beam_size=beam_size,
+            language=language,
+        )
         self.generate = decode.make_generate_fn(self.model, self.spec)
         self.batch_size = batch_size
 
@@ -51,8 +59,12 @@ class Transcriber:
                 windows.append(clip[start : start + WINDOW])
                 owner.append(i)
         texts = [[] for _ in clips]
-        for start in tqdm(range(0, len(windows), self.batch_size), disable=not progress,
-                          desc="decoding", unit="batch"):
+        for start in tqdm(
+            range(0, len(windows), self.batch_size),
+            disable=not progress,
+            desc="decoding",
+            unit="batch",
+        ):
             chunk = windows[start : start + self.batch_size]
             # Pad the last batch to the static batch size so it reuses the compiled program.
             padded = chunk + [np.zeros(1, np.float32)] * (self.batch_size - len(chunk))
@@ -76,8 +88,13 @@ def main(argv):
             logging.warning("skipping %s", e)
     if not clips:
         sys.exit("no readable audio files")
-    t = Transcriber(FLAGS.model, beam_size=FLAGS.beam_size, max_new_tokens=FLAGS.max_new_tokens,
-                    language=FLAGS.language, batch_size=FLAGS.batch_size)
+    t = Transcriber(
+        FLAGS.model,
+        beam_size=FLAGS.beam_size,
+        max_new_tokens=FLAGS.max_new_tokens,
+        language=FLAGS.language,
+        batch_size=FLAGS.batch_size,
+    )
     for path, text in zip(kept, t(clips, progress=True), strict=True):
         print(f"{path}\t{text}")
 

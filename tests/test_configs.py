@@ -41,9 +41,11 @@ def abstract_setup(cfg):
 
 def abstract_batch(cfg, setup, student):
     b, s, f = cfg.data.batch_size, max(cfg.data.token_buckets), cfg.data.n_frames
-    batch = {"mel": jax.ShapeDtypeStruct((b, student.num_mel_bins, f), jnp.float32),
-             "valid": jax.ShapeDtypeStruct((b,), jnp.float32),
-             "audio_frames": jax.ShapeDtypeStruct((b,), jnp.int32)}
+    batch = {
+        "mel": jax.ShapeDtypeStruct((b, student.num_mel_bins, f), jnp.float32),
+        "valid": jax.ShapeDtypeStruct((b,), jnp.float32),
+        "audio_frames": jax.ShapeDtypeStruct((b,), jnp.int32),
+    }
     for prefix in [""] + [f"t:{n}/" for n, ix in setup.vocab_index.items() if ix is not None]:
         batch[prefix + "decoder_input"] = jax.ShapeDtypeStruct((b, s), jnp.int32)
         batch[prefix + "labels"] = jax.ShapeDtypeStruct((b, s), jnp.int32)
@@ -58,11 +60,14 @@ def test_config_traces_one_step_on_abstract_shapes(path):
     cfg = load_config(path)
     with cfg.unlocked():
         roles, setup, tx, state = abstract_setup(cfg)
-    frozen = {"student": roles["student"][1],
-              "teachers": {n: r[1] for n, r in roles["teachers"].items()}}
+    frozen = {
+        "student": roles["student"][1],
+        "teachers": {n: r[1] for n, r in roles["teachers"].items()},
+    }
     batch = abstract_batch(cfg, setup, roles["student"][0])
-    new_state, metrics = jax.eval_shape(functools.partial(train_step, setup=setup, tx=tx),
-                                        state, frozen, batch)
+    new_state, metrics = jax.eval_shape(
+        functools.partial(train_step, setup=setup, tx=tx), state, frozen, batch
+    )
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
     assert metrics["train/loss"].shape == ()
     assert "train/ce" in metrics

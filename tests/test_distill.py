@@ -25,12 +25,21 @@ def parts(tiny_librispeech):
     roles = build_roles(cfg)
     setup = make_setup(cfg, roles)
     trainable = jax.jit(lambda r: init_trainable(cfg, roles, setup, r))(jax.random.PRNGKey(1))
-    frozen = {"student": roles["student"][1],
-              "teachers": {n: r[1] for n, r in roles["teachers"].items()}}
+    frozen = {
+        "student": roles["student"][1],
+        "teachers": {n: r[1] for n, r in roles["teachers"].items()},
+    }
     utts = loaders.load_split({"kind": "librispeech", "path": str(tiny_librispeech)}, "dev")
     toks = {batching.STUDENT: roles["student"][2], "b": roles["teachers"]["b"][2]}
-    it = batching.BatchIterator(utts, toks, buckets=batching.make_buckets((48,), (1000,), 4),
-                                shuffle=False, prefetch=0, process_index=0, process_count=1)
+    it = batching.BatchIterator(
+        utts,
+        toks,
+        buckets=batching.make_buckets((48,), (1000,), 4),
+        shuffle=False,
+        prefetch=0,
+        process_index=0,
+        process_count=1,
+    )
     batch = {k: v for k, v in next(it).items() if k != "ids"}
     return cfg, setup, trainable, frozen, batch
 
@@ -39,12 +48,14 @@ def test_only_trainables_get_gradients_and_teachers_are_constant(parts):
     _, setup, trainable, frozen, batch = parts
     # Frozen weights and the batch go in as arguments: closed-over numpy arrays would be
     # constant-folded through whole networks by XLA.
-    loss = jax.jit(jax.grad(lambda t, f, b: distill.loss_fn(t, f, b, None, 0, setup=setup)[0],
-                            argnums=(0, 1)))
+    loss = jax.jit(
+        jax.grad(lambda t, f, b: distill.loss_fn(t, f, b, None, 0, setup=setup)[0], argnums=(0, 1))
+    )
     grads, frozen_grads = loss(trainable, frozen, batch)
     assert jax.tree.structure(grads) == jax.tree.structure(trainable)
-    lora_b = [g for p, g in jax.tree_util.tree_flatten_with_path(grads["lora"])[0]
-              if p[-1].key == "b"]
+    lora_b = [
+        g for p, g in jax.tree_util.tree_flatten_with_path(grads["lora"])[0] if p[-1].key == "b"
+    ]
     assert max(float(jnp.abs(g).max()) for g in lora_b) > 0  # a != 0, so b learns at once
     assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads["mappers"])) > 0
     for leaf in jax.tree.leaves(frozen_grads["teachers"]):

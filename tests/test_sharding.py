@@ -9,9 +9,19 @@ from mkd_jax import sharding
 from mkd_jax.config_base import SHARDING_RULES
 from mkd_jax.models.whisper import Whisper, abstract_params
 
-DIMS = dict(vocab_size=51864, num_mel_bins=80, d_model=64, encoder_layers=1, decoder_layers=1,
-            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
-            decoder_ffn_dim=128, max_source_positions=1500, max_target_positions=448)
+DIMS = dict(
+    vocab_size=51864,
+    num_mel_bins=80,
+    d_model=64,
+    encoder_layers=1,
+    decoder_layers=1,
+    encoder_attention_heads=4,
+    decoder_attention_heads=4,
+    encoder_ffn_dim=128,
+    decoder_ffn_dim=128,
+    max_source_positions=1500,
+    max_target_positions=448,
+)
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +30,9 @@ def mesh():
 
 
 def test_golden_param_specs(mesh):
-    specs = flatten_dict(sharding.param_shardings(abstract_params(Whisper(**DIMS)), mesh,
-                                                  SHARDING_RULES), sep="/")
+    specs = flatten_dict(
+        sharding.param_shardings(abstract_params(Whisper(**DIMS)), mesh, SHARDING_RULES), sep="/"
+    )
     golden = {
         "decoder/layers_0/self_attn/q_proj/kernel": P("fsdp", "tensor"),
         "decoder/layers_0/self_attn/out_proj/kernel": P("tensor", "fsdp"),
@@ -39,8 +50,9 @@ def test_golden_param_specs(mesh):
 
 def test_indivisible_dimension_is_replicated(mesh):
     odd = dict(DIMS, d_model=66, encoder_attention_heads=6, decoder_attention_heads=6)
-    specs = flatten_dict(sharding.param_shardings(abstract_params(Whisper(**odd)), mesh,
-                                                  SHARDING_RULES), sep="/")
+    specs = flatten_dict(
+        sharding.param_shardings(abstract_params(Whisper(**odd)), mesh, SHARDING_RULES), sep="/"
+    )
     assert specs["decoder/layers_0/fc1/kernel"].spec == P(None, "tensor")
 
 

@@ -52,8 +52,11 @@ def test_end_to_end_run_compiles_once(tiny_librispeech, tmp_path):
     assert (tmp_path / "checkpoints" / "4").is_dir()
     assert (tmp_path / "curves.png").stat().st_size > 0
     # LoRA `b` moved off zero: the student is no longer exactly its pretrained self.
-    b = [x for p, x in jax.tree_util.tree_flatten_with_path(out["trainable"]["lora"])[0]
-         if p[-1].key == "b"]
+    b = [
+        x
+        for p, x in jax.tree_util.tree_flatten_with_path(out["trainable"]["lora"])[0]
+        if p[-1].key == "b"
+    ]
     assert max(float(np.abs(x).max()) for x in b) > 0
 
 
@@ -73,11 +76,20 @@ def test_resume_is_bit_exact(tiny_librispeech, tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly(tiny_librispeech, tmp_path):
-    cmd = [sys.executable, "-m", "mkd_jax.train", "--config", str(ROOT / "configs/tiny.py"),
-           "--workdir", str(tmp_path), "--config.total_steps=1000",
-           "--config.data.source.kind=librispeech",
-           f"--config.data.source.path={tiny_librispeech}", "--config.eval.max_batches=-1",
-           "--config.ckpt.every_steps=1000"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mkd_jax.train",
+        "--config",
+        str(ROOT / "configs/tiny.py"),
+        "--workdir",
+        str(tmp_path),
+        "--config.total_steps=1000",
+        "--config.data.source.kind=librispeech",
+        f"--config.data.source.path={tiny_librispeech}",
+        "--config.eval.max_batches=-1",
+        "--config.ckpt.every_steps=1000",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     for line in proc.stdout:

@@ -86,8 +86,9 @@ def test_short_context_slices_position_table(pair):
     _, out = model.apply({"params": params}, mel, TOKENS[:1])
     assert out["encoder/output"].shape == (1, 500, model.d_model)
     with pytest.raises(ValueError, match="frames"):
-        model.apply({"params": params}, random_mel(model.num_mel_bins, batch=1)[:, :, :999],
-                    TOKENS[:1])
+        model.apply(
+            {"params": params}, random_mel(model.num_mel_bins, batch=1)[:, :, :999], TOKENS[:1]
+        )
 
 
 def _write_state(folder, state, config):
@@ -126,6 +127,9 @@ def test_sharded_safetensors_folder_loads(pair, tmp_path):
     ref.save_pretrained(tmp_path, max_shard_size="200KB")
     assert (tmp_path / "model.safetensors.index.json").is_file()
     _, sharded, _ = from_hf(tmp_path)
-    for (k, a), (_, b) in zip(sorted(flatten_dict(params, sep="/").items()),
-                              sorted(flatten_dict(sharded, sep="/").items()), strict=True):
+    for (k, a), (_, b) in zip(
+        sorted(flatten_dict(params, sep="/").items()),
+        sorted(flatten_dict(sharded, sep="/").items()),
+        strict=True,
+    ):
         np.testing.assert_array_equal(a, b, err_msg=k)

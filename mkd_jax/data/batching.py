@@ -158,8 +158,9 @@ class BatchIterator:
             lengths = np.maximum(lengths, [len(prompt) + len(i) for i in ids])
             if name != STUDENT:
                 vmap = token_align.vocab_map(tok, student)
-                self._align[name] = [token_align.align_positions(t, tok, student, vmap=vmap)
-                                     for t in texts]
+                self._align[name] = [
+                    token_align.align_positions(t, tok, student, vmap=vmap) for t in texts
+                ]
         # A copy, so several iterators over one split do not count each other's skips.
         self.report = dataclasses.replace(utts.report, counts=Counter(utts.report.counts))
         self._members = self._assign(lengths)
@@ -279,13 +280,20 @@ class BatchIterator:
         student_prompt = len(self._toks[STUDENT][0])
         for name, aligns in self._align.items():
             prompt, _, tokens = self._toks[name]
-            batch[f"t:{name}/rows"] = np.stack([
-                token_align.label_rows(aligns[i], n_teacher_tokens=len(tokens[i]),
-                                       student_prompt_len=student_prompt,
-                                       teacher_prompt_len=len(prompt), pad_len=bucket.n_tokens)
-                if i >= 0 else np.full(bucket.n_tokens, -1, np.int32)
-                for i in idx
-            ])
+            batch[f"t:{name}/rows"] = np.stack(
+                [
+                    token_align.label_rows(
+                        aligns[i],
+                        n_teacher_tokens=len(tokens[i]),
+                        student_prompt_len=student_prompt,
+                        teacher_prompt_len=len(prompt),
+                        pad_len=bucket.n_tokens,
+                    )
+                    if i >= 0
+                    else np.full(bucket.n_tokens, -1, np.int32)
+                    for i in idx
+                ]
+            )
         for name, (prompt, eot, tokens) in self._toks.items():
             prefix = "" if name == STUDENT else f"t:{name}/"
             arrays = [

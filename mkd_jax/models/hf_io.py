@@ -22,13 +22,21 @@ from safetensors.numpy import load_file, save_file
 
 _LAYER = re.compile(r"^model\.(encoder|decoder)\.layers\.(\d+)\.(.+)$")
 _TIED = "proj_out.weight"
-_SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json",
-               "merges.txt", "special_tokens_map.json", "added_tokens.json", "normalizer.json",
-               "preprocessor_config.json")
+_SIDE_FILES = (
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "normalizer.json",
+    "preprocessor_config.json",
+)
 
 
 def hf_to_flax_key(key: str) -> tuple[str, str]:
-    """Map one HF key to (`/`-joined Flax path, layout) where layout is `linear`, `conv` or `copy`."""
+    """Map one HF key to (`/`-joined Flax path, layout); layout is `linear`, `conv` or `copy`."""
     fixed = {
         "model.encoder.embed_positions.weight": ("encoder/embed_positions", "copy"),
         "model.decoder.embed_positions.weight": ("decoder/embed_positions", "copy"),
@@ -73,7 +81,7 @@ def flax_from_hf_state(state: dict[str, np.ndarray], expected: dict) -> dict:
     """Flax params from an HF state, checked against `expected` shapes (a params pytree).
 
     Raises:
-        ValueError: naming every unknown tensor, missing tensor and shape mismatch (with both shapes).
+        ValueError: naming each unknown tensor, missing tensor and shape mismatch (both shapes).
     """
     want = {k: tuple(np.shape(v)) for k, v in flatten_dict(expected, sep="/").items()}
     flat, problems = {}, []
@@ -161,17 +169,26 @@ def load_hf_folder(folder: str | os.PathLike) -> tuple[dict, dict[str, np.ndarra
     return config, {k: v.astype(np.float32) for k, v in state.items()}
 
 
-def save_hf_folder(folder: str | os.PathLike, config: dict, params: dict,
-                   *, copy_from: str | os.PathLike | None = None) -> Path:
-    """Write an HF Whisper folder atomically; side files (tokenizer, generation config) are copied."""
+def save_hf_folder(
+    folder: str | os.PathLike,
+    config: dict,
+    params: dict,
+    *,
+    copy_from: str | os.PathLike | None = None,
+) -> Path:
+    """Write an HF Whisper folder atomically, copying the tokenizer and generation config."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
         state = hf_state_from_flax(params)
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        cfg = dict(config, architectures=["WhisperForConditionalGeneration"], model_type="whisper",
-                   tie_word_embeddings=True)
+        cfg = dict(
+            config,
+            architectures=["WhisperForConditionalGeneration"],
+            model_type="whisper",
+            tie_word_embeddings=True,
+        )
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
         if copy_from is not None:
             for name in _SIDE_FILES:

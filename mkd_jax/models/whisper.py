@@ -25,7 +25,7 @@ ACT = ("act_batch", "act_time", "act_embed")
 
 
 def sinusoids(length: int, channels: int) -> np.ndarray:
-    """Whisper's encoder position table, used only as the initialiser (checkpoints carry their own)."""
+    """Whisper's encoder position table; only an initialiser (checkpoints carry their own)."""
     half = channels // 2
     inv = np.exp(-np.log(10000) / (half - 1) * np.arange(half))
     t = np.arange(length)[:, None] * inv[None, :]
@@ -81,7 +81,7 @@ class Attention(nn.Module):
         return self._split(self.k_proj(x)), self._split(self.v_proj(x))
 
     def attend(self, x: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
-        """Queries from `x` [B, T, D] attend to `k`, `v` [B, S, H, Dh]; `mask` broadcasts to [B, H, T, S]."""
+        """Queries from `x` [B, T, D] attend to `k`, `v` [B, S, H, Dh]; `mask` ~ [B, H, T, S]."""
         head_dim = self.d_model // self.num_heads
         q = self._split(self.q_proj(x)) * head_dim**-0.5  # [B, T, H, Dh]
         logits = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
@@ -243,9 +243,7 @@ class Decoder(nn.Module):
         mask = (k_pos[None, :] <= q_pos[:, None])[None, None]  # [1, 1, S, K]
         out, new_cache = {}, []
         for i, block in enumerate(self.blocks):
-            x, layer_cache = block(
-                x, cross_kv[i], mask, None if cache is None else cache[i], pos
-            )
+            x, layer_cache = block(x, cross_kv[i], mask, None if cache is None else cache[i], pos)
             new_cache.append(layer_cache)
             out[f"decoder/layer_{i}"] = x
         x = self.layer_norm(x)
@@ -324,12 +322,14 @@ HF_FIELDS = tuple(f for f in Whisper.__dataclass_fields__ if f not in ("parent",
 
 
 def dims_from_hf_config(cfg: dict) -> dict:
-    """Whisper constructor fields from a Hugging Face `config.json` dict, checking what we assume."""
+    """Whisper fields from a Hugging Face `config.json` dict, checking what we assume."""
     missing = [k for k in HF_FIELDS if k not in cfg]
     if missing:
         raise ValueError(f"Whisper config lacks {missing}")
     if cfg.get("activation_function", "gelu") != "gelu":
-        raise ValueError(f"activation_function={cfg['activation_function']!r}; only 'gelu' is supported")
+        raise ValueError(
+            f"activation_function={cfg['activation_function']!r}; only 'gelu' is supported"
+        )
     if cfg.get("scale_embedding", False):
         raise ValueError("scale_embedding=True is not Whisper's convention and is not supported")
     return {k: int(cfg[k]) for k in HF_FIELDS}

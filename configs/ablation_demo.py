@@ -19,8 +19,8 @@ def get_config():
     import os
 
     c = load_config_file(os.path.join(os.path.dirname(__file__), "demo.py"))
-    c.total_steps = 60
-    c.ckpt.every_steps = 60
+    c.total_steps = 30
+    c.ckpt.every_steps = 30
     c.log_every_steps = 10
     c.ablation = ConfigDict(
         dict(

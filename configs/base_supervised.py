@@ -12,7 +12,7 @@ from mkd_jax.config_base import DEMO_CORPUS_HOURS, LORA_DECODER, base_config, ro
 
 def get_config():
     c = base_config()
-    c.total_steps = 60
+    c.total_steps = 40
     c.log_every_steps = 10
     c.data.source.hours = DEMO_CORPUS_HOURS
     c.data.source.max_seconds = 10.0
@@ -27,8 +27,8 @@ def get_config():
     c.lora.dropout = 0.0
     c.loss.w_ce = 1.0
     c.optim.lr = 5e-4
-    c.optim.warmup_steps = 6
-    c.ckpt.every_steps = 30
+    c.optim.warmup_steps = 4
+    c.ckpt.every_steps = 20
     c.eval.max_batches = 0
     c.eval.max_new_tokens = 64
     return c

@@ -26,7 +26,7 @@ from mkd_jax.config_base import (
 
 def get_config():
     c = base_config()
-    c.total_steps = 150
+    c.total_steps = 80
     c.log_every_steps = 10
     c.data.source.hours = DEMO_CORPUS_HOURS
     c.data.source.max_seconds = 10.0
@@ -55,8 +55,8 @@ def get_config():
     c.loss.temperature = 2.0
     c.optim.lr = 5e-4
     c.optim.mapper_lr = 2e-3
-    c.optim.warmup_steps = 15
-    c.ckpt.every_steps = 50
+    c.optim.warmup_steps = 8
+    c.ckpt.every_steps = 40
     c.eval.every_steps = 0
     c.eval.max_batches = 0
     c.eval.max_new_tokens = 64

@@ -19,20 +19,24 @@ launch/README.md).
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import json
 
+import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
 from mkd_jax import sharding
-from mkd_jax.distill import train_step
-from mkd_jax.models.whisper import abstract_params
 from mkd_jax.roles import build_roles
-from mkd_jax.state import init_state, init_trainable, make_setup, make_tx
+from mkd_jax.state import (
+    abstract_batch,
+    init_state,
+    init_trainable,
+    make_setup,
+    make_step_fn,
+    make_tx,
+)
 
 GIB = 1024**3
 # Tokenizers in the asset cache that stand in for a checkpoint's own under --init_shapes, by the
@@ -100,24 +104,6 @@ def use_init_shapes(cfg: ConfigDict) -> None:
         role.tokenizer = TOKENIZER_BY_VOCAB[vocab]
 
 
-def abstract_batch(cfg, setup, student) -> dict:
-    """ShapeDtypeStructs of one global batch of the largest bucket, keyed as the batcher keys it."""
-    b, s, f = cfg.data.batch_size, max(cfg.data.token_buckets), cfg.data.n_frames
-    batch = {
-        "mel": jax.ShapeDtypeStruct((b, student.num_mel_bins, f), jnp.float32),
-        "valid": jax.ShapeDtypeStruct((b,), jnp.float32),
-        "audio_frames": jax.ShapeDtypeStruct((b,), jnp.int32),
-    }
-    cross = [f"t:{n}/" for n, ix in setup.vocab_index.items() if ix is not None]
-    for prefix in ["", *cross]:
-        batch[prefix + "decoder_input"] = jax.ShapeDtypeStruct((b, s), jnp.int32)
-        batch[prefix + "labels"] = jax.ShapeDtypeStruct((b, s), jnp.int32)
-        batch[prefix + "mask"] = jax.ShapeDtypeStruct((b, s), jnp.float32)
-        if prefix:
-            batch[prefix + "rows"] = jax.ShapeDtypeStruct((b, s), jnp.int32)
-    return batch
-
-
 def lower_train_step(cfg, mesh) -> jax.stages.Lowered:
     """`train_step` lowered with the shardings and donation `mkd_jax.train` uses, on `mesh`."""
     rules = tuple(tuple(r) for r in cfg.sharding_rules)
@@ -138,24 +124,9 @@ def lower_train_step(cfg, mesh) -> jax.stages.Lowered:
         "teachers": {n: r[1] for n, r in roles["teachers"].items()},
     }
     batch = abstract_batch(cfg, setup, student)
-
-    replicated = sharding.replicated(mesh)
-    state_sh = jax.tree.map(lambda _: replicated, state)
-    frozen_sh = {
-        "student": sharding.param_shardings(abstract_params(student), mesh, rules),
-        "teachers": {
-            n: sharding.param_shardings(abstract_params(m), mesh, rules)
-            for n, (m, *_) in roles["teachers"].items()
-        },
-    }
-    batch_sh = {k: sharding.batch_sharding(mesh, rules, v.ndim) for k, v in batch.items()}
-    step_fn = jax.jit(
-        functools.partial(train_step, setup=setup, tx=tx),
-        in_shardings=(state_sh, frozen_sh, batch_sh),
-        out_shardings=(state_sh, replicated),
-        donate_argnums=(0,),
-    )
-    return step_fn.lower(state, frozen, batch)
+    step_fn, _ = make_step_fn(setup, tx, roles, state, batch, mesh, rules)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):  # as mkd_jax.train traces it
+        return step_fn.lower(state, frozen, batch)
 
 
 def _flops(compiled) -> float | None:

@@ -7,6 +7,7 @@ returns the unmerged trainable tree, for export.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -176,3 +177,52 @@ def restore_student(workdir):
     cfg, (student, params_s, tok, folder), setup, trainable, _ = restore_run(workdir)
     merged = jax.jit(lambda t, s: merged_student(t, {"student": s}, setup))(trainable, params_s)
     return student, merged, tok, folder, cfg
+
+
+def abstract_batch(cfg, setup: Setup, student) -> dict:
+    """ShapeDtypeStructs of one global batch of the largest bucket, keyed as the batcher keys it."""
+    b, s, f = cfg.data.batch_size, max(cfg.data.token_buckets), cfg.data.n_frames
+    batch = {
+        "mel": jax.ShapeDtypeStruct((b, student.num_mel_bins, f), jnp.float32),
+        "valid": jax.ShapeDtypeStruct((b,), jnp.float32),
+        "audio_frames": jax.ShapeDtypeStruct((b,), jnp.int32),
+    }
+    cross = [f"t:{n}/" for n, ix in setup.vocab_index.items() if ix is not None]
+    for prefix in ["", *cross]:
+        batch[prefix + "decoder_input"] = jax.ShapeDtypeStruct((b, s), jnp.int32)
+        batch[prefix + "labels"] = jax.ShapeDtypeStruct((b, s), jnp.int32)
+        batch[prefix + "mask"] = jax.ShapeDtypeStruct((b, s), jnp.float32)
+        if prefix:
+            batch[prefix + "rows"] = jax.ShapeDtypeStruct((b, s), jnp.int32)
+    return batch
+
+
+def make_step_fn(setup: Setup, tx, roles, state, batch, mesh, rules):
+    """`(jitted train_step, shardings)` with explicit shardings and the state donated.
+
+    Frozen weights follow their logical axes; trainables, optimizer state and RNG replicate; the
+    batch is split along `act_batch`. `shardings` holds `state`, `frozen` and `batch`.
+    """
+    from mkd_jax import sharding
+    from mkd_jax.distill import train_step
+    from mkd_jax.models.whisper import abstract_params
+
+    replicated = sharding.replicated(mesh)
+    shardings = {
+        "state": jax.tree.map(lambda _: replicated, state),
+        "frozen": {
+            "student": sharding.param_shardings(abstract_params(roles["student"][0]), mesh, rules),
+            "teachers": {
+                n: sharding.param_shardings(abstract_params(m), mesh, rules)
+                for n, (m, *_) in roles["teachers"].items()
+            },
+        },
+        "batch": {k: sharding.batch_sharding(mesh, rules, v.ndim) for k, v in batch.items()},
+    }
+    step = jax.jit(
+        functools.partial(train_step, setup=setup, tx=tx),
+        in_shardings=(shardings["state"], shardings["frozen"], shardings["batch"]),
+        out_shardings=(shardings["state"], replicated),
+        donate_argnums=(0,),
+    )
+    return step, shardings

@@ -11,7 +11,6 @@ CE only (the supervised mode).
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import time
@@ -26,17 +25,20 @@ from tqdm import tqdm
 from mkd_jax import assets, decode, lora, sharding
 from mkd_jax.checkpoint import Checkpointer
 from mkd_jax.data import batching, loaders
-from mkd_jax.distill import merged_student, train_step
+from mkd_jax.distill import merged_student
 from mkd_jax.evaluate import score, transcribe_utts
-from mkd_jax.models.whisper import abstract_params
 from mkd_jax.report import RunLog, quiet_library_logs, write_report
 from mkd_jax.roles import build_roles, resolve_source
-from mkd_jax.state import init_state, init_trainable, make_setup, make_tx
+from mkd_jax.state import (
+    abstract_batch,
+    init_state,
+    init_trainable,
+    make_setup,
+    make_step_fn,
+    make_tx,
+)
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Run folder; rerun with the same one to resume.")
-flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _device_batch(batch: dict, shardings: dict) -> dict:
@@ -122,18 +124,12 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
     state = jax.jit(lambda r1, r2: init_state(init_trainable(cfg, roles, setup, r1), tx, r2))(
         init_rng, state_rng
     )
-    replicated = sharding.replicated(mesh)
-    state_sh = jax.tree.map(lambda _: replicated, state)
-    frozen_sh = {
-        "student": sharding.param_shardings(abstract_params(student), mesh, rules),
-        "teachers": {
-            n: sharding.param_shardings(abstract_params(m), mesh, rules)
-            for n, (m, *_) in roles["teachers"].items()
-        },
-    }
+    batch_like = abstract_batch(cfg, setup, student)
+    jitted_step, sh = make_step_fn(setup, tx, roles, state, batch_like, mesh, rules)
+    state_sh, batch_sh = sh["state"], sh["batch"]
     frozen = sharding.put(
         {"student": params_s, "teachers": {n: r[1] for n, r in roles["teachers"].items()}},
-        frozen_sh,
+        sh["frozen"],
     )
     state = jax.device_put(state, state_sh)
     n_train = lora.count(state["trainable"])
@@ -147,18 +143,6 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
         logging.info("resumed from step %d", start)
 
     # ----- jit -----
-    ranks = {"mel": 3, "decoder_input": 2, "labels": 2, "mask": 2, "valid": 1, "audio_frames": 1}
-    for name in tokenizers:
-        if name != batching.STUDENT:
-            ranks.update({f"t:{name}/{k}": 2 for k in ("decoder_input", "labels", "mask", "rows")})
-    batch_sh = {k: sharding.batch_sharding(mesh, rules, r) for k, r in ranks.items()}
-    jitted_step = jax.jit(
-        functools.partial(train_step, setup=setup, tx=tx),
-        in_shardings=(state_sh, frozen_sh, batch_sh),
-        out_shardings=(state_sh, replicated),
-        donate_argnums=(0,),
-    )
-
     def step_fn(state, frozen, batch):
         # The model's logical activation constraints resolve against these rules when traced.
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -271,5 +255,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # Flags exist only when run as a program, so demo/ablate/export can import `run`.
+    config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+    flags.DEFINE_string("workdir", None, "Run folder; rerun with the same one to resume.")
+    flags.mark_flags_as_required(["config", "workdir"])
     jax.config.update("jax_threefry_partitionable", True)
     app.run(main)

@@ -5,14 +5,13 @@ import importlib.util
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import pytest
 
 from mkd_jax import assets, lora
 from mkd_jax.distill import train_step
 from mkd_jax.report import param_budget
 from mkd_jax.roles import build_roles
-from mkd_jax.state import init_state, init_trainable, make_setup, make_tx
+from mkd_jax.state import abstract_batch, init_state, init_trainable, make_setup, make_tx
 
 CONFIGS = sorted(Path(__file__).parent.parent.glob("configs/*.py"))
 
@@ -37,22 +36,6 @@ def abstract_setup(cfg):
     tx, _ = make_tx(cfg)
     state = jax.eval_shape(lambda: init_state(init_trainable(cfg, roles, setup, rng), tx, rng))
     return roles, setup, tx, state
-
-
-def abstract_batch(cfg, setup, student):
-    b, s, f = cfg.data.batch_size, max(cfg.data.token_buckets), cfg.data.n_frames
-    batch = {
-        "mel": jax.ShapeDtypeStruct((b, student.num_mel_bins, f), jnp.float32),
-        "valid": jax.ShapeDtypeStruct((b,), jnp.float32),
-        "audio_frames": jax.ShapeDtypeStruct((b,), jnp.int32),
-    }
-    for prefix in [""] + [f"t:{n}/" for n, ix in setup.vocab_index.items() if ix is not None]:
-        batch[prefix + "decoder_input"] = jax.ShapeDtypeStruct((b, s), jnp.int32)
-        batch[prefix + "labels"] = jax.ShapeDtypeStruct((b, s), jnp.int32)
-        batch[prefix + "mask"] = jax.ShapeDtypeStruct((b, s), jnp.float32)
-        if prefix:
-            batch[prefix + "rows"] = jax.ShapeDtypeStruct((b, s), jnp.int32)
-    return batch
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])

@@ -109,11 +109,12 @@ def main(argv):
     from mkd_jax.models.whisper import load
 
     if FLAGS.workdir:
-        from mkd_jax import trained
+        from mkd_jax.roles import resolve_source
+        from mkd_jax.state import restore_student
 
-        model, params, tokenizer, folder, cfg = trained.load_student(FLAGS.workdir)
-        source = FLAGS.source and _parse_source(FLAGS.source) or trained.data_source(cfg)
-        n_frames = FLAGS.n_frames or cfg["data"]["n_frames"]
+        model, params, tokenizer, folder, cfg = restore_student(FLAGS.workdir)
+        source = _parse_source(FLAGS.source) if FLAGS.source else resolve_source(cfg.data.source)
+        n_frames = FLAGS.n_frames or cfg.data.n_frames
     else:
         model, params, config = load(FLAGS.model)
         folder = config["_folder"]

@@ -22,6 +22,8 @@ import time
 import numpy as np
 from absl import app, flags
 
+from mkd_jax.data.sentences import HARVARD
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["tiny.en", "base"], "Models to benchmark.")
 flags.DEFINE_list("batch_sizes", ["1", "16"], "Batch sizes.")
@@ -30,24 +32,7 @@ flags.DEFINE_string("audio", None, "Glob of audio files to use instead of synthe
 flags.DEFINE_integer("max_new_tokens", 96, "Token limit per clip.")
 flags.DEFINE_boolean("torch", True, "Also time transformers' PyTorch generate.")
 
-SENTENCES = [
-    "The birch canoe slid on the smooth planks.",
-    "Glue the sheet to the dark blue background.",
-    "It's easy to tell the depth of a well.",
-    "These days a chicken leg is a rare dish.",
-    "Rice is often served in round bowls.",
-    "The juice of lemons makes fine punch.",
-    "The box was thrown beside the parked truck.",
-    "The hogs were fed chopped corn and garbage.",
-    "Four hours of steady work faced us.",
-    "A large size in stockings is hard to sell.",
-    "The boy was there when the sun rose.",
-    "A rod is used to catch pink salmon.",
-    "The source of the huge river is the clear spring.",
-    "Kick the ball straight and follow through.",
-    "Help the woman get back to her feet.",
-    "A pot of tea helps to pass the evening.",
-]
+SENTENCES = HARVARD[:16]
 VOICES = ["kokoro:af_heart", "kokoro:am_michael", "kokoro:bf_emma", "kokoro:bm_george"]
 
 

@@ -14,16 +14,9 @@ jax.config.update("jax_threefry_partitionable", True)
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-TINY_TEXTS = [
-    "The birch canoe slid on the smooth planks.",
-    "Glue the sheet to the dark blue background.",
-    "It's easy to tell the depth of a well.",
-    "These days a chicken leg is a rare dish.",
-    "Rice is often served in round bowls.",
-    "The juice of lemons makes fine punch.",
-    "The box was thrown beside the parked truck.",
-    "Four hours of steady work faced us.",
-]
+from mkd_jax.data.sentences import HARVARD  # noqa: E402
+
+TINY_TEXTS = HARVARD[:8]
 
 
 def make_librispeech(root, splits=(("train", 16), ("dev", 8), ("test", 8)), seed=0):

@@ -2,7 +2,7 @@
 
 Fast tests use two small byte-level BPE tokenizers built here with Whisper's special layout (one
 English-only, one multilingual whose text ids are shifted by one), so every expected id is known by
-construction. The `slow` tests use the real tiny.en and base tokenizers.
+construction. The last tests use the real tiny.en and base tokenizers (from the asset cache).
 """
 
 import jax
@@ -155,7 +155,6 @@ def real():
     return base, tiny, token_align.vocab_map(base, tiny)
 
 
-@pytest.mark.slow
 def test_real_vocab_map(real):
     base, tiny, vmap = real
     assert base.encode(" the") == [264] and tiny.encode(" the") == [262]
@@ -169,7 +168,6 @@ def test_real_vocab_map(real):
         assert base.decode([t_id]) == tiny.decode([vmap[t_id]])
 
 
-@pytest.mark.slow
 def test_real_coverage_and_mapped_targets(real):
     base, tiny, vmap = real
     alignments = [token_align.align_positions(s, base, tiny, vmap=vmap) for s in HARVARD]

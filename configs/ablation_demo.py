@@ -19,9 +19,10 @@ def get_config():
     import os
 
     c = load_config_file(os.path.join(os.path.dirname(__file__), "demo.py"))
-    c.total_steps = 30
-    c.ckpt.every_steps = 30
-    c.log_every_steps = 10
+    c.total_steps = 24
+    c.ckpt.every_steps = 24
+    c.log_every_steps = 8
+    c.optim.warmup_steps = 4
     c.ablation = ConfigDict(
         dict(
             rows=(1, 2, 3, 4, 5, 6, 7),

@@ -41,11 +41,8 @@ def spec_from_folder(folder, tokenizer, *, max_new_tokens=128, beam_size=1, lang
     """DecodeSpec from a checkpoint folder's `generation_config.json` and its tokenizer."""
     gen_path = Path(folder) / "generation_config.json"
     gen = json.loads(gen_path.read_text()) if gen_path.is_file() else {}
-    prompt = (
-        tokenizer.prompt_ids(language=language)
-        if tokenizer.is_multilingual
-        else (tokenizer.prompt_ids())
-    )
+    # An English-only vocabulary has no language token; its prompt is always English.
+    prompt = tokenizer.prompt_ids(language=language if tokenizer.is_multilingual else "en")
     return DecodeSpec(
         prompt=tuple(int(t) for t in prompt),
         eot=int(tokenizer.eot),

@@ -60,7 +60,6 @@ class RunLog:
         self.tb = SummaryWriter(str(workdir / "tb")) if self.primary else _NullWriter()
         self.history: dict = {}
         self.t0 = time.time()
-        self.steps_done_at_start = None
         budget = param_budget(roles, n_trainable)
         logging.info("parameters: %s", json.dumps(budget))
         print(

@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 
 from mkd_jax import assets
-from mkd_jax.data.tokenizers import WhisperTokenizer, load_tokenizer
+from mkd_jax.data.tokenizers import load_tokenizer
 from mkd_jax.models.whisper import Whisper, abstract_params, load
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -108,14 +108,6 @@ def build_roles(config, *, abstract: bool = False):
                 "batcher does not build yet"
             )
     return {"student": student, "teachers": teachers}
-
-
-def same_vocabulary(a: WhisperTokenizer, b: WhisperTokenizer, vocab_a: int, vocab_b: int) -> bool:
-    """Whether two roles share token ids (no cross-tokenizer mapping needed)."""
-    if vocab_a != vocab_b or a.vocab_size != b.vocab_size:
-        return False
-    probe = "The quick brown fox, 12 o'clock; naïve café!"
-    return a.encode(probe) == b.encode(probe) and a.eot == b.eot and a.sot == b.sot
 
 
 def resolve_source(source) -> dict:

@@ -20,24 +20,13 @@ from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from mkd_jax import export, lora
 from mkd_jax.assets import ensure_model
+from mkd_jax.config_base import dims  # noqa: E402
 from mkd_jax.models.whisper import load
 from mkd_jax.state import restore_run, restore_student
 
 ROOT = Path(__file__).parent.parent
 # The tiny preset's student dimensions, so a copy of its workdir restores into either student.
-TINY_DIMS = dict(
-    vocab_size=51864,
-    num_mel_bins=80,
-    d_model=64,
-    encoder_layers=2,
-    decoder_layers=2,
-    encoder_attention_heads=4,
-    decoder_attention_heads=4,
-    encoder_ffn_dim=128,
-    decoder_ffn_dim=128,
-    max_source_positions=1500,
-    max_target_positions=448,
-)
+TINY_DIMS = dims(d_model=64).to_dict()
 # tiny.en's prompt `<|startoftranscript|><|notimestamps|>`, then a few text tokens.
 TOKENS = np.array(
     [[50257, 50362, 383, 2068, 7586, 21831], [50257, 50362, 464, 3290, 1110, 13]], np.int32

@@ -8,7 +8,7 @@ project's synthetic speech, built into the cache on first use. About 2 min on 2 
 meaningless here (random weights); the run checks the machinery end to end.
 """
 
-from mkd_jax.config_base import base_config, dims, role
+from mkd_jax.config_base import LORA_DECODER, LORA_ENCODER, base_config, dims, role
 
 
 def get_config():
@@ -20,7 +20,7 @@ def get_config():
     c.data.token_buckets = (48,)
     c.data.batch_size = 8
     c.data.eval_batch_size = 8
-    c.student = role(tokenizer="tiny.en", init=dims(d_model=64))
+    c.student = role(tokenizer="tiny.en", init=dims(d_model=64), random_init=True)
     c.teachers.a = role(
         tokenizer="tiny.en",
         init=dims(
@@ -31,17 +31,19 @@ def get_config():
             encoder_ffn_dim=192,
             decoder_ffn_dim=192,
         ),
-        weight=1.0,
+        random_init=True,
     )
     c.teachers.b = role(
         tokenizer="base",
         init=dims(vocab_size=51865, d_model=128, encoder_ffn_dim=256, decoder_ffn_dim=256),
-        weight=1.0,
+        random_init=True,
     )
     c.mappers.strategy = "uniform"
     c.mappers.sides = ("encoder", "decoder")
-    c.lora.rank = 4
-    c.lora.alpha = 8.0
+    # LoRA on both stacks: every mapper's student site has a trainable parameter upstream.
+    c.lora.targets = (LORA_DECODER, LORA_ENCODER)
+    c.lora.rank = 2
+    c.lora.alpha = 4.0
     c.optim.warmup_steps = 1
     c.ckpt.every_steps = 2
     c.eval.every_steps = 0

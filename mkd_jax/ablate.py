@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import ConfigDict, config_flags
 
-from mkd_jax import assets
+from mkd_jax import assets, cli
 
 FLAGS = flags.FLAGS
 
@@ -182,4 +182,4 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "Ablation config.", lock_config=False)
     flags.DEFINE_string("workdir", "results/ablation_runs", "Per-run folders (resumable).")
     flags.DEFINE_string("results", "results", "Where ablation.md and ablation.png go.")
-    app.run(main)
+    cli.run(main)

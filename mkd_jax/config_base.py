@@ -81,12 +81,25 @@ def role(
     tokenizer: str = "",
     init: ConfigDict | None = None,
     dtype: str = "float32",
-    **extra,
+    random_init: bool = False,
+    weight: float = 1.0,
 ) -> ConfigDict:
-    """A teacher or student: a checkpoint (name, HF or CTranslate2 folder), or random init from
-    `init` with the tokenizer of `tokenizer` (a model name or folder with tokenizer.json)."""
+    """A teacher or student: a checkpoint (name, HF or CTranslate2 folder), or, only with
+    `random_init=True` (test and shape-check configs), random weights of the `init` dimensions
+    with the tokenizer of `tokenizer` (a model name or folder with tokenizer.json).
+
+    `weight` (teachers only) scales this teacher's mapper losses (`w_map * weight * L_map`); the
+    KD target's mixing weights are `loss.ensemble_weights`.
+    """
     return ConfigDict(
-        dict(checkpoint=checkpoint, tokenizer=tokenizer, init=init or dims(), dtype=dtype, **extra)
+        dict(
+            checkpoint=checkpoint,
+            tokenizer=tokenizer,
+            init=init or dims(),
+            dtype=dtype,
+            random_init=random_init,
+            weight=weight,
+        )
     )
 
 
@@ -145,8 +158,17 @@ def base_config() -> ConfigDict:
             w_ce=0.8,
             w_kd=1.0,
             temperature=2.0,
+            # mean: the teachers' mean tempered distribution; weights: `ensemble_weights`, a
+            # mapping teacher name -> weight ({"base": 0.7, "base_ft": 0.3}; on the command line
+            # --config.loss.ensemble_weights="{'base': 0.7, 'base_ft': 0.3}"); best: per
+            # utterance, the teacher with the lowest summed NLL of the reference.
             ensemble="mean",
-            ensemble_weights=(),
+            ensemble_weights={},
+            # Across tokenizers, "shared": the KL runs over the student ids every teacher can
+            # represent, the student renormalised over them (no pressure on ids a teacher lacks);
+            # "student": the mapped target against the student's full vocabulary (the round-1
+            # behaviour: ids a teacher lacks are pushed toward zero). See token_align.py.
+            kd_support="shared",
             interpolate=False,
             lambdas=(0.1, 0.5, 0.9),
         )
@@ -161,6 +183,9 @@ def base_config() -> ConfigDict:
             b2=0.999,
             clip_norm=1.0,
             accum_steps=1,
+            # Steps whose loss or gradient is not finite are skipped (the update is not
+            # applied); the run stops, naming the step and the terms, after more than this many.
+            max_nonfinite_steps=0,
         )
     )
     c.mesh = MESH

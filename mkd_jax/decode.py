@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mkd_jax.models import hf_io
 from mkd_jax.models.whisper import Whisper
 
 NEG_INF = -1e9
@@ -38,17 +37,23 @@ class DecodeSpec:
 
 
 def spec_from_folder(folder, tokenizer, *, max_new_tokens=128, beam_size=1, language="en"):
-    """DecodeSpec from a checkpoint folder's `generation_config.json` and its tokenizer."""
-    gen_path = Path(folder) / "generation_config.json"
-    gen = json.loads(gen_path.read_text()) if gen_path.is_file() else {}
+    """DecodeSpec from a checkpoint folder's `generation_config.json` and its tokenizer.
+
+    Without that file (or without its suppress keys) the tokenizer family's standard Whisper
+    suppress lists are used, with a warning (`hf_io.suppress_lists`).
+
+    Raises:
+      ValueError: a malformed `generation_config.json`, naming the file and the key.
+    """
+    suppress, begin_suppress = hf_io.suppress_lists(folder, tokenizer.model_vocab_size)
     # An English-only vocabulary has no language token; its prompt is always English.
     prompt = tokenizer.prompt_ids(language=language if tokenizer.is_multilingual else "en")
     return DecodeSpec(
         prompt=tuple(int(t) for t in prompt),
         eot=int(tokenizer.eot),
         max_new_tokens=max_new_tokens,
-        suppress=tuple(int(t) for t in gen.get("suppress_tokens") or ()),
-        begin_suppress=tuple(int(t) for t in gen.get("begin_suppress_tokens") or ()),
+        suppress=tuple(int(t) for t in suppress),
+        begin_suppress=tuple(int(t) for t in begin_suppress),
         beam_size=beam_size,
     )
 
@@ -180,6 +185,170 @@ def make_generate_fn(model: Whisper, spec: DecodeSpec):
         )
     step = greedy if spec.beam_size == 1 else beam_search
     return jax.jit(functools.partial(step, model=model, spec=spec))
+
+
+# ----- ensemble decoding across tokenizers -----
+#
+# Rule: member 0's vocabulary is the decoding vocabulary, and the ensemble only emits a token that
+# every member can represent (its bytes are one token in each member's vocabulary, by
+# `token_align.vocab_map`: text by bytes, specials by name, timestamps by offset) and that no
+# member suppresses. Such a token maps to exactly one id in each member, which is fed back to that
+# member, so every member extends its own token history in its own ids with its own KV cache. At
+# each step each member's next-token distribution is renormalised over those allowed tokens, the
+# distributions are averaged with the ensemble weights, and the argmax is taken.
+
+
+def ensemble_index(tokenizers, models) -> tuple[np.ndarray, ...]:
+    """Per member, decoding id (member 0's vocabulary) -> the member's id or -1, each `[V_0]`.
+
+    Raises:
+      ValueError: if a tokenizer does not fit its model's logits.
+    """
+    from mkd_jax import token_align
+
+    if len(tokenizers) != len(models) or not models:
+        raise ValueError(f"{len(tokenizers)} tokenizers for {len(models)} ensemble members")
+    for k, (tok, model) in enumerate(zip(tokenizers, models, strict=True)):
+        if tok.model_vocab_size != model.vocab_size:
+            raise ValueError(
+                f"ensemble member {k}: tokenizer has {tok.model_vocab_size} ids, the model "
+                f"{model.vocab_size} logits"
+            )
+    v = models[0].vocab_size
+    return tuple(
+        token_align.student_index(token_align.vocab_map(tok, tokenizers[0]), v)
+        for tok in tokenizers
+    )
+
+
+def ensemble_allowed(index, specs, models) -> tuple[np.ndarray, np.ndarray]:
+    """`(allowed, allowed at the first step)` over the decoding vocabulary, each `[V_0]` bool.
+
+    Allowed: every member can represent the token and no member's suppress list (begin-suppress
+    list too at the first step) holds it.
+    """
+    allowed = np.all([ix >= 0 for ix in index], axis=0)
+    first = allowed.copy()
+    for ix, spec, model in zip(index, specs, models, strict=True):
+        for ids, mask in ((spec.suppress, allowed), (spec.begin_suppress, first)):
+            member = np.zeros(model.vocab_size, bool)
+            member[[i for i in ids if i < model.vocab_size]] = True
+            banned = (ix >= 0) & member[np.maximum(ix, 0)]
+            mask &= ~banned
+    first &= allowed
+    return allowed, first
+
+
+def ensemble_greedy(params, mels, weights, *, models, specs, index) -> jax.Array:
+    """Greedy decoding from the weighted mean of the members' next-token distributions.
+
+    Args:
+      params: per-member parameter trees (a tuple).
+      mels: per-member log-mel `[B, n_mels_k, F]` (members may differ in mel bins).
+      weights: `[K]` member weights summing to 1 (traced, so changing them does not recompile).
+      models, specs: per-member `Whisper` and `DecodeSpec` (each in its own ids; greedy).
+      index: `ensemble_index` output.
+
+    Returns:
+      New tokens `[B, max_new_tokens]` in member 0's ids, padded with its EOT after EOT.
+    """
+    allowed_np, first_np = ensemble_allowed(index, specs, models)
+    allowed, first = jnp.asarray(allowed_np), jnp.asarray(first_np)
+    gather = [jnp.asarray(np.maximum(ix, 0)) for ix in index]
+    to_member = [jnp.asarray(ix) for ix in index]
+    n, eot = specs[0].max_new_tokens, specs[0].eot
+    rows = mels[0].shape[0]
+    starts = [_start(m, p, x, s, 1) for m, p, x, s in zip(models, params, mels, specs, strict=True)]
+    cross = tuple(s[0] for s in starts)
+
+    def mean_probs(lasts, i):
+        ok = jnp.where(i == 0, first, allowed)
+        mean = jnp.zeros((rows, len(allowed_np)), jnp.float32)
+        for k, (g, last) in enumerate(zip(gather, lasts, strict=True)):
+            logits = jnp.where(ok, jnp.take(last.astype(jnp.float32), g, axis=-1), NEG_INF)
+            mean = mean + weights[k] * jax.nn.softmax(logits, axis=-1)
+        return jnp.where(ok, mean, -1.0)
+
+    def cond(state):
+        i, _, _, _, done = state
+        return (i < n) & ~jnp.all(done)
+
+    def body(state):
+        i, lasts, caches, tokens, done = state
+        tok = jnp.argmax(mean_probs(lasts, i), axis=-1)
+        tok = jnp.where(done, eot, tok).astype(jnp.int32)
+        tokens = tokens.at[:, i].set(tok)
+        new_lasts, new_caches = [], []
+        for k, model in enumerate(models):
+            logits, cache = model.apply(
+                {"params": params[k]},
+                to_member[k][tok][:, None],
+                cross[k],
+                caches[k],
+                len(specs[k].prompt) + i,
+                method=Whisper.decode_step,
+            )
+            new_lasts.append(logits[:, 0])
+            new_caches.append(cache)
+        return i + 1, tuple(new_lasts), tuple(new_caches), tokens, done | (tok == eot)
+
+    state = (
+        jnp.int32(0),
+        tuple(s[2] for s in starts),
+        tuple(s[1] for s in starts),
+        jnp.full((rows, n), eot, jnp.int32),
+        jnp.zeros((rows,), bool),
+    )
+    return jax.lax.while_loop(cond, body, state)[3]
+
+
+def _ensemble_weights(weights, k: int) -> np.ndarray:
+    w = np.ones(k) if weights is None else np.asarray(weights, np.float64).reshape(-1)
+    if len(w) != k or not np.all(np.isfinite(w)) or w.min() < 0 or w.sum() <= 0:
+        raise ValueError(f"ensemble weights {w.tolist()}: need {k} non-negative, not all 0")
+    return (w / w.sum()).astype(np.float32)
+
+
+def make_ensemble_generate_fn(models, specs, tokenizers, weights=None):
+    """`fn(params_tuple, mels_tuple, weights=None) -> tokens [B, max_new_tokens]` in member 0's ids.
+
+    Member 0's spec sets the token limit; each member's prompt, suppress lists and EOT are its own.
+    `weights` (here or per call, which does not recompile) default to equal and are normalised to
+    sum to 1. `fn.jitted` is the compiled function.
+    """
+    models, specs, tokenizers = tuple(models), tuple(specs), tuple(tokenizers)
+    if not len(models) == len(specs) == len(tokenizers) >= 1:
+        raise ValueError(
+            f"ensemble needs one spec and tokenizer per model, got {len(models)} models, "
+            f"{len(specs)} specs, {len(tokenizers)} tokenizers"
+        )
+    default = _ensemble_weights(weights, len(models))
+    n = specs[0].max_new_tokens
+    specs = tuple(dataclasses.replace(s, max_new_tokens=n) for s in specs)
+    for k, (model, spec) in enumerate(zip(models, specs, strict=True)):
+        if spec.beam_size != 1:
+            raise ValueError(f"ensemble member {k}: ensemble decoding is greedy (beam_size 1)")
+        if n + len(spec.prompt) > model.max_target_positions:
+            raise ValueError(
+                f"ensemble member {k}: prompt ({len(spec.prompt)}) + max_new_tokens ({n}) "
+                f"exceeds the decoder's {model.max_target_positions} positions"
+            )
+    index = ensemble_index(tokenizers, models)
+    allowed, _ = ensemble_allowed(index, specs, models)
+    eot = specs[0].eot
+    if not allowed[eot]:
+        raise ValueError(f"end-of-text {eot} is not a token every ensemble member can emit")
+    for k, (ix, spec) in enumerate(zip(index, specs, strict=True)):
+        if ix[eot] != spec.eot:
+            raise ValueError(f"ensemble member {k}: end-of-text maps to {ix[eot]}, not {spec.eot}")
+    jitted = jax.jit(functools.partial(ensemble_greedy, models=models, specs=specs, index=index))
+
+    def generate(params, mels, weights=None):
+        w = default if weights is None else _ensemble_weights(weights, len(models))
+        return jitted(tuple(params), tuple(mels), w)
+
+    generate.jitted = jitted
+    return generate
 
 
 def strip(tokens: np.ndarray, eot: int) -> list[list[int]]:

@@ -19,9 +19,9 @@ import json
 import time
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from mkd_jax import assets
+from mkd_jax import assets, cli
 from mkd_jax.config_base import load_config_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,4 +156,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "Where the demo's runs go (default: <cache>/demo).")
-    app.run(main)
+    cli.run(main)

@@ -6,11 +6,14 @@ read under `stop_gradient` and never donated. Every teacher runs once per step. 
 `functools.partial`, so nothing jitted reads flags, globals or files.
 
 Loss: `w_ce * CE + w_kd * T^2 KL(target || student) + sum_pairs w_map * w_teacher * L_map`.
+Across tokenizers the KL runs over the student ids every teacher can represent, with the student
+renormalised over them as well (`kd_support="shared"`, see token_align.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +45,9 @@ class Setup:
     feature_loss: str
     temperature: float
     ensemble: str = "mean"
+    # Weights in the order of `teachers` (the config gives them by name).
     ensemble_weights: tuple[float, ...] = ()
+    kd_support: str = "shared"
     interpolate: bool = False
     lambdas: tuple[float, ...] = (0.1, 0.5, 0.9)
     total_steps: int = 1
@@ -68,29 +73,48 @@ def _frame_mask(batch, n_enc: int) -> jax.Array:
     ]
 
 
-def _teacher(name, model, params, batch, setup: Setup, v_s: int):
-    """One teacher's tempered target on student positions, its mask, features and CE per utt."""
+def _teacher(name, model, params, batch, setup: Setup, v_s: int) -> dict:
+    """One teacher's tempered target on student positions and what goes with it.
+
+    Keys: `probs` [B, S, V_s], `mask` [B, S] (where it has a target), `feats` (its sites, decoder
+    sites gathered onto student positions), `nll` [B] (summed NLL of its own reference tokens),
+    `support` (bool [V_s] of student ids it can represent, None for the student's vocabulary),
+    `acc` (its teacher-forced top-1 accuracy on its own labels) and, across tokenizers,
+    `dropped` (the tempered mass on tokens without a student counterpart, mean over aligned rows).
+    """
     cross = setup.vocab_index[name] is not None
     prefix = f"t:{name}/" if cross else ""
     logits_t, out_t = model.apply({"params": params}, batch["mel"], batch[prefix + "decoder_input"])
     logits_t, out_t = jax.lax.stop_gradient((logits_t, out_t))
-    ce_utt = losses.cross_entropy_per_utt(
-        logits_t, batch[prefix + "labels"], batch[prefix + "mask"]
-    )
+    labels_t, mask_t = batch[prefix + "labels"], batch[prefix + "mask"]
+    res = {
+        "nll": losses.nll_per_utt(logits_t, labels_t, mask_t),
+        "acc": losses.top1_hits(logits_t, labels_t, mask_t),
+    }
     mask = batch["mask"]
     if not cross:
-        return losses.tempered_probs(logits_t, setup.temperature), mask, out_t, ce_utt
+        probs = losses.tempered_probs(logits_t, setup.temperature)
+        return dict(res, probs=probs, mask=mask, feats=out_t, support=None)
     rows = batch[f"t:{name}/rows"]  # [B, S_s] teacher row predicting the aligned token, or -1
     aligned = (rows >= 0).astype(jnp.float32)
     p_t = losses.tempered_probs(token_align.gather_rows(logits_t, rows), setup.temperature)
-    p_t = token_align.map_teacher_probs(
-        p_t * aligned[..., None], setup.vocab_maps[name], v_s, index=setup.vocab_index[name]
+    p_t, kept = token_align.map_teacher_probs(
+        p_t * aligned[..., None],
+        setup.vocab_maps[name],
+        v_s,
+        index=setup.vocab_index[name],
+        return_kept=True,
     )
     feats = {
         k: token_align.gather_rows(v, rows) if k.startswith("decoder/") else v
         for k, v in out_t.items()
     }
-    return p_t, mask * aligned, feats, ce_utt
+    m = mask * aligned
+    support = token_align.student_support(
+        setup.vocab_maps[name], v_s, index=setup.vocab_index[name]
+    )
+    dropped = jnp.sum((1.0 - kept) * m) / jnp.maximum(jnp.sum(m), 1.0)
+    return dict(res, probs=p_t, mask=m, feats=feats, support=support, dropped=dropped)
 
 
 def loss_fn(trainable, frozen, batch, rng, step, *, setup: Setup):
@@ -101,37 +125,61 @@ def loss_fn(trainable, frozen, batch, rng, step, *, setup: Setup):
     )
     mask = batch["mask"]
     ce, n_tok = losses.cross_entropy(logits_s, batch["labels"], mask)
-    metrics = {"train/ce": ce, "train/tokens": n_tok}
+    metrics = {
+        "train/ce": ce,
+        "train/tokens": n_tok,
+        "train/acc/student": losses.top1_hits(logits_s, batch["labels"], mask),
+    }
     total = setup.w_ce * ce
 
-    probs, masks, feats, ces = [], [], {}, []
+    v_s = setup.student.vocab_size
+    ts = {
+        name: _teacher(name, model, frozen["teachers"][name], batch, setup, v_s)
+        for name, model in setup.teachers.items()
+    }
+    # "shared": KL over the student ids every teacher can represent, the student renormalised
+    # over them too; "student": the teacher's mapped target against the student's full vocabulary
+    # (ids a teacher lacks get zero target mass, so the KL pushes them down).
+    support = (
+        losses.shared_support([t["support"] for t in ts.values()], v_s)
+        if setup.kd_support == "shared"
+        else None
+    )
     pred_s = jnp.argmax(logits_s, axis=-1)
-    for name, model in setup.teachers.items():
-        p_t, m_t, f_t, ce_t = _teacher(
-            name, model, frozen["teachers"][name], batch, setup, setup.student.vocab_size
-        )
-        probs.append(p_t)
-        masks.append(m_t)
-        feats[name] = f_t
-        ces.append(ce_t)
-        agree = (jnp.argmax(p_t, axis=-1) == pred_s).astype(jnp.float32)
+    p_s1 = jax.nn.softmax(logits_s.astype(jnp.float32), axis=-1)
+    feats = {}
+    for name, t in ts.items():
+        t["probs"] = losses.restrict(t["probs"], support)
+        feats[name] = t["feats"]
+        m_t = t["mask"]
+        agree = (jnp.argmax(t["probs"], axis=-1) == pred_s).astype(jnp.float32)
         metrics[f"train/agree/{name}"] = jnp.sum(agree * m_t) / jnp.maximum(jnp.sum(m_t), 1.0)
         metrics[f"train/coverage/{name}"] = jnp.sum(m_t) / jnp.maximum(jnp.sum(mask), 1.0)
+        metrics[f"train/acc/{name}"] = t["acc"]
+        if t["support"] is not None:
+            off = jnp.sum(jnp.where(jnp.asarray(t["support"]), 0.0, p_s1), axis=-1)
+            metrics[f"train/kd/dropped_mass/{name}"] = t["dropped"]
+            metrics[f"train/kd/student_off_support/{name}"] = losses.masked_mean(off, mask)
 
-    if probs and setup.w_kd > 0:
+    if ts and setup.w_kd > 0:
+        probs = [t["probs"] for t in ts.values()]
+        masks = [t["mask"] for t in ts.values()]
         kw = dict(
             mode=setup.ensemble,
             weights=setup.ensemble_weights or None,
-            teacher_ce_per_utt=jnp.stack(ces) if setup.ensemble == "best" else None,
+            teacher_nll_per_utt=(
+                jnp.stack([t["nll"] for t in ts.values()]) if setup.ensemble == "best" else None
+            ),
         )
         target = losses.ensemble_target(probs, masks=masks, **kw)
         kd_mask = losses.ensemble_mask(masks, **kw)
+        metrics["train/acc/target"] = losses.top1_hits(target, batch["labels"], kd_mask)
         if setup.interpolate:
             lam = losses.lambda_schedule(step, setup.total_steps, setup.lambdas)
-            p_s = losses.tempered_probs(logits_s, setup.temperature)
+            p_s = losses.restrict(losses.tempered_probs(logits_s, setup.temperature), support)
             target = losses.interpolated_target(p_s, target, lam) * kd_mask[..., None]
             metrics["train/lambda"] = lam
-        kd = losses.kd_kl(logits_s, target, kd_mask, temperature=setup.temperature)
+        kd = losses.kd_kl(logits_s, target, kd_mask, temperature=setup.temperature, support=support)
         metrics["train/kd_kl"] = kd
         total = total + setup.w_kd * kd
 
@@ -141,7 +189,7 @@ def loss_fn(trainable, frozen, batch, rng, step, *, setup: Setup):
             if pair.student_site.startswith("encoder/"):
                 m = _frame_mask(batch, pred.shape[1])
             else:
-                m = masks[list(setup.teachers).index(pair.teacher)]
+                m = ts[pair.teacher]["mask"]
             value = feature_loss(setup.feature_loss, pred, target, m)
             metrics[f"train/feat/{name}"] = value
             total = total + setup.w_map * setup.teacher_weights[pair.teacher] * value
@@ -150,17 +198,31 @@ def loss_fn(trainable, frozen, batch, rng, step, *, setup: Setup):
 
 
 def train_step(state, frozen, batch, *, setup: Setup, tx: optax.GradientTransformation):
-    """One optimizer update of `state = {"step", "trainable", "opt", "rng"}`."""
+    """One optimizer update of `state = {"step", "trainable", "opt", "rng"}`.
+
+    A step whose loss, any loss term or gradient norm is not finite is not applied: trainables
+    and optimizer state stay as they were (the step counter and RNG still advance), and
+    `train/finite` is 0 so the loop can stop and name the terms. The state never turns NaN.
+    """
     rng, step_rng = jax.random.split(state["rng"])
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (_, metrics), grads = grad_fn(
         state["trainable"], frozen, batch, step_rng, state["step"], setup=setup
     )
+    metrics["train/grad_norm"] = optax.tree.norm(grads)
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in metrics.values()]))
     updates, opt = tx.update(grads, state["opt"], state["trainable"])
     trainable = optax.apply_updates(state["trainable"], updates)
-    metrics["train/grad_norm"] = optax.tree.norm(grads)
+    keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
+    trainable, opt = keep(trainable, state["trainable"]), keep(opt, state["opt"])
+    metrics["train/finite"] = finite.astype(jnp.float32)
     new_state = {"step": state["step"] + 1, "trainable": trainable, "opt": opt, "rng": rng}
     return new_state, metrics
+
+
+def nonfinite_terms(metrics: dict) -> list[str]:
+    """Names of the metrics of one step that are not finite (host side)."""
+    return sorted(k for k, v in metrics.items() if not np.all(np.isfinite(np.asarray(v))))
 
 
 def eval_step(trainable, frozen, batch, *, setup: Setup):

@@ -28,10 +28,11 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from flax.traverse_util import flatten_dict
 from safetensors.numpy import save_file
 
+from mkd_jax import cli
 from mkd_jax.distill import merged_student
 from mkd_jax.mappers import mapper_name
 from mkd_jax.models.hf_io import flax_to_hf_key, save_hf_folder
@@ -316,4 +317,4 @@ if __name__ == "__main__":
     flags.DEFINE_integer("step", None, "Checkpoint step to export; the latest by default.")
     flags.DEFINE_bool("merged_only", False, "Write only merged/ (a random-init student).")
     flags.mark_flags_as_required(["workdir", "out"])
-    app.run(main)
+    cli.run(main)

@@ -18,9 +18,11 @@ from jax.scipy.special import xlogy
 # [-1 + eps, 1 - eps]; identical vectors then give arccos(1 - eps) ~ sqrt(2 eps) and zero gradient.
 GEODESIC_EPS = 1e-6
 _NORM_EPS = 1e-12
+# Logit of ids outside a KD support: exp(floor - max) underflows to exactly 0 in float32.
+_LOGIT_FLOOR = -1e30
 
 
-def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
     """Mean of `x` over positions where `mask` is 1 (0 when none are)."""
     mask = mask.astype(jnp.float32)
     return jnp.sum(x.astype(jnp.float32) * mask) / jnp.maximum(jnp.sum(mask), 1.0)
@@ -91,17 +93,23 @@ def cross_entropy(
 ) -> tuple[jax.Array, jax.Array]:
     """Mean token cross-entropy over unmasked tokens, and the number of those tokens."""
     mask = mask.astype(jnp.float32)
-    return _masked_mean(token_nll(logits, labels), mask), jnp.sum(mask)
+    return masked_mean(token_nll(logits, labels), mask), jnp.sum(mask)
 
 
-def cross_entropy_per_utt(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
-    """Mean cross-entropy of each utterance over its unmasked tokens -> [B] (0 for empty rows).
+def nll_per_utt(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+    """Summed negative log-likelihood of each utterance's unmasked labels -> [B] (0 for empty rows).
 
-    This is the `teacher_ce_per_utt` that `ensemble_target(mode="best")` ranks teachers by.
+    This is what `ensemble_target(mode="best")` ranks teachers by: the probability each teacher
+    gives the whole reference, which is comparable across tokenizers (a mean per token is not:
+    a tokenizer that needs more pieces for the same text spreads the same NLL over more tokens).
     """
-    mask = mask.astype(jnp.float32)
-    nll = token_nll(logits, labels) * mask
-    return jnp.sum(nll, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
+    return jnp.sum(token_nll(logits, labels) * mask.astype(jnp.float32), axis=-1)
+
+
+def top1_hits(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+    """Teacher-forced top-1 accuracy on the unmasked labels (0 when none are)."""
+    hit = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    return masked_mean(hit, mask)
 
 
 # ----- logit distillation -----
@@ -113,7 +121,12 @@ def tempered_probs(logits: jax.Array, temperature: float) -> jax.Array:
 
 
 def kd_kl(
-    student_logits: jax.Array, target_probs: jax.Array, mask: jax.Array, *, temperature: float
+    student_logits: jax.Array,
+    target_probs: jax.Array,
+    mask: jax.Array,
+    *,
+    temperature: float,
+    support: jax.Array | None = None,
 ) -> jax.Array:
     """`T^2 * mean over unmasked tokens of KL(target || softmax(student / T))`.
 
@@ -123,11 +136,43 @@ def kd_kl(
         gradient flows into it. A row of zeros (no target) contributes 0.
       mask: [B, S]; 1 where the token has a target.
       temperature: T; the T^2 factor keeps gradient magnitudes comparable across T (Hinton).
+      support: optional bool [V] (or broadcastable to [B, S, V]): the student ids the target can
+        speak about. The student's distribution is renormalised over them before the KL, so ids
+        outside get exactly zero gradient: a teacher that lacks a token neither pushes the
+        student's probability of it down nor up (`shared_support`). None: the whole vocabulary.
     """
     p = jax.lax.stop_gradient(target_probs.astype(jnp.float32))
-    log_q = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
+    z = student_logits.astype(jnp.float32) / temperature
+    if support is not None:
+        # A finite floor, not -inf: exp() of it is exactly 0 in float32, and 0 * floor stays 0.
+        z = jnp.where(support, z, _LOGIT_FLOOR)
+    log_q = jax.nn.log_softmax(z, axis=-1)
     kl = jnp.sum(xlogy(p, p) - p * log_q, axis=-1)  # [B, S]; xlogy makes 0 * log 0 = 0
-    return temperature**2 * _masked_mean(kl, mask)
+    return temperature**2 * masked_mean(kl, mask)
+
+
+def shared_support(supports: Sequence[jax.Array | np.ndarray | None], vocab_size: int):
+    """The student ids every teacher can represent: the AND of their supports -> bool [V], or
+    None when every teacher shares the student's vocabulary (plain KL over all ids)."""
+    present = [np.asarray(s, bool) for s in supports if s is not None]
+    if not present:
+        return None
+    out = np.ones(vocab_size, bool)
+    for s in present:
+        if s.shape != (vocab_size,):
+            raise ValueError(f"a support must be [{vocab_size}] bool, got {s.shape}")
+        out &= s
+    return out
+
+
+def restrict(probs: jax.Array, support) -> jax.Array:
+    """Probabilities [..., V] restricted to `support` (bool [V]) and renormalised; zero rows stay
+    zero. `support=None` returns `probs` unchanged."""
+    if support is None:
+        return probs
+    p = jnp.where(jnp.asarray(support), probs.astype(jnp.float32), 0.0)
+    total = jnp.sum(p, axis=-1, keepdims=True)
+    return p / jnp.where(total > 0, total, 1.0)
 
 
 def _teacher_weights(
@@ -136,7 +181,7 @@ def _teacher_weights(
     *,
     mode: str,
     weights: Sequence[float] | None,
-    teacher_ce_per_utt,
+    teacher_nll_per_utt,
     masks: Sequence[jax.Array] | None,
 ) -> jax.Array:
     """Per-position mixing weights [K, B, S]; they sum to 1 wherever some teacher has a target."""
@@ -149,12 +194,12 @@ def _teacher_weights(
             raise ValueError(f"ensemble weights must be >= 0 with a positive sum, got {weights}")
         w = jnp.asarray(weights, jnp.float32)[:, None, None]
     elif mode == "best":
-        if teacher_ce_per_utt is None:
-            raise ValueError("mode='best' needs teacher_ce_per_utt ([K, B] CE on the reference)")
-        ce = jnp.asarray(jnp.stack(list(teacher_ce_per_utt)), jnp.float32)
-        if ce.shape != (k, shape[0]):
-            raise ValueError(f"teacher_ce_per_utt must be [{k}, {shape[0]}], got {ce.shape}")
-        w = jax.nn.one_hot(jnp.argmin(ce, axis=0), k, dtype=jnp.float32).T[:, :, None]
+        if teacher_nll_per_utt is None:
+            raise ValueError("mode='best' needs teacher_nll_per_utt ([K, B] NLL of the reference)")
+        nll = jnp.asarray(jnp.stack(list(teacher_nll_per_utt)), jnp.float32)
+        if nll.shape != (k, shape[0]):
+            raise ValueError(f"teacher_nll_per_utt must be [{k}, {shape[0]}], got {nll.shape}")
+        w = jax.nn.one_hot(jnp.argmin(nll, axis=0), k, dtype=jnp.float32).T[:, :, None]
     else:
         raise ValueError(f"ensemble mode must be 'mean', 'weights' or 'best', got {mode!r}")
     w = jnp.broadcast_to(w, (k, *shape))
@@ -170,7 +215,7 @@ def ensemble_target(
     *,
     mode: str = "mean",
     weights: Sequence[float] | None = None,
-    teacher_ce_per_utt=None,
+    teacher_nll_per_utt=None,
     masks: Sequence[jax.Array] | None = None,
 ) -> jax.Array:
     """One target distribution [B, S, V] from K teachers' tempered probabilities.
@@ -178,9 +223,10 @@ def ensemble_target(
     Args:
       teacher_probs: K arrays [B, S, V] over the student's vocabulary.
       mode: "mean" (default), "weights" (fixed weights, normalised to sum 1) or "best" (per
-        utterance, the teacher with the lowest CE on the reference; ties go to the first).
+        utterance, the teacher with the lowest summed NLL of the reference, see `nll_per_utt`;
+        ties go to the first).
       weights: K non-negative floats for mode="weights".
-      teacher_ce_per_utt: [K, B] (or K arrays [B]) for mode="best", see `cross_entropy_per_utt`.
+      teacher_nll_per_utt: [K, B] (or K arrays [B]) for mode="best", see `nll_per_utt`.
       masks: optional K arrays [B, S] marking where each teacher has a target (cross-tokenizer
         teachers miss some positions). Weights are renormalised over the teachers present at
         each position; where none is (or, for "best", the chosen one is not), the row is zero.
@@ -197,7 +243,7 @@ def ensemble_target(
         teacher_probs[0].shape[:2],
         mode=mode,
         weights=weights,
-        teacher_ce_per_utt=teacher_ce_per_utt,
+        teacher_nll_per_utt=teacher_nll_per_utt,
         masks=masks,
     )
     return jnp.einsum("kbs,kbsv->bsv", w, jnp.stack(teacher_probs).astype(jnp.float32))
@@ -208,7 +254,7 @@ def ensemble_mask(
     *,
     mode: str = "mean",
     weights: Sequence[float] | None = None,
-    teacher_ce_per_utt=None,
+    teacher_nll_per_utt=None,
 ) -> jax.Array:
     """[B, S] float mask of where `ensemble_target(..., masks=masks)` (same args) has a target."""
     w = _teacher_weights(
@@ -216,7 +262,7 @@ def ensemble_mask(
         masks[0].shape,
         mode=mode,
         weights=weights,
-        teacher_ce_per_utt=teacher_ce_per_utt,
+        teacher_nll_per_utt=teacher_nll_per_utt,
         masks=masks,
     )
     return (jnp.sum(w, axis=0) > 0.5).astype(jnp.float32)
@@ -262,13 +308,13 @@ def mse(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
     """Squared error, averaged over features and unmasked positions (the paper code's loss)."""
     _check_features(pred, target, mask)
     err = jnp.mean(jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32)), axis=-1)
-    return _masked_mean(err, mask)
+    return masked_mean(err, mask)
 
 
 def cosine(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
     """`1 - cos(pred, target)`, averaged over unmasked positions."""
     _check_features(pred, target, mask)
-    return _masked_mean(1.0 - _cos(pred, target), mask)
+    return masked_mean(1.0 - _cos(pred, target), mask)
 
 
 def geodesic(
@@ -280,7 +326,7 @@ def geodesic(
     identical or opposite vectors, where arccos' is infinite.
     """
     _check_features(pred, target, mask)
-    return _masked_mean(jnp.arccos(jnp.clip(_cos(pred, target), -1.0 + eps, 1.0 - eps)), mask)
+    return masked_mean(jnp.arccos(jnp.clip(_cos(pred, target), -1.0 + eps, 1.0 - eps)), mask)
 
 
 FEATURE_LOSSES = {"mse": mse, "cosine": cosine, "geodesic": geodesic}

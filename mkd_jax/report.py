@@ -14,7 +14,18 @@ from absl import logging
 
 from mkd_jax import lora
 
-_SHORT = {"train/loss": "loss", "train/ce": "ce", "train/kd_kl": "kd", "train/grad_norm": "gnorm"}
+_SHORT = {
+    "train/loss": "loss",
+    "train/ce": "ce",
+    "train/kd_kl": "kd",
+    "train/grad_norm": "gnorm",
+    "train/acc/student": "acc",
+}
+# In metrics.jsonl, TensorBoard and the report, but not on the one console line per interval.
+_NOT_ON_CONSOLE = (
+    "train/lr", "train/tokens", "train/coverage", "train/feat/", "train/kd/", "train/acc/",
+    "train/finite",
+)  # fmt: skip
 
 
 def param_budget(roles, n_trainable: int) -> dict:
@@ -36,13 +47,22 @@ class _NullWriter:
 
 
 def quiet_library_logs() -> None:
-    """Keep INFO lines of ours; drop the INFO chatter of orbax and jax internals."""
+    """Keep INFO lines of ours; drop the INFO chatter of orbax, jax internals and other libraries.
+
+    Libraries log through absl (orbax) or their own std-logging loggers; absl records carry the
+    caller's file, so the filter sits on the `absl` logger and on the root handlers.
+    """
+    import logging as std_logging
 
     def keep(record) -> bool:
-        noisy = "orbax" in record.pathname or "jax/_src" in record.pathname
-        return record.levelno >= logging.WARNING or not noisy
+        ours = "/mkd_jax/" in record.pathname.replace("\\", "/")
+        return record.levelno >= std_logging.WARNING or ours
 
-    logging.get_absl_handler().addFilter(keep)
+    std_logging.getLogger("absl").addFilter(keep)
+    for handler in std_logging.getLogger().handlers:
+        handler.addFilter(keep)
+    for name in ("orbax", "jax", "datasets", "transformers", "tensorstore", "urllib3", "filelock"):
+        std_logging.getLogger(name).setLevel(std_logging.WARNING)
 
 
 class RunLog:
@@ -98,7 +118,8 @@ class RunLog:
             _SHORT.get(k, k.removeprefix("train/")): v
             for k, v in mean.items()
             if k.startswith("train/")
-            and not k.startswith(("train/lr", "train/tokens", "train/coverage", "train/feat/"))
+            and not k.startswith(_NOT_ON_CONSOLE)
+            or k == "train/acc/student"
         }
         feats = [v for k, v in mean.items() if k.startswith("train/feat/")]
         if feats:  # each mapper's term is in metrics.jsonl and TensorBoard
@@ -154,8 +175,16 @@ def write_report(
     curves = log.history.get("curves", {})
     step_s = [v for _, v in curves.get("perf/step_s", [])]
     rt = [v for _, v in curves.get("perf/audio_x_realtime", [])]
+    # Cross-tokenizer and agreement diagnostics: first and last logged interval of each.
+    diagnostics = {
+        k.removeprefix("train/"): {"first": v[0][1], "last": v[-1][1]}
+        for k, v in curves.items()
+        if k.startswith(("train/acc/", "train/kd/", "train/agree/", "train/coverage/")) and v
+    }
     report = {
         "before": log.history.get("before"),
+        "diagnostics": diagnostics,
+        "nonfinite_steps": log.history.get("nonfinite_steps", []),
         "after": after,
         "params": budget,
         "median_step_s": float(np.median(step_s)) if step_s else None,
@@ -172,6 +201,8 @@ def write_report(
         lines.append(f"| {cfg.data.eval_split} WER before | {report['before']['wer']:.2f}% |")
     for split, res in after.items():
         lines.append(f"| {split} WER after | {res['wer']:.2f}% (CER {res['cer']:.2f}%) |")
+    for k, v in diagnostics.items():
+        lines.append(f"| {k} (first -> last interval) | {v['first']:.4f} -> {v['last']:.4f} |")
     lines.append(f"| trainable params | {n_trainable:,} |")
     if "pct_of_largest_teacher" in budget:
         lines.append(

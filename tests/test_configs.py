@@ -64,10 +64,12 @@ def test_paper_preset_budget_is_computed_not_guessed():
     with cfg.unlocked():
         roles, setup, _, state = abstract_setup(cfg)
     budget = param_budget(roles, lora.count(state["trainable"]))
-    # 4 decoder layers x (8 attention 768x768 + fc1/fc2 768x3072) at r=32, plus 768->1280 + bias.
+    # 4 decoder layers x (8 attention 768x768 + fc1/fc2 768x3072) at r=32, 12 encoder layers x
+    # (4 attention + fc1/fc2) at r=32, plus 768->1280 + bias.
     lora_params = 4 * (8 * 32 * (768 + 768) + 2 * 32 * (768 + 3072))
+    lora_params += 12 * (4 * 32 * (768 + 768) + 2 * 32 * (768 + 3072))
     assert budget["trainable"] == lora_params + 768 * 1280 + 1280
     assert 1.5e9 < budget["teachers"]["large_v2"] < 1.6e9
-    assert budget["pct_of_largest_teacher"] < 0.3
+    assert budget["pct_of_largest_teacher"] < 0.6
     assert [p.student_site for p in setup.mappers.pairs] == ["encoder/output"]
     assert setup.vocab_index["large_v2"] is not None  # multilingual teacher: cross-tokenizer KD

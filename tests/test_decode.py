@@ -73,3 +73,142 @@ def test_too_many_new_tokens_is_rejected(pair):
     _, model, _ = pair
     with pytest.raises(ValueError, match="exceeds"):
         make_generate_fn(model, DecodeSpec(prompt=PROMPT, eot=EOT, max_new_tokens=446))
+
+
+# ----- ensemble decoding: tiny random Flax models with the toy tokenizers of test_token_align -----
+
+
+def _tiny(vocab: int, n_mels: int, seed: int):
+    """A small random Whisper; parameters drawn in numpy from the shapes (eager init is slow)."""
+    import flax.linen as nn
+    import jax
+
+    from mkd_jax.models.whisper import Whisper, abstract_params
+
+    model = Whisper(
+        vocab_size=vocab,
+        num_mel_bins=n_mels,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+    )
+    rng = np.random.default_rng(seed)
+    shapes = nn.unbox(abstract_params(model, frames=40))
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, s: (
+            rng.normal(0.0, 0.3 if len(s.shape) > 1 else 0.1, s.shape) + (path[-1].key == "scale")
+        ).astype(np.float32),
+        shapes,
+    )
+    return model, params
+
+
+def _spec(tok, max_new=12):
+    return DecodeSpec(
+        prompt=tuple(tok.prompt_ids()),
+        eot=tok.eot,
+        max_new_tokens=max_new,
+        suppress=(3, 5),
+        begin_suppress=(tok.eot,),
+    )
+
+
+def _mel(n_mels, batch=3, frames=120, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-1.0, 1.5, size=(batch, n_mels, frames)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """English-only and multilingual toy members with greedy and ensemble decoders, compiled once.
+
+    Member mel bins differ (80 and 128), so each member gets its own features.
+    """
+    from test_token_align import _toy
+
+    from mkd_jax.decode import make_ensemble_generate_fn
+
+    en, multi = _toy(multilingual=False), _toy(multilingual=True)
+    m_en, p_en = _tiny(en.model_vocab_size, 80, seed=0)
+    m_multi, p_multi = _tiny(multi.model_vocab_size, 128, seed=1)
+    s_en, s_multi = _spec(en), _spec(multi)
+    return {
+        "en": (en, m_en, p_en, s_en),
+        "multi": (multi, m_multi, p_multi, s_multi),
+        "greedy_en": make_generate_fn(m_en, s_en),
+        "greedy_multi": make_generate_fn(m_multi, s_multi),
+        "same": make_ensemble_generate_fn([m_en, m_en], [s_en, s_en], [en, en], (0.3, 0.7)),
+        "cross": make_ensemble_generate_fn([m_en, m_multi], [s_en, s_multi], [en, multi]),
+    }
+
+
+def test_ensemble_of_identical_members_equals_single_greedy(toy):
+    _, _, params, _ = toy["en"]
+    mel = _mel(80)
+    single = np.asarray(toy["greedy_en"](params, mel))
+    np.testing.assert_array_equal(np.asarray(toy["same"]((params, params), (mel, mel))), single)
+    np.testing.assert_array_equal(
+        np.asarray(toy["same"]((params, params), (mel, mel), (1.0, 0.0))), single
+    )
+    assert len({tuple(r) for r in single}) > 1  # rows differ: the test compares real decodes
+    assert toy["same"].jitted._cache_size() == 1  # new weights did not recompile
+
+
+def test_ensemble_across_vocabularies_emits_only_shared_tokens(toy):
+    from mkd_jax import token_align
+    from mkd_jax.decode import ensemble_allowed, ensemble_index
+
+    en, m_en, p_en, s_en = toy["en"]
+    multi, m_multi, p_multi, s_multi = toy["multi"]
+    cat = en.encode(" cat")[0]  # an English-only token the multilingual vocabulary lacks
+    assert token_align.student_index(token_align.vocab_map(multi, en), m_en.vocab_size)[cat] < 0
+    # Make the English model emit " cat" at every step on its own.
+    p_en = dict(p_en, decoder=dict(p_en["decoder"]))
+    row = p_en["decoder"]["embed_tokens"]["embedding"][cat]
+    p_en["decoder"]["layer_norm"] = {"scale": np.zeros_like(row), "bias": 10 * row}
+    mel_en, mel_multi = _mel(80, seed=1), _mel(128, seed=1)
+    alone = strip(toy["greedy_en"](p_en, mel_en), en.eot)
+    assert all(r and set(r) == {cat} for r in alone)
+
+    out = np.asarray(toy["cross"]((p_en, p_multi), (mel_en, mel_multi)))
+    index = ensemble_index([en, multi], [m_en, m_multi])
+    allowed, _ = ensemble_allowed(index, [s_en, s_multi], [m_en, m_multi])
+    assert out.shape == (3, 12) and allowed[out].all() and cat not in out
+    assert not allowed[cat] and not allowed[3] and allowed[en.eot]
+
+
+def test_ensemble_feeds_each_member_its_own_ids(toy):
+    """All weight on the multilingual member: its own greedy decode, mapped to English ids.
+
+    Feeding it English ids instead (shifted by one from its own) would change its decode.
+    """
+    from mkd_jax import token_align
+
+    en, _, p_en, _ = toy["en"]
+    multi, _, p_multi, _ = toy["multi"]
+    mel_en, mel_multi = _mel(80, seed=2), _mel(128, seed=2)
+    own = np.asarray(toy["greedy_multi"](p_multi, mel_multi))
+    vmap = token_align.vocab_map(multi, en)
+    assert (vmap[own] >= 0).all() and (own != vmap[own]).any()
+    out = toy["cross"]((p_en, p_multi), (mel_en, mel_multi), (0.0, 1.0))
+    np.testing.assert_array_equal(np.asarray(out), vmap[own])
+
+
+def test_ensemble_rejects_bad_settings(toy):
+    from mkd_jax.decode import make_ensemble_generate_fn
+
+    en, m_en, p_en, s_en = toy["en"]
+    multi, m_multi, _, s_multi = toy["multi"]
+    with pytest.raises(ValueError, match="weights"):
+        make_ensemble_generate_fn([m_en, m_multi], [s_en, s_multi], [en, multi], (1.0,))
+    with pytest.raises(ValueError, match="weights"):
+        toy["same"]((p_en, p_en), (_mel(80), _mel(80)), (0.0, 0.0))
+    with pytest.raises(ValueError, match="greedy"):
+        beam = DecodeSpec(prompt=s_en.prompt, eot=en.eot, beam_size=2)
+        make_ensemble_generate_fn([m_en, m_multi], [beam, s_multi], [en, multi])
+    with pytest.raises(ValueError, match="logits"):
+        make_ensemble_generate_fn([m_en, m_multi], [s_en, s_multi], [multi, en])

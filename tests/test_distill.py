@@ -80,3 +80,18 @@ def test_padding_rows_change_nothing(parts):
     for key in base:
         if key != "train/tokens":
             np.testing.assert_allclose(more[key], base[key], rtol=2e-5, atol=1e-6, err_msg=key)
+
+
+def test_ensemble_weights_go_by_teacher_name(parts):
+    """Weights given by name land on the right teachers whatever order the config holds them in."""
+    cfg, *_ = parts
+    from mkd_jax.roles import build_roles
+
+    for weights in ({"a": 0.75, "b": 0.25}, {"b": 0.25, "a": 0.75}):
+        c = cfg.copy_and_resolve_references()
+        c.loss.ensemble = "weights"
+        c.loss.ensemble_weights = weights
+        roles = build_roles(c, abstract=True)
+        setup = make_setup(c, roles)
+        got = dict(zip(setup.teachers, setup.ensemble_weights, strict=True))
+        assert got == {"a": 0.75, "b": 0.25}

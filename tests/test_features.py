@@ -128,3 +128,34 @@ def test_compiles_once_per_shape():
 def test_rejects_bad_input(audio, kwargs, match):
     with pytest.raises(ValueError, match=match):
         log_mel(audio, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (np.nan, r"audio\[1\] contains NaN or Inf"),
+        (-np.inf, r"audio\[1\] contains NaN or Inf"),
+        (1e30, r"audio\[1\] has a sample of magnitude 1e\+30"),
+    ],
+)
+def test_rejects_non_finite_and_absurdly_loud_audio_naming_the_clip(bad, match):
+    # 1e30 is finite, but squares to Inf in the float32 power spectrum: the clip's log-mel would
+    # be all NaN, which is what this guards against.
+    clip = np.full(16000, 0.1, np.float32)
+    clip[123] = bad
+    good = np.zeros(16000, np.float32)
+    with pytest.raises(ValueError, match=match):
+        log_mel([good, clip], n_frames=100)
+    with pytest.raises(ValueError, match=match):
+        log_mel(np.stack([good, clip]), n_frames=100)
+    tail = np.concatenate([good, [np.nan]]).astype(np.float32)  # past the window: never used
+    assert np.isfinite(log_mel([tail], n_frames=100)).all()
+
+
+def test_loud_but_sane_audio_gives_finite_features():
+    # Float files scaled like int16 exist; the scale only shifts the log-mel by a constant.
+    t = np.arange(16000) / 16000
+    clip = np.sin(2 * np.pi * 440 * t).astype(np.float32)
+    quiet, loud = log_mel([clip, 32768 * clip], n_frames=100)
+    assert np.isfinite(loud).all()
+    np.testing.assert_allclose(loud - quiet, 2 * np.log10(32768) / 4, atol=1e-4)

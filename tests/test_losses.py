@@ -69,8 +69,15 @@ def test_cross_entropy_averages_tokens_not_rows():
     mask = jnp.array([[1.0, 0.0], [1.0, 1.0]])
     ce, _ = losses.cross_entropy(logits, labels, mask)
     np.testing.assert_allclose(ce, (LN2 + 2 * (2 * LN2)) / 3, rtol=1e-6)
-    per_utt = losses.cross_entropy_per_utt(logits, labels, mask)
-    np.testing.assert_allclose(per_utt, [LN2, 2 * LN2], rtol=1e-6)
+    # Summed per utterance (what "best" ranks by): row 0 one token ln 2, row 1 two of 2 ln 2.
+    per_utt = losses.nll_per_utt(logits, labels, mask)
+    np.testing.assert_allclose(per_utt, [LN2, 4 * LN2], rtol=1e-6)
+
+
+def test_top1_hits():
+    logits = _logits([[0.6, 0.4], [0.3, 0.7], [0.9, 0.1]])
+    hits = losses.top1_hits(logits, jnp.array([[0, 0, 1]]), jnp.array([[1.0, 1.0, 0.0]]))
+    np.testing.assert_allclose(hits, 0.5)
 
 
 def test_kd_kl_hand_values():
@@ -105,6 +112,42 @@ def test_kd_kl_zero_entries_and_gradient():
     np.testing.assert_array_equal(g_target, 0.0)
 
 
+def test_kd_kl_shared_support_hand_values_and_zero_gradient_outside():
+    # Student vocabulary of 4; the teacher can represent ids {0, 1, 2} only (3 is a merged
+    # student token it lacks). Target on the support: [0.5, 0.25, 0.25, 0].
+    target = jnp.array([[[0.5, 0.25, 0.25, 0.0]]])
+    support = jnp.array([True, True, True, False])
+    z = jnp.log(jnp.array([[[0.2, 0.2, 0.2, 0.4]]]))
+    kl = losses.kd_kl(z, target, jnp.ones((1, 1)), temperature=1.0, support=support)
+    # Student renormalised over the support is uniform 1/3: KL = sum p ln(p / (1/3)).
+    want = 0.5 * math.log(1.5) + 2 * 0.25 * math.log(0.75)
+    np.testing.assert_allclose(kl, want, rtol=1e-6)
+    g = jax.grad(
+        lambda z: losses.kd_kl(z, target, jnp.ones((1, 1)), temperature=2.0, support=support)
+    )(z)
+    assert float(g[0, 0, 3]) == 0.0  # the merged token is neither pushed down nor up
+    # d/dz_i T^2 KL = T (q_S(i) - p(i)) on the support, with q_S the renormalised student.
+    q_s = jax.nn.softmax(z[0, 0, :3] / 2.0)
+    np.testing.assert_allclose(g[0, 0, :3], 2.0 * (q_s - target[0, 0, :3]), rtol=1e-5)
+    # The full-vocabulary KL (the "student" option) pushes the merged token down.
+    g_full = jax.grad(lambda z: losses.kd_kl(z, target, jnp.ones((1, 1)), temperature=2.0))(z)
+    assert float(g_full[0, 0, 3]) > 0.1  # gradient descent lowers its logit
+    # A full support is the plain KL.
+    full = losses.kd_kl(z, target, jnp.ones((1, 1)), temperature=2.0, support=jnp.ones(4, bool))
+    np.testing.assert_allclose(full, losses.kd_kl(z, target, jnp.ones((1, 1)), temperature=2.0))
+
+
+def test_shared_support_and_restrict():
+    assert losses.shared_support([None, None], 4) is None
+    s = losses.shared_support([np.array([1, 1, 0, 1], bool), None, np.array([1, 0, 1, 1], bool)], 4)
+    np.testing.assert_array_equal(s, [True, False, False, True])
+    p = jnp.array([[0.4, 0.1, 0.2, 0.3], [0.0, 0.0, 0.0, 0.0]])
+    np.testing.assert_allclose(losses.restrict(p, s), [[4 / 7, 0, 0, 3 / 7], [0, 0, 0, 0]])
+    assert losses.restrict(p, None) is p
+    with pytest.raises(ValueError, match="support must be"):
+        losses.shared_support([np.ones(3, bool)], 4)
+
+
 def test_tempered_probs():
     probs = losses.tempered_probs(jnp.log(jnp.array([1.0, 4.0, 1.0])), 2.0)
     np.testing.assert_allclose(probs, [0.25, 0.5, 0.25], rtol=1e-6)
@@ -118,14 +161,42 @@ def test_ensemble_target_modes():
     weighted = losses.ensemble_target([p0, p1], mode="weights", weights=[3.0, 1.0])
     np.testing.assert_allclose(weighted, [[[0.75, 0.25]], [[0.4, 0.6]]], rtol=1e-6)
     ce = jnp.array([[1.0, 0.2], [0.5, 0.9]])  # [K, B]: utt 0 -> teacher 1, utt 1 -> teacher 0
-    best = losses.ensemble_target([p0, p1], mode="best", teacher_ce_per_utt=ce)
+    best = losses.ensemble_target([p0, p1], mode="best", teacher_nll_per_utt=ce)
     np.testing.assert_allclose(best, [[[0.0, 1.0]], [[0.5, 0.5]]])
     with pytest.raises(ValueError, match="needs 2 weights"):
         losses.ensemble_target([p0, p1], mode="weights", weights=[1.0])
-    with pytest.raises(ValueError, match="teacher_ce_per_utt"):
+    with pytest.raises(ValueError, match="teacher_nll_per_utt"):
         losses.ensemble_target([p0, p1], mode="best")
     with pytest.raises(ValueError, match="mode"):
         losses.ensemble_target([p0, p1], mode="max")
+
+
+def test_best_ranks_by_summed_nll_not_mean_token_ce():
+    """Two tokenizations of the same reference: teacher A spells it in 2 tokens at p = e^-1 each
+    (summed NLL 2, mean 1); teacher B in 4 tokens at p = e^-0.6 (summed 2.4, mean 0.6). A gives
+    the whole reference the higher probability (e^-2 > e^-2.4), so "best" must pick A, although
+    B's mean per-token CE is lower."""
+    v = 8
+
+    def logits_for(n_tok, nll):
+        # Label 0 gets probability e^-nll; the rest spread evenly over the other ids.
+        p0 = math.exp(-nll)
+        row = np.full(v, (1 - p0) / (v - 1))
+        row[0] = p0
+        return jnp.log(jnp.asarray(np.tile(row, (1, n_tok, 1)), jnp.float32))
+
+    a, b = logits_for(2, 1.0), logits_for(4, 0.6)
+    nll_a = losses.nll_per_utt(a, jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2)))
+    nll_b = losses.nll_per_utt(b, jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4)))
+    np.testing.assert_allclose([nll_a[0], nll_b[0]], [2.0, 2.4], rtol=1e-5)
+    ce_a, _ = losses.cross_entropy(a, jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2)))
+    ce_b, _ = losses.cross_entropy(b, jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4)))
+    assert float(ce_b) < float(ce_a)  # the old ranking would have picked B
+    p_a, p_b = jnp.array([[[1.0, 0.0]]]), jnp.array([[[0.0, 1.0]]])  # on student positions
+    best = losses.ensemble_target(
+        [p_a, p_b], mode="best", teacher_nll_per_utt=jnp.stack([nll_a, nll_b])
+    )
+    np.testing.assert_allclose(best, p_a)
 
 
 def test_ensemble_target_with_masks():
@@ -138,10 +209,10 @@ def test_ensemble_target_with_masks():
     np.testing.assert_allclose(target, [[[0.5, 0.5], [0.0, 1.0], [0.0, 0.0]]])
     np.testing.assert_array_equal(losses.ensemble_mask([m0, m1]), [[1.0, 1.0, 0.0]])
     ce = jnp.array([[0.1], [0.9]])  # teacher 0 is best, but lacks position 1
-    best = losses.ensemble_target([p0, p1], mode="best", teacher_ce_per_utt=ce, masks=[m0, m1])
+    best = losses.ensemble_target([p0, p1], mode="best", teacher_nll_per_utt=ce, masks=[m0, m1])
     np.testing.assert_allclose(best, [[[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])
     np.testing.assert_array_equal(
-        losses.ensemble_mask([m0, m1], mode="best", teacher_ce_per_utt=ce), [[1.0, 0.0, 0.0]]
+        losses.ensemble_mask([m0, m1], mode="best", teacher_nll_per_utt=ce), [[1.0, 0.0, 0.0]]
     )
 
 

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from mkd_jax.data import augment, sentences, synth, voices
+from mkd_jax.data import augment, debs, ood_voices, real_speech, sentences, synth, voices
 
 SR = 16000
 
@@ -280,7 +280,7 @@ def test_build_small_corpus_interrupt_resume_and_load(tmp_path):
     import datasets
 
     out = tmp_path / "corpus"
-    cfg = synth.Config(hours=0.015, shard_size=3)  # about a minute of audio
+    cfg = synth.Config(hours=0.015, shard_size=3, ood_utterances=0, real_speech=False)
     assert synth.build(out, cfg, workers=2, max_shards=2) is None  # "interrupted"
     first = sorted(p.name for p in (out / "shards").glob("*.parquet"))
     assert len(first) == 2 and not (out / "dataset_dict.json").exists()
@@ -321,4 +321,181 @@ def test_build_small_corpus_interrupt_resume_and_load(tmp_path):
     synth.build(out, cfg, workers=1)
     assert pq.read_table(out / "shards" / first[0]).equals(kept)
     with pytest.raises(ValueError, match="other settings"):
-        synth.build(out, synth.Config(hours=0.015, shard_size=3, seed=1), workers=1)
+        synth.build(out, synth.Config(hours=0.015, shard_size=3, seed=1, ood_utterances=0),
+                    workers=1)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Held-out engines (test_ood) and real speech (real_unlabelled)
+# ---------------------------------------------------------------------------------------------
+
+
+def _engines_and_voices(utts) -> tuple[set[str], set[str]]:
+    voice_set = {u["voice"] for u in utts}
+    return {u["engine"] for u in utts}, set().union(*map(voices.base_voices, voice_set))
+
+
+def test_ood_voices_are_parsed_but_never_listed_for_training():
+    ood = voices.list_ood_voices()
+    assert len({v.split(":")[0] for v in ood}) >= 3 and len(ood) >= 6
+    assert not set(ood) & set(voices.list_voices())
+    for v in ood:
+        engine, parts = voices.parse_voice(v)
+        assert engine in ood_voices.ENGINES and len(parts) == 1
+    with pytest.raises(ValueError, match="blend"):
+        voices.parse_voice("rhvoice:alan*0.5+bdl*0.5")
+    with pytest.raises(ValueError, match="unknown rhvoice voice"):
+        voices.parse_voice("rhvoice:lyubov")  # CC-BY-NC-ND: never offered
+
+
+def test_test_ood_plan_holds_out_engines_voices_and_sentences():
+    cfg = synth.Config(hours=0.3, ood_utterances=150, template_fraction=0.2)
+    natural = _fake_natural()
+    plan = synth.make_plan(cfg, natural)
+    ood = synth.plan_test_ood(cfg, plan, natural)
+    assert ood == synth.plan_test_ood(cfg, plan, natural)  # deterministic
+    assert len(ood) == 150 and len({u["id"] for u in ood}) == 150
+    train_engines, train_voices = _engines_and_voices(plan["train"])
+    engines, used_voices = _engines_and_voices(ood)
+    assert not engines & train_engines and not used_voices & train_voices
+    assert not engines & {"kokoro", "flite"} and len(engines) >= 3 and len(used_voices) >= 6
+    per_engine = [sum(u["engine"] == e for u in ood) for e in engines]
+    assert max(per_engine) - min(per_engine) <= 1  # engines take turns
+    seen = {sentences.normalize(u["text"]) for utts in plan.values() for u in utts}
+    keys = [sentences.normalize(u["text"]) for u in ood]
+    assert len(set(keys)) == len(keys) and not set(keys) & seen
+    assert all(sentences.split_of(u["text"]) == "test" for u in ood)
+    assert not any(u["voice_seen"] for u in ood)
+    assert any(u["augment"] != "none" for u in ood)
+    with pytest.raises(ValueError, match="training engine"):
+        synth.plan_test_ood(synth.Config(hours=0.3, ood_voices=("flite:awb",)), plan, natural)
+
+
+def test_adding_ood_settings_keeps_an_existing_plan_json_valid(tmp_path):
+    base = synth.Config(hours=0.3)
+    record = {"version": synth.PLAN_VERSION, "config": synth._core_config(base), "plan": {}}
+    synth._check_plan(tmp_path, record)
+    other = synth.Config(hours=0.3, ood_utterances=7, real_speech=False)
+    synth._check_plan(tmp_path, dict(record, config=synth._core_config(other)))  # no error
+    assert not set(synth.EXTRA_FIELDS) & set(json.loads((tmp_path / "plan.json").read_text())[
+        "config"])  # fmt: skip
+    with pytest.raises(ValueError, match="other settings"):
+        record2 = dict(record, config=synth._core_config(synth.Config(hours=0.3, seed=9)))
+        synth._check_plan(tmp_path, record2)
+
+
+def _tiny_table(prefix: str, n: int, text: str = "hello there"):
+    import pyarrow as pa
+
+    x = np.zeros(1600, np.float32)
+    rows = {
+        "id": [f"{prefix}-{i}" for i in range(n)], "text": [text] * n,
+        "audio": [{"bytes": synth._flac(x), "path": f"{prefix}-{i}.flac"} for i in range(n)],
+        "sampling_rate": [SR] * n, "duration": [0.1] * n, "engine": ["e"] * n,
+        "voice": ["e:v"] * n, "voice_seen": [True] * n, "augment": ["none"] * n,
+    }  # fmt: skip
+    return pa.table(rows, schema=synth.SCHEMA)
+
+
+def test_save_split_adds_to_a_corpus_without_touching_it(tmp_path):
+    import datasets
+
+    out = tmp_path / "corpus"
+    core = {s: _tiny_table(s, 2) for s in ("train", "test")}
+    dd = datasets.DatasetDict({s: datasets.Dataset(t) for s, t in core.items()})
+    dd.save_to_disk(str(out))
+    lines = [{"id": f"{s}-{i}", "split": s} for s in core for i in range(2)]
+    (out / "manifest.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "train" in str(p)}
+    entries = [{"id": f"real-{i}", "split": "real_unlabelled"} for i in range(3)]
+    synth.save_split(out, "real_unlabelled", _tiny_table("real", 3, text=""), entries)
+    synth.save_split(out, "real_unlabelled", _tiny_table("real", 3, text=""), entries)  # again
+    assert {p: p.read_bytes() for p in before} == before
+    assert synth.registered_splits(out) == ["train", "test", "real_unlabelled"]
+    ds = datasets.load_from_disk(str(out))
+    assert set(ds) == {"train", "test", "real_unlabelled"}
+    assert ds["real_unlabelled"]["text"] == ["", "", ""] and len(ds["train"]) == 2
+    manifest = [json.loads(ln) for ln in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [e["split"] for e in manifest] == ["train"] * 2 + ["test"] * 2 + ["real_unlabelled"] * 3
+
+
+def test_private_sources_add_components_in_both_formats():
+    host = [
+        ("sources.list.d/debian.sources",
+         "Types: deb\nURIs: http://example.org/debian\nSuites: bookworm\nComponents: main\n"),
+        ("sources.list", "# comment\ndeb [arch=amd64] http://example.org/debian bookworm main\n"
+                         "deb http://example.org/flat ./\n"),
+    ]  # fmt: skip
+    out = dict(debs.private_sources(host, ("main", "contrib", "non-free")))
+    assert "Components: main contrib non-free" in out["sources.list.d/debian.sources"]
+    flat = out["sources.list"].splitlines()
+    assert flat[0] == "# comment"
+    assert flat[1] == "deb [arch=amd64] http://example.org/debian bookworm main contrib non-free"
+    assert flat[2] == "deb http://example.org/flat ./"  # flat repositories have no components
+
+
+def test_real_speech_selects_speech_and_refuses_reserved_packages():
+    voice = "./usr/share/games/hedgewars/Data/Sounds/voices/{}/{}.ogg"
+    assert real_speech.select("hedgewars-data", voice.format("Pirate", "Leavemealone")) == (
+        "real-hedgewars-Pirate-Leavemealone",
+        "hedgewars-data",
+        "hedgewars:Pirate",
+    )
+    for pack, name in (("Pirate", "Ow3"), ("Pirate", "Laugh"), ("Robot", "Hello"),
+                       ("Default_ru", "Hello")):  # fmt: skip
+        assert real_speech.select("hedgewars-data", voice.format(pack, name)) is None
+    assert real_speech.select("alsa-utils", "./usr/share/sounds/alsa/Front_Left.wav")
+    assert real_speech.select("alsa-utils", "./usr/share/sounds/alsa/Noise.wav") is None
+    for reserved in ("asterisk-core-sounds-en-wav", "pocketsphinx-testdata"):
+        with pytest.raises(ValueError, match="reserved"):
+            real_speech.select(reserved, "./usr/share/x.wav")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("voice", ood_voices.OOD_VOICES)
+def test_synthesize_held_out_voice(voice):
+    text = "The birch canoe slid on the smooth planks."
+    x = voices.synthesize(text, voice, seed=3)
+    assert x.dtype == np.float32 and 1.0 < len(x) / SR < 6.0 and 0.05 < np.max(np.abs(x))
+    assert np.array_equal(x, voices.synthesize(text, voice, seed=3))
+
+
+@pytest.mark.slow
+def test_corpus_gains_test_ood_and_real_unlabelled_without_rebuilding(tmp_path):
+    """Acceptance: the builder adds both splits to a corpus built before they existed."""
+    import datasets
+
+    out = tmp_path / "corpus"
+    core = synth.Config(hours=0.01, shard_size=4, ood_utterances=0, real_speech=False)
+    synth.build(out, core, workers=2)
+    core_files = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()
+                  and p.parent.name in synth.DATASET_SPLITS}  # fmt: skip
+    full = synth.Config(hours=0.01, shard_size=4, ood_utterances=9)
+    stats = synth.build(out, full, workers=2)
+    assert {p: p.stat().st_mtime_ns for p in core_files} == core_files  # untouched
+    assert stats["utterances"]["test_ood"] == 9 and stats["utterances"]["real_unlabelled"] >= 100
+    assert stats["hours"]["real_unlabelled"] * 60 >= 5  # minutes of real speech
+
+    ds = datasets.load_from_disk(str(out))
+    assert set(ds) == set(synth.DATASET_SPLITS) | set(synth.EXTRA_SPLITS)
+    for split in synth.EXTRA_SPLITS:
+        assert ds[split].column_names == synth.SCHEMA.names
+    train_engines, train_voices = _engines_and_voices(ds["train"])
+    ood = list(ds["test_ood"])
+    engines, ood_used = _engines_and_voices(ood)
+    assert len(engines) == 3 and not engines & train_engines and not ood_used & train_voices
+    texts = {sentences.normalize(t) for s in synth.DATASET_SPLITS for t in ds[s]["text"]}
+    assert not {sentences.normalize(u["text"]) for u in ood} & texts
+    real = ds["real_unlabelled"]
+    assert set(real["text"]) == {""} and not set(real["engine"]) & train_engines
+    for row in (ood[0], real[0]):
+        audio, sr = sf.read(io.BytesIO(row["audio"]["bytes"]), dtype="float32")
+        assert sr == SR and abs(len(audio) / SR - row["duration"]) < 1e-3
+    manifest = [json.loads(ln) for ln in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(manifest) == sum(len(ds[s]) for s in ds)
+
+    shard = out / "shards" / "test_ood-00001.parquet"  # resumable and deterministic
+    kept = pq.read_table(shard)
+    shard.unlink()
+    synth.build(out, full, workers=1)
+    assert pq.read_table(shard).equals(kept)

@@ -128,6 +128,44 @@ def test_map_teacher_probs_hand_values():
         token_align.map_teacher_probs(p[:, :4], vmap, 3)
 
 
+def test_shared_support_kd_leaves_the_students_merged_token_alone(toys):
+    """The student has " cat" (261) as one token; the teacher spells it " c" + "at". At an aligned
+    position the old mapping (KL over the student's full vocabulary) pushes the student's " cat"
+    logit down; the shared-support KL gives it exactly zero gradient."""
+    en, multi = toys
+    vmap = token_align.vocab_map(multi, en)
+    index = token_align.student_index(vmap, en.model_vocab_size)
+    support = token_align.student_support(vmap, en.model_vocab_size, index=index)
+    cat = en.encode(" cat")[0]
+    assert not support[cat] and support[en.encode(" the")[0]]
+    rng = np.random.default_rng(0)
+    teacher_logits = jnp.asarray(rng.normal(size=(1, 1, multi.model_vocab_size)), jnp.float32)
+    p_t, kept = token_align.map_teacher_probs(
+        losses.tempered_probs(teacher_logits, 2.0), vmap, en.model_vocab_size, index=index,
+        return_kept=True,
+    )  # fmt: skip
+    dropped = 1.0 - float(kept[0, 0])  # "~extra~" and "~nocat~" have no student token
+    assert 0.0 < dropped < 0.01
+    z = jnp.asarray(rng.normal(size=(1, 1, en.model_vocab_size)), jnp.float32)
+    mask = jnp.ones((1, 1))
+
+    def grad(sup):
+        return jax.grad(lambda z: losses.kd_kl(z, p_t, mask, temperature=2.0, support=sup))(z)
+
+    assert float(grad(support)[0, 0, cat]) == 0.0
+    assert float(grad(None)[0, 0, cat]) > 0.0  # descent lowers the student's " cat"
+    # Identical vocabularies: the support is everything and the KL is the plain one.
+    same = token_align.vocab_map(en, en)
+    full = token_align.student_support(same, en.model_vocab_size)
+    assert full.all()
+    p_same = losses.tempered_probs(z[..., ::-1], 2.0)
+    np.testing.assert_allclose(
+        losses.kd_kl(z, p_same, mask, temperature=2.0, support=full),
+        losses.kd_kl(z, p_same, mask, temperature=2.0),
+        rtol=1e-6,
+    )
+
+
 def test_gather_rows():
     x = jnp.arange(2 * 3 * 2, dtype=jnp.float32).reshape(2, 3, 2)
     rows = jnp.array([[2, -1, 0, 0], [-1, 1, 1, 2]])

@@ -47,6 +47,13 @@ def test_end_to_end_run_compiles_once(tiny_librispeech, tmp_path):
     assert [x["step"] for x in logged] == [1, 2, 3, 4]
     for key in ("train/ce", "train/kd_kl", "train/agree/a", "train/agree/b", "train/coverage/b"):
         assert np.isfinite(logged[-1][key]), key
+    # Cross-tokenizer diagnostics: mass the vocabulary map drops, the student's probability on ids
+    # teacher b lacks, and teacher-forced top-1 accuracy of student, teachers and target.
+    for key in ("train/kd/dropped_mass/b", "train/kd/student_off_support/b", "train/acc/student",
+                "train/acc/a", "train/acc/b", "train/acc/target"):  # fmt: skip
+        assert 0.0 <= logged[-1][key] <= 1.0, key
+    assert "train/kd/dropped_mass/a" not in logged[-1]  # a shares the student's vocabulary
+    assert all(x["train/finite"] == 1.0 for x in logged)
     assert any(k.startswith("train/feat/") for k in logged[-1])
     assert 0.5 < logged[-1]["train/coverage/b"] <= 1.0  # cross-tokenizer teacher
     assert (tmp_path / "checkpoints" / "4").is_dir()
@@ -72,6 +79,78 @@ def test_resume_is_bit_exact(tiny_librispeech, tmp_path):
     assert len(flat_a) == len(flat_b) > 0
     for (path, a), (_, b) in zip(flat_a, flat_b, strict=True):
         np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+
+
+def test_nonfinite_loss_stops_the_run_and_keeps_the_last_finite_checkpoint(
+    tiny_librispeech, tmp_path
+):
+    from mkd_jax.checkpoint import Checkpointer, nonfinite_leaves
+    from mkd_jax.cli import RunFailed
+
+    cfg = tiny_config(tiny_librispeech, total_steps=6)
+    train.run(cfg, tmp_path, stop_at=2)  # a finite checkpoint at step 2
+    with cfg.unlocked():
+        cfg.optim.lr = 1e30  # every update after the first overflows
+    with pytest.raises(RunFailed, match=r"step [3-6]: non-finite .*train/(ce|loss|grad_norm)"):
+        train.run(cfg, tmp_path)
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    latest = ckpt.latest_step()
+    restored = ckpt.restore_latest(_abstract_state(cfg))
+    ckpt.close()
+    state, meta, step = restored
+    assert step == latest and not nonfinite_leaves(state)
+    assert meta["fingerprint"]
+
+
+def _abstract_state(cfg):
+    from mkd_jax.roles import build_roles
+    from mkd_jax.state import init_state, init_trainable, make_setup, make_tx
+
+    roles = build_roles(cfg, abstract=True)
+    setup = make_setup(cfg, roles)
+    rng = jax.random.PRNGKey(cfg.seed)
+    tx, _ = make_tx(cfg)
+    return jax.eval_shape(lambda: init_state(init_trainable(cfg, roles, setup, rng), tx, rng))
+
+
+@pytest.mark.parametrize("damage", ["bitflip", "truncate", "metadata"])
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
+    tiny_librispeech, tmp_path, damage, caplog
+):
+    cfg = tiny_config(tiny_librispeech, total_steps=4)
+    with cfg.unlocked():
+        cfg.ckpt.max_to_keep = 3
+    train.run(cfg, tmp_path, stop_at=4)
+    folder = tmp_path / "checkpoints" / "4"
+    files = sorted(
+        (f for f in folder.rglob("*") if f.is_file() and f.stat().st_size > 64),
+        key=lambda f: -f.stat().st_size,
+    )
+    if damage == "metadata":
+        target = next(f for f in folder.rglob("*") if f.is_file() and "meta" in str(f))
+        target.write_text("{ not json")
+    else:
+        target = files[0]  # the largest file holds the array data
+        data = bytearray(target.read_bytes())
+        if damage == "bitflip":
+            rng = np.random.default_rng(0)
+            for i in rng.choice(len(data), 64, replace=False):
+                data[i] ^= 0xFF
+        else:
+            data = data[: len(data) // 2]
+        target.write_bytes(bytes(data))
+    from mkd_jax.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    with caplog.at_level("WARNING"):
+        state, _, step = ckpt.restore_latest(_abstract_state(cfg))
+    ckpt.close()
+    assert step == 2, (damage, step)
+    assert any("checkpoints/4 is damaged" in r.getMessage() for r in caplog.records)
+    assert any("falling back to step 2" in r.getMessage() for r in caplog.records)
+    # Training resumes from step 2 and finishes.
+    out = train.run(cfg, tmp_path)
+    assert out["step"] == 4
 
 
 @pytest.mark.slow

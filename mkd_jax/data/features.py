@@ -4,6 +4,10 @@ The pipeline is Whisper's: pad or trim each clip to `n_frames * HOP` samples, ce
 Hann, reflect padding, last frame dropped), power spectrum, Slaney mel filterbank, log10 with a
 1e-10 floor, clamp each clip at its max - 8, then `(x + 4) / 4`. Everything after the pad/trim runs
 in one jitted function over the whole batch, compiled once per `(B, n_frames, n_mels)`.
+
+Clips must be finite and within +-`audio.MAX_ABS_SAMPLE`: a sample of 1e30 squares to Inf in the
+float32 power spectrum and the whole clip becomes NaN, so such input is rejected naming the clip,
+and so is any non-finite result (a guard; valid input cannot produce one).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from transformers.audio_utils import mel_filter_bank, window_function
+
+from mkd_jax.data.audio import MAX_ABS_SAMPLE
 
 SAMPLE_RATE = 16_000
 N_FFT = 400
@@ -71,6 +77,16 @@ def _log_mel_fn(x: jax.Array, window: jax.Array, filters: jax.Array) -> jax.Arra
 def _check_clip(clip: np.ndarray, where: str) -> None:
     if not np.issubdtype(clip.dtype, np.floating):
         raise ValueError(f"{where} must be float audio in [-1, 1], got dtype {clip.dtype}")
+    if clip.size == 0:
+        return
+    peak = float(np.max(np.abs(clip)))  # NaN if any sample is NaN
+    if not np.isfinite(peak):
+        raise ValueError(f"{where} contains NaN or Inf samples")
+    if peak > MAX_ABS_SAMPLE:
+        raise ValueError(
+            f"{where} has a sample of magnitude {peak:.3g}, over {MAX_ABS_SAMPLE:.0e}; "
+            "float audio belongs in [-1, 1]"
+        )
 
 
 def _pad_or_trim(audio: np.ndarray | Sequence[np.ndarray], n_samples: int) -> np.ndarray:
@@ -82,7 +98,8 @@ def _pad_or_trim(audio: np.ndarray | Sequence[np.ndarray], n_samples: int) -> np
                 f"audio array must be [batch, samples], got shape {audio.shape}; "
                 "wrap a single clip as audio[None]"
             )
-        _check_clip(audio, "audio")
+        for i, row in enumerate(audio[:, :n_samples]):
+            _check_clip(row, f"audio[{i}]")
         audio = audio[:, :n_samples].astype(np.float32, copy=False)
         return np.pad(audio, ((0, 0), (0, n_samples - audio.shape[1])))
     if len(audio) == 0:
@@ -92,8 +109,8 @@ def _pad_or_trim(audio: np.ndarray | Sequence[np.ndarray], n_samples: int) -> np
         clip = np.asarray(clip)
         if clip.ndim != 1:
             raise ValueError(f"audio[{i}] must be a 1-D clip, got shape {clip.shape}")
+        clip = clip[:n_samples]  # samples past the window never reach the features
         _check_clip(clip, f"audio[{i}]")
-        clip = clip[:n_samples]
         out[i, : clip.shape[0]] = clip
     return out
 
@@ -113,7 +130,8 @@ def log_mel(
       float32 `[B, n_mels, n_frames]`.
 
     Raises:
-      ValueError: on non-float audio, a wrong rank, an unsupported `n_mels` or a bad `n_frames`.
+      ValueError: on non-float, non-finite or out-of-range audio (naming the clip, `audio[i]`), a
+        wrong rank, an unsupported `n_mels` or a bad `n_frames`.
     """
     filters = mel_filters(n_mels)
     if isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)) or n_frames < 1:
@@ -122,4 +140,8 @@ def log_mel(
     if n_frames * HOP <= N_FFT // 2:
         raise ValueError(f"n_frames must be at least 2 (reflect padding needs it), got {n_frames}")
     x = _pad_or_trim(audio, int(n_frames) * HOP)
-    return np.asarray(_log_mel_fn(x, _hann(), filters))
+    mel = np.asarray(_log_mel_fn(x, _hann(), filters))
+    bad = np.flatnonzero(~np.isfinite(mel).all(axis=(1, 2)))
+    if bad.size:
+        raise ValueError(f"log-mel of audio{bad.tolist()} is not finite")
+    return mel

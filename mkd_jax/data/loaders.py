@@ -6,11 +6,15 @@ length), never the samples, so a 100k-utterance corpus loads in seconds and `Utt
 decodes one clip on demand. Audio is decoded with soundfile, not datasets' `Audio` feature, which
 needs torch (STACK.md). Transcripts stay raw (only outer whitespace is stripped); WER normalises.
 
-Bad input (missing, empty or unreadable audio, a sample rate under `min_sample_rate` or unlike a
-declared `sampling_rate` column, an empty transcript) is skipped with a warning and counted in a
-`BadInputReport`; loading fails only when the bad fraction exceeds `max_bad_fraction`. Duration
-filtering (`min_seconds`, `max_seconds`) is a deliberate choice, not bad data: it is counted and
-reported, but does not count towards that fraction.
+Bad input (missing, empty or unreadable audio, a header failing `audio.read_header`'s checks, a
+sample rate outside 4 kHz..384 kHz, under `min_sample_rate` or unlike a declared `sampling_rate`
+column, an empty transcript) is skipped with a warning naming the row and its file, and counted by
+reason in a `BadInputReport`; so is any other error raised while probing one row. Loading fails
+only when the bad fraction exceeds `max_bad_fraction`. Duration filtering (`min_seconds`,
+`max_seconds`) is a deliberate choice, not bad data: it is counted and reported, but does not count
+towards that fraction. Samples are checked only when decoded: `Utterances.audio(i)` raises
+`AudioError` (NaN, Inf or absurd samples, audio longer than its header said, ...), which
+`batching.BatchIterator` counts as `decode_failed` in its own report and skips.
 """
 
 from __future__ import annotations
@@ -28,9 +32,17 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import soundfile as sf
 
-from mkd_jax.data.audio import AudioError, read_audio, to_16k_mono
+from mkd_jax.data.audio import (
+    MAX_SAMPLE_RATE,
+    MAX_SECONDS,
+    MIN_SAMPLE_RATE,
+    AudioError,
+    display_name,
+    read_audio,
+    read_header,
+    to_16k_mono,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +51,7 @@ DEFAULTS = {
     "kind": None, "path": None, "name": None, "config": None, "data_files": None,
     "data_dir": None, "audio_column": "audio", "text_column": "text", "id_column": "id",
     "rate_column": "sampling_rate", "min_seconds": 0.0, "max_seconds": 30.0,
-    "min_sample_rate": 8000, "max_bad_fraction": 0.01, "limit": None,
+    "min_sample_rate": 8000, "max_bad_fraction": 0.01, "limit": None, "require_text": True,
 }  # fmt: skip
 BAD = {  # reasons that count towards max_bad_fraction
     "missing": "missing audio file", "empty_audio": "empty audio",
@@ -124,23 +136,19 @@ class _Skip(Exception):
         self.reason, self.detail = reason, detail
 
 
-def _info(f) -> tuple[int, int]:
-    """(sample rate, frames) from an audio header; raises `_Skip` on unreadable audio."""
+# audio.AudioError reasons -> the reasons counted here
+_REASON_OF = {"missing": "missing", "not_a_file": "unreadable", "empty": "empty_audio",
+              "unreadable": "unreadable", "sample_rate": "sample_rate", "too_long": "too_long",
+              "bad_samples": "decode_failed"}  # fmt: skip
+
+
+def _header(source) -> tuple[int, int]:
+    """(sample rate, frames) from a checked audio header; raises `_Skip` with the reason."""
     try:
-        info = sf.info(f)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        raise _Skip("unreadable", str(e)) from e
-    if info.frames <= 0:
-        raise _Skip("empty_audio", "0 samples")
-    return int(info.samplerate), int(info.frames)
-
-
-def _file_info(path: str) -> tuple[int, int]:
-    if not os.path.isfile(path):
-        raise _Skip("missing", "no such file")
-    if os.path.getsize(path) == 0:
-        raise _Skip("empty_audio", "0-byte file")
-    return _info(path)
+        head = read_header(source)
+    except AudioError as e:
+        raise _Skip(_REASON_OF[e.reason], e.detail) from e  # the skip line names the file
+    return head.sample_rate, head.frames
 
 
 class _Audio:
@@ -151,13 +159,16 @@ class _Audio:
     def __init__(
         self, column: pa.ChunkedArray | list, name: str = "audio", root: Path | None = None
     ):
-        if isinstance(column, list):
-            column = pa.chunked_array([pa.array(column, pa.string())])
+        listed = None
+        if isinstance(column, list):  # kept as Python strings: Arrow rejects non-UTF-8 names
+            listed, column = column, pa.chunked_array([pa.nulls(len(column), pa.string())])
         t, self.column, self.blobs = column.type, column, None
         self.kind = "array" if pa.types.is_struct(t) and t.get_field_index("array") >= 0 else "file"
         self.starts = np.cumsum([0] + [len(c) for c in column.chunks])
         self.paths = [None] * len(column)
-        if pa.types.is_string(t) or pa.types.is_large_string(t):
+        if listed is not None:
+            self.paths = list(listed)
+        elif pa.types.is_string(t) or pa.types.is_large_string(t):
             self.paths = column.to_pylist()
         elif pa.types.is_struct(t) and t.get_field_index("bytes") >= 0:
             fields, self.paths, self.blobs = [f.name for f in t], [], []
@@ -175,6 +186,7 @@ class _Audio:
             )
         if root is not None:
             self.paths = [p if not p or os.path.isabs(p) else str(root / p) for p in self.paths]
+        self.max_seconds: float | None = MAX_SECONDS  # `load_split` sets the source's limit
 
     def _locate(self, row: int) -> tuple[int, int]:
         c = int(np.searchsorted(self.starts, row, side="right")) - 1
@@ -188,7 +200,7 @@ class _Audio:
         return data.slice(int(offs[j]), int(offs[j + 1] - offs[j])) if valid[j] else None
 
     def where(self, row: int) -> str:
-        return self.paths[row] or f"row {row}"
+        return display_name(self.paths[row]) if self.paths[row] else f"row {row}"
 
     def probe(self, row: int) -> tuple[int, int]:
         if self.kind == "array":
@@ -199,22 +211,21 @@ class _Audio:
             return int(item["sampling_rate"].as_py() or 0), n
         blob = self._blob(row)
         if blob is not None:
-            if blob.size == 0:
-                raise _Skip("empty_audio", "0 bytes")
-            return _info(pa.BufferReader(blob))
+            return _header(pa.BufferReader(blob))
         if self.paths[row] is None:
             raise _Skip("missing", "no bytes and no path")
-        return _file_info(self.paths[row])
+        return _header(self.paths[row])
 
     def read(self, row: int) -> np.ndarray:
         if self.kind == "array":
             item = self.column[row]
             audio = item["array"].values.to_numpy(zero_copy_only=False)
-            return to_16k_mono(audio, int(item["sampling_rate"].as_py()), where=self.where(row))
+            return to_16k_mono(audio, item["sampling_rate"].as_py(), where=self.where(row))
         blob = self._blob(row)
         if blob is None and self.paths[row] is None:
-            raise AudioError(f"{self.where(row)}: no bytes and no path")
-        return read_audio(self.paths[row] if blob is None else blob.to_pybytes())
+            raise AudioError(self.where(row), "no bytes and no path", "missing")
+        source = self.paths[row] if blob is None else blob.to_pybytes()
+        return read_audio(source, max_seconds=self.max_seconds)
 
 
 @dataclass
@@ -249,7 +260,7 @@ class Utterances:
         try:
             return self._audio.read(int(self._rows[i]))
         except AudioError as e:
-            raise AudioError(f"{self.source} id {self.ids[i]!r}: {e}") from e
+            raise AudioError(f"{self.source} id {self.ids[i]!r}", str(e), e.reason) from e
 
     def where(self, i: int) -> str:
         return f"id {self.ids[i]!r} ({self._audio.where(int(self._rows[i]))})"
@@ -274,7 +285,12 @@ def _librispeech(cfg: dict, split: str) -> tuple[str, _Candidates]:
         raise FileNotFoundError(f"LibriSpeech split folder {root} does not exist")
     ids, texts, paths = [], [], []
     for trans in sorted(root.glob("*/*/*.trans.txt")):
-        for n, line in enumerate(trans.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            lines = trans.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{display_name(trans)}: not UTF-8 text ({e.reason} at byte "
+                             f"{e.start})") from None  # fmt: skip
+        for n, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             uid, _, text = line.strip().partition(" ")
@@ -389,9 +405,11 @@ def _number(value) -> float | None:
 def _check(cands: _Candidates, row: int, cfg: dict) -> float:
     """Duration in seconds of a usable row; raises `_Skip` with the reason otherwise."""
     text = cands.texts[row]
-    if not isinstance(text, str) or not text.strip():
+    if cfg["require_text"] and (not isinstance(text, str) or not text.strip()):
         raise _Skip("empty_text", f"transcript {text!r}")
     sr, frames = cands.audio.probe(row)
+    if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:  # files are checked already; arrays are not
+        raise _Skip("sample_rate", f"{sr} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
     if sr < cfg["min_sample_rate"]:
         raise _Skip("sample_rate", f"{sr} Hz < min_sample_rate {cfg['min_sample_rate']} Hz")
     declared = cands.declared_rates[row] if cands.declared_rates is not None else None
@@ -421,6 +439,7 @@ def load_split(source: Mapping, split: str) -> Utterances:
     reader = {"librispeech": _librispeech, "manifest": _manifest}.get(cfg["kind"], _hf)
     where, cands = reader(cfg, split)
     report = BadInputReport(where)
+    cands.audio.max_seconds = cfg["max_seconds"]
     limit = cfg["limit"] if cfg["limit"] is not None else len(cands.ids)
     keep, durations = [], []
 
@@ -429,6 +448,8 @@ def load_split(source: Mapping, split: str) -> Utterances:
             return _check(cands, row, cfg), None
         except _Skip as e:
             return None, e
+        except Exception as e:  # one odd file (or row) must not end the whole load
+            return None, _Skip("unreadable", f"{type(e).__name__}: {e}")
 
     # Header reads are I/O bound and libsndfile releases the GIL, so threads overlap them.
     with ThreadPoolExecutor(8) as pool:

@@ -12,6 +12,16 @@ Splits:
     dev: seen voices, dev sentences.
     test: held-out voices (never in train or in any blend), test sentences.
     test_seen: seen voices, test sentences not used by `test` (a small slice).
+    test_ood: `--ood-utterances` utterances spoken only by engines that never speak in training
+        (festival, RHVoice, Piper; `ood_voices.py`), balanced over engines, on test-hash
+        sentences that no other split uses, at the engines' own rate, with the test split's mix
+        of augmentations.
+    real_unlabelled: real human recordings shipped by a Debian package (`real_speech.py`), no
+        transcripts (empty `text`): for agreement with the teachers, not WER.
+
+The last two are additions: planned apart from the others (`plan_test_ood.json`), saved as
+their own split folders and registered in `dataset_dict.json`, so rebuilding or resuming a
+corpus made before they existed adds them without touching train, dev, test or test_seen.
 
 For single clips, `synthesize(text, voice)` and `list_voices()` (from `voices.py`) give 16 kHz
 float32 audio for a named voice such as "kokoro:af_heart" or "flite:slt".
@@ -26,6 +36,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -37,11 +48,13 @@ import pyarrow.parquet as pq
 import soundfile as sf
 from tqdm import tqdm
 
-from mkd_jax.data import augment, sentences, voices
+from mkd_jax.data import augment, ood_voices, real_speech, sentences, voices
 from mkd_jax.data.voices import list_voices, synthesize
 
 __all__ = ["Config", "build", "list_voices", "main", "make_plan", "synthesize"]
-DATASET_SPLITS = ("train", "dev", "test", "test_seen")
+DATASET_SPLITS = ("train", "dev", "test", "test_seen")  # planned together in plan.json
+EXTRA_SPLITS = ("test_ood", "real_unlabelled")
+EXTRA_FIELDS = ("ood_utterances", "ood_voices", "real_speech")  # not part of plan.json
 SENTENCE_SPLIT = {"train": "train", "dev": "dev", "test": "test", "test_seen": "test"}
 PLAN_VERSION = 1
 # Mean speaking rate of Kokoro and flite at speed 1.0, measured on the sentence pool (15-17.6
@@ -77,6 +90,9 @@ class Config:
     n_templates: int = 6000
     clean_fraction: float = 0.4
     speed_range: tuple[float, float] = (0.85, 1.15)
+    ood_utterances: int = 160
+    ood_voices: tuple[str, ...] = ood_voices.OOD_VOICES
+    real_speech: bool = True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,11 +193,68 @@ def make_plan(cfg: Config, natural: list[str]) -> dict[str, list[dict]]:
     return plan
 
 
+def plan_test_ood(cfg: Config, plan: dict[str, list[dict]], natural: list[str]) -> list[dict]:
+    """The `test_ood` utterances: held-out engines on unused test-hash sentences.
+
+    Args:
+        cfg: Build configuration (`ood_utterances`, `ood_voices`, and the sentence settings).
+        plan: The other splits' plan (`make_plan`); its sentences are not reused.
+        natural: Natural sentences, as given to `make_plan`.
+
+    Returns:
+        Utterance dicts like `make_plan`'s, engines taking turns and each cycling its voices.
+
+    Raises:
+        ValueError: an `ood_voices` entry is a training engine's voice or unknown, or the test
+            sentences run out.
+    """
+    train_engines = {v.split(":", 1)[0] for v in voices.list_voices()}
+    for v in cfg.ood_voices:
+        engine, _ = voices.parse_voice(v)
+        if engine in train_engines:
+            raise ValueError(f"ood_voices entry {v!r} is a training engine's voice")
+    used = {sentences.normalize(u["text"]) for utts in plan.values() for u in utts}
+    templates = sentences.templates(cfg.n_templates, cfg.seed)
+    pools = []
+    for kind, texts in (("nat", natural), ("tpl", templates)):
+        texts = sentences.by_split(texts, cfg.fractions)["test"]
+        fresh = [t for t in texts if sentences.normalize(t) not in used]
+        random.Random(f"{cfg.seed}/ood/{kind}").shuffle(fresh)
+        pools.append(iter(fresh))
+    engines = sorted({v.split(":", 1)[0] for v in cfg.ood_voices})
+    by_engine = {
+        e: _cycle([v for v in cfg.ood_voices if v.startswith(f"{e}:")],
+                  random.Random(f"{cfg.seed}/voices/test_ood/{e}"))
+        for e in engines
+    }  # fmt: skip
+    r, utts = random.Random(f"{cfg.seed}/plan/test_ood"), []
+    for i in range(cfg.ood_utterances):
+        engine = engines[i % len(engines)]
+        pool = pools[1] if r.random() < cfg.template_fraction else pools[0]
+        text = next(pool, None)
+        if text is None:
+            raise ValueError(f"test sentences ran out after {i} test_ood utterances")
+        utt_id = f"test_ood-{i:06d}"
+        utts.append(
+            {
+                "id": utt_id,
+                "split": "test_ood",
+                "text": text,
+                "engine": engine,
+                "voice": next(by_engine[engine]),
+                "voice_seen": False,
+                "tts_speed": 1.0,  # each engine's own rate; speed= augmentation may still apply
+                "augment": augment.choose(r, cfg.clean_fraction),
+                "seed": _utt_seed(cfg.seed, utt_id),
+            }
+        )
+    return utts
+
+
 def shard_jobs(plan: dict[str, list[dict]], shard_size: int) -> list[tuple[str, list[dict]]]:
     """`(shard_name, utterances)` for every shard, in split then index order."""
     jobs = []
-    for split in DATASET_SPLITS:
-        utts = plan[split]
+    for split, utts in plan.items():
         for k in range(0, len(utts), shard_size):
             jobs.append((f"{split}-{k // shard_size:05d}", utts[k : k + shard_size]))
     return jobs
@@ -202,7 +275,7 @@ def _init_worker(cache: Path, threads: int, progress) -> None:
 
 def render(utt: dict) -> np.ndarray:
     """The final 16 kHz audio of one planned utterance (TTS, padding, augmentation, level)."""
-    x = voices.synthesize(utt["text"], utt["voice"], utt["tts_speed"])
+    x = voices.synthesize(utt["text"], utt["voice"], utt["tts_speed"], seed=utt["seed"])
     rng = np.random.default_rng(utt["seed"])
     x = augment.pad(x, rng)
     x = augment.apply(x, utt["augment"], rng)
@@ -246,11 +319,10 @@ def make_shard(job: tuple[Path, str, list[dict]]) -> tuple[str, list[float], flo
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_plan(out: Path, cfg: Config, plan: dict) -> None:
-    """Write `plan.json`, or check that an existing one (from an earlier run) is the same."""
-    record = {"version": PLAN_VERSION, "config": asdict(cfg), "plan": plan}
+def _check_plan(out: Path, record: dict, name: str = "plan.json") -> None:
+    """Write `out/name`, or check that an existing one (from an earlier run) is the same."""
     text = json.dumps(record, sort_keys=True)
-    path = out / "plan.json"
+    path = out / name
     if path.exists():
         if path.read_text() != text:
             raise ValueError(
@@ -261,6 +333,16 @@ def _check_plan(out: Path, cfg: Config, plan: dict) -> None:
         return
     path.with_suffix(".tmp").write_text(text)
     path.with_suffix(".tmp").replace(path)
+
+
+def _core_config(cfg: Config) -> dict:
+    """The settings `plan.json` records: all but the additions, so adding them keeps it valid."""
+    return {k: v for k, v in asdict(cfg).items() if k not in EXTRA_FIELDS}
+
+
+def _ood_config(cfg: Config) -> dict:
+    keys = ("seed", "fractions", "n_templates", "template_fraction", "clean_fraction")
+    return {k: getattr(cfg, k) for k in keys + ("ood_utterances", "ood_voices")}
 
 
 def _run_jobs(jobs, out: Path, workers: int, threads: int, total_utts: int, done_utts: int):
@@ -293,41 +375,118 @@ def _run_jobs(jobs, out: Path, workers: int, threads: int, total_utts: int, done
     bar.close()
 
 
+def _split_table(out: Path, plan: dict[str, list[dict]], split: str, shard_size: int) -> pa.Table:
+    names = [n for n, _ in shard_jobs({split: plan[split]}, shard_size)]
+    table = pa.concat_tables([pq.read_table(out / "shards" / f"{n}.parquet") for n in names])
+    if table.column("id").to_pylist() != [u["id"] for u in plan[split]]:
+        raise RuntimeError(f"shards of {split} in {out / 'shards'} do not match the plan")
+    return table
+
+
+def _manifest_entries(utts: list[dict], table: pa.Table) -> list[dict]:
+    entries = []
+    for utt, duration in zip(utts, table.column("duration").to_pylist(), strict=True):
+        entry = {k: utt[k] for k in ("id", "split", "text", "engine", "voice", "voice_seen")}
+        entry.update(tts_speed=utt["tts_speed"], augment=utt["augment"])
+        entry.update(duration=round(duration, 4), sampling_rate=voices.SAMPLE_RATE)
+        entries.append(entry)
+    return entries
+
+
+def _update_manifest(out: Path, entries: dict[str, list[dict]]) -> None:
+    """Replace the `manifest.jsonl` lines of the splits in `entries`, keeping the others."""
+    path = out / "manifest.jsonl"
+    old = [json.loads(ln) for ln in path.read_text().splitlines()] if path.exists() else []
+    merged: dict[str, list[dict]] = {}
+    for e in old:
+        if e["split"] not in entries:
+            merged.setdefault(e["split"], []).append(e)
+    merged.update(entries)
+    order = [*DATASET_SPLITS, *EXTRA_SPLITS]
+    ranked = sorted(merged, key=lambda s: order.index(s) if s in order else len(order))
+    tmp = out / "manifest.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(e) + "\n" for split in ranked for e in merged[split]))
+    tmp.replace(path)
+
+
+def registered_splits(out: Path) -> list[str]:
+    """The splits `dataset_dict.json` in `out` lists (empty if there is none)."""
+    path = out / "dataset_dict.json"
+    return json.loads(path.read_text())["splits"] if path.exists() else []
+
+
+def _register(out: Path, splits: list[str]) -> None:
+    have = registered_splits(out)
+    tmp = out / "dataset_dict.json.tmp"
+    tmp.write_text(json.dumps({"splits": have + [s for s in splits if s not in have]}))
+    tmp.replace(out / "dataset_dict.json")
+
+
 def assemble(out: Path, plan: dict[str, list[dict]], shard_size: int) -> dict[str, float]:
-    """Join all shards into a `DatasetDict` saved to `out` and write `manifest.jsonl`.
+    """Join the shards of `DATASET_SPLITS` into a `DatasetDict` saved to `out`, and write their
+    `manifest.jsonl` lines; splits added earlier (`EXTRA_SPLITS`) stay registered.
 
     Returns:
         Seconds of audio per split.
     """
     import datasets  # noqa: PLC0415  (slow import; only the final step needs it)
 
-    splits, manifest, seconds = {}, [], {}
+    extras = [s for s in registered_splits(out) if s not in DATASET_SPLITS]
+    splits, entries, seconds = {}, {}, {}
     for split in DATASET_SPLITS:
-        names = [n for n, _ in shard_jobs(plan, shard_size) if n.rsplit("-", 1)[0] == split]
-        if not names:
+        if not plan[split]:
             continue
-        table = pa.concat_tables([pq.read_table(out / "shards" / f"{n}.parquet") for n in names])
-        ids = table.column("id").to_pylist()
-        if ids != [u["id"] for u in plan[split]]:
-            raise RuntimeError(f"shards of {split} in {out / 'shards'} do not match plan.json")
+        table = _split_table(out, plan, split, shard_size)
         splits[split] = datasets.Dataset(table).cast_column("audio", datasets.Audio(decode=False))
         seconds[split] = float(np.sum(table.column("duration").to_numpy()))
-        for utt, duration in zip(plan[split], table.column("duration").to_pylist(), strict=True):
-            entry = {k: utt[k] for k in ("id", "split", "text", "engine", "voice", "voice_seen")}
-            entry.update(tts_speed=utt["tts_speed"], augment=utt["augment"])
-            entry.update(duration=round(duration, 4), sampling_rate=voices.SAMPLE_RATE)
-            manifest.append(entry)
+        entries[split] = _manifest_entries(plan[split], table)
     datasets.DatasetDict(splits).save_to_disk(str(out))
-    tmp = out / "manifest.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(e) + "\n" for e in manifest))
-    tmp.replace(out / "manifest.jsonl")
+    _register(out, extras)
+    _update_manifest(out, entries)
     return seconds
+
+
+def save_split(out: Path, split: str, table: pa.Table, entries: list[dict]) -> None:
+    """Save one more split into the corpus folder `out` without touching the others."""
+    import datasets  # noqa: PLC0415
+
+    ds = datasets.Dataset(table).cast_column("audio", datasets.Audio(decode=False))
+    tmp, final = out / f"{split}.tmp", out / split
+    shutil.rmtree(tmp, ignore_errors=True)
+    ds.save_to_disk(str(tmp))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    _register(out, [split])
+    _update_manifest(out, {split: entries})
+
+
+def _real_shard(out: Path, cache: Path) -> pa.Table:
+    """`shards/real_unlabelled-00000.parquet`: the real recordings as 16 kHz FLAC, made once."""
+    path = out / "shards" / "real_unlabelled-00000.parquet"
+    if not path.exists():
+        rows = {field: [] for field in SCHEMA.names}
+        for clip in real_speech.collect(cache / "real"):
+            rows["id"].append(clip["id"])
+            rows["text"].append("")
+            rows["audio"].append({"bytes": _flac(clip["audio"]), "path": f"{clip['id']}.flac"})
+            rows["sampling_rate"].append(voices.SAMPLE_RATE)
+            rows["duration"].append(len(clip["audio"]) / voices.SAMPLE_RATE)
+            rows["engine"].append(clip["engine"])
+            rows["voice"].append(clip["voice"])
+            rows["voice_seen"].append(False)
+            rows["augment"].append("none")
+        pq.write_table(pa.table(rows, schema=SCHEMA), path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)
+    return pq.read_table(path)
 
 
 def build(
     out: Path, cfg: Config, workers: int = 0, threads: int = 1, max_shards: int | None = None
 ) -> dict | None:
     """Plan, synthesise (resuming finished shards) and assemble a corpus in `out`.
+
+    A corpus folder from an earlier build (with the same settings) keeps its splits as they
+    are; `test_ood` and `real_unlabelled` are added to it when missing.
 
     Args:
         out: Output folder.
@@ -347,15 +506,22 @@ def build(
         stale.unlink()  # a shard being written when the last run was killed
     cache = voices.default_cache()
     pool = sentences.natural_pool(cache)
-    plan = make_plan(cfg, pool["wordnet"] + pool["fortunes"])
-    _check_plan(out, cfg, plan)
+    natural = pool["wordnet"] + pool["fortunes"]
+    plan = make_plan(cfg, natural)
+    _check_plan(out, {"version": PLAN_VERSION, "config": _core_config(cfg), "plan": plan})
+    extra = {}
+    if cfg.ood_utterances:
+        extra["test_ood"] = plan_test_ood(cfg, plan, natural)
+        record = {"version": PLAN_VERSION, "config": _ood_config(cfg), "plan": extra}
+        _check_plan(out, record, "plan_test_ood.json")
     # Fetch assets once here, so workers do not race to download them.
     voices.ensure_kokoro(cache / "kokoro")
     voices.ensure_flite(cache / "flite")
-
-    jobs = shard_jobs(plan, cfg.shard_size)
+    jobs = shard_jobs(plan, cfg.shard_size) + shard_jobs(extra, cfg.shard_size)
     todo = todo_all(jobs, out)
-    total = sum(len(u) for u in plan.values())
+    if any(n.startswith("test_ood-") for n, _ in todo):
+        ood_voices.prepare(cache / "ood", {u["engine"] for u in extra["test_ood"]})
+    total = sum(len(u) for _, u in jobs)
     done = total - sum(len(u) for _, u in todo)
     if max_shards is not None:
         todo = todo[:max_shards]
@@ -369,9 +535,35 @@ def build(
     if remaining:
         print(f"stopped with {len(remaining)} of {len(jobs)} shards left; rerun to resume")
         return None
-    seconds = assemble(out, plan, cfg.shard_size)
+
+    new = {n.rsplit("-", 1)[0] for n, _ in todo}
+    have = registered_splits(out)
+    if new & set(DATASET_SPLITS) or not set(DATASET_SPLITS) <= set(have):
+        seconds = assemble(out, plan, cfg.shard_size)
+    else:  # already assembled: leave it untouched
+        seconds = {
+            s: float(np.sum(_split_table(out, plan, s, cfg.shard_size)["duration"].to_numpy()))
+            for s in DATASET_SPLITS if plan[s]
+        }  # fmt: skip
+    counts = {s: len(plan[s]) for s in seconds}
+    if extra:
+        table = _split_table(out, extra, "test_ood", cfg.shard_size)
+        if "test_ood" in new or "test_ood" not in have:
+            save_split(out, "test_ood", table, _manifest_entries(extra["test_ood"], table))
+        seconds["test_ood"] = float(np.sum(table["duration"].to_numpy()))
+        counts["test_ood"] = table.num_rows
+    if cfg.real_speech:
+        table = _real_shard(out, cache)
+        if "real_unlabelled" not in have:
+            utts = [
+                {"split": "real_unlabelled", "tts_speed": 1.0, **row}
+                for row in table.drop_columns(["audio"]).to_pylist()
+            ]
+            save_split(out, "real_unlabelled", table, _manifest_entries(utts, table))
+        seconds["real_unlabelled"] = float(np.sum(table["duration"].to_numpy()))
+        counts["real_unlabelled"] = table.num_rows
     return {
-        "utterances": {s: len(plan[s]) for s in seconds},
+        "utterances": counts,
         "hours": {s: round(d / 3600, 4) for s, d in seconds.items()},
         "synthesised_audio_s": round(audio_s, 1),
         "synthesis_wall_s": round(synth_s, 1),
@@ -401,6 +593,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--blends", type=int, default=12, help="Kokoro blend voices for training")
     p.add_argument("--held-out", default=",".join(voices.DEFAULT_HELD_OUT),
                    help="comma-separated test-only voices")  # fmt: skip
+    p.add_argument("--ood-utterances", type=int, default=160,
+                   help="test_ood size (held-out engines); 0 leaves it out")  # fmt: skip
+    p.add_argument(
+        "--no-real-speech",
+        action="store_true",
+        help="leave out the real_unlabelled split (Debian hedgewars-data, alsa-utils)",
+    )
     p.add_argument("--workers", type=int, default=0, help="0: one per CPU core")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime threads per worker")
     p.add_argument("--max-shards", type=int, default=None, help="stop after N new shards")
@@ -419,6 +618,8 @@ def main(argv: list[str] | None = None) -> None:
         shard_size=args.shard_size,
         blends=args.blends,
         held_out=tuple(v.strip() for v in args.held_out.split(",") if v.strip()),
+        ood_utterances=args.ood_utterances,
+        real_speech=not args.no_real_speech,
     )
     stats = build(args.out, cfg, args.workers, args.threads, args.max_shards)
     if stats is None:

@@ -1,5 +1,9 @@
 """TTS voices for the synthetic corpus: Kokoro-82M int8 (onnx) and Debian's flite.
 
+Held-out engines for the `test_ood` split (festival, RHVoice, Piper) live in `ood_voices.py`;
+`parse_voice` and `synthesize` accept their voices too, but `list_voices` never lists them, so
+they cannot reach training.
+
 A voice is named `engine:name`. Kokoro voices are `kokoro:af_heart`-style names or blends
 `kokoro:af_bella*0.6+am_adam*0.4` (a weighted sum of style vectors makes a new speaker); flite
 voices are `flite:slt`. Assets come from ordinary packages and are cached under the synth cache:
@@ -31,7 +35,7 @@ import numpy as np
 import soundfile as sf
 
 from mkd_jax import assets
-from mkd_jax.data import augment, debs
+from mkd_jax.data import augment, debs, ood_voices
 
 SAMPLE_RATE = 16000
 KOKORO_MODEL_SHA256_PREFIX = "6e742170d309"
@@ -56,26 +60,32 @@ DEFAULT_HELD_OUT = (
 
 
 def list_voices() -> list[str]:
-    """All base voices as `engine:name` (blends of Kokoro voices are accepted too)."""
+    """All training-engine base voices as `engine:name` (Kokoro blends are accepted too)."""
     return [f"kokoro:{v}" for v in KOKORO_VOICES] + [f"flite:{v}" for v in FLITE_VOICES]
+
+
+def list_ood_voices() -> list[str]:
+    """Voices of the engines kept out of training (festival, RHVoice, Piper), for `test_ood`."""
+    return list(ood_voices.OOD_VOICES)
 
 
 def parse_voice(voice: str) -> tuple[str, list[tuple[str, float]]]:
     """Split a voice name into its engine and weighted base voices (weights sum to 1).
 
     Args:
-        voice: e.g. "kokoro:af_heart", "kokoro:af_bella*0.6+am_adam*0.4", "flite:slt".
+        voice: e.g. "kokoro:af_heart", "kokoro:af_bella*0.6+am_adam*0.4", "flite:slt",
+            "rhvoice:alan".
 
     Returns:
         `(engine, [(base_name, weight), ...])`.
 
     Raises:
-        ValueError: unknown engine or voice, malformed weight, or a flite blend.
+        ValueError: unknown engine or voice, malformed weight, or a blend of a non-Kokoro voice.
     """
     engine, sep, rest = voice.partition(":")
-    known = {"kokoro": KOKORO_VOICES, "flite": FLITE_VOICES}
+    known = {"kokoro": KOKORO_VOICES, "flite": FLITE_VOICES, **ood_voices.ENGINE_VOICES}
     if not sep or engine not in known:
-        raise ValueError(f"voice {voice!r}: expected 'kokoro:NAME' or 'flite:NAME'")
+        raise ValueError(f"voice {voice!r}: expected ENGINE:NAME with ENGINE in {sorted(known)}")
     parts = []
     for term in rest.split("+"):
         name, star, weight = term.partition("*")
@@ -88,7 +98,7 @@ def parse_voice(voice: str) -> tuple[str, list[tuple[str, float]]]:
         if w <= 0:
             raise ValueError(f"voice {voice!r}: weight {w} must be positive")
         parts.append((name, w))
-    if engine == "flite" and len(parts) > 1:
+    if engine != "kokoro" and len(parts) > 1:
         raise ValueError(f"voice {voice!r}: only Kokoro voices can be blended")
     total = sum(w for _, w in parts)
     return engine, [(n, w / total) for n, w in parts]
@@ -273,7 +283,7 @@ class KokoroEngine:
         session = rt.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
         self.kokoro = Kokoro.from_session(session, str(voices))
 
-    def __call__(self, parts: list[tuple[str, float]], text: str, speed: float):
+    def __call__(self, parts: list[tuple[str, float]], text: str, speed: float, seed: int = 0):
         style = sum(w * self.kokoro.get_voice_style(name) for name, w in parts)
         dominant = max(parts, key=lambda p: p[1])[0]
         lang = "en-gb" if dominant.startswith("b") else "en-us"
@@ -287,7 +297,7 @@ class FliteEngine:
     def __init__(self, cache: Path):
         self.binary = ensure_flite(cache)
 
-    def __call__(self, parts: list[tuple[str, float]], text: str, speed: float):
+    def __call__(self, parts: list[tuple[str, float]], text: str, speed: float, seed: int = 0):
         with tempfile.TemporaryDirectory(prefix="flite-") as tmp:
             txt, wav = Path(tmp) / "in.txt", Path(tmp) / "out.wav"
             txt.write_text(text)
@@ -318,19 +328,21 @@ def default_cache() -> Path:
 
 
 def engine(name: str):
-    """The process-wide engine for `name` ("kokoro" or "flite"), created on first use."""
+    """The process-wide engine for `name` ("kokoro", "flite" or an `ood_voices` engine)."""
     if name not in _ENGINES:
         cache = _SETTINGS["cache"] or default_cache()
         if name == "kokoro":
             _ENGINES[name] = KokoroEngine(cache / "kokoro", threads=_SETTINGS["threads"])
         elif name == "flite":
             _ENGINES[name] = FliteEngine(cache / "flite")
+        elif name in ood_voices.ENGINES:
+            _ENGINES[name] = ood_voices.ENGINES[name](cache / "ood")
         else:
             raise ValueError(f"unknown TTS engine {name!r}")
     return _ENGINES[name]
 
 
-def synthesize(text: str, voice: str, speed: float = 1.0) -> np.ndarray:
+def synthesize(text: str, voice: str, speed: float = 1.0, seed: int = 0) -> np.ndarray:
     """Speak `text` with `voice`, as float32 mono at 16 kHz.
 
     Args:
@@ -338,6 +350,7 @@ def synthesize(text: str, voice: str, speed: float = 1.0) -> np.ndarray:
         voice: `engine:name`, e.g. "kokoro:af_heart", "kokoro:af_bella*0.6+am_adam*0.4",
             "flite:slt" (see `list_voices`).
         speed: Speaking rate, 1.0 normal; 0.5-2.0.
+        seed: For engines that sample (Piper); the others are deterministic anyway.
 
     Returns:
         `[N]` float32 audio at 16 kHz.
@@ -345,5 +358,5 @@ def synthesize(text: str, voice: str, speed: float = 1.0) -> np.ndarray:
     if not 0.5 <= speed <= 2.0:
         raise ValueError(f"speed {speed} is outside 0.5-2.0")
     kind, parts = parse_voice(voice)
-    audio, sr = engine(kind)(parts, text, speed)
+    audio, sr = engine(kind)(parts, text, speed, seed)
     return augment.resample(audio, sr, SAMPLE_RATE)

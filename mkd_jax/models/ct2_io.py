@@ -3,11 +3,17 @@
 The format and the name mapping are described in shared/design/ASSETS.md. The reader is pure
 numpy; the converter writes an ordinary HF Whisper folder that
 `transformers.WhisperForConditionalGeneration.from_pretrained` loads with no missing keys.
+
+A corrupt or truncated file fails with one `CheckpointError` line naming the file, the byte offset
+and the variable; sizes are checked against the bytes left before anything is sliced, so a huge
+declared shape costs nothing. Non-finite weights are refused by name.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import re
 import shutil
@@ -15,6 +21,10 @@ import struct
 from pathlib import Path
 
 import numpy as np
+
+from mkd_jax.models.hf_io import CheckpointError, default_suppress_lists, read_json
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 6
 SPEC_NAME = "WhisperSpec"
@@ -59,7 +69,7 @@ class _Reader:
 
     def fail(self, msg: str, offset: int | None = None):
         at = self.offset if offset is None else offset
-        raise ValueError(f"{self.path}: {msg} at byte offset {at} while reading {self.item}")
+        raise CheckpointError(f"{self.path}: {msg} at byte offset {at} while reading {self.item}")
 
     def take(self, n: int) -> memoryview:
         if self.offset + n > len(self.data):
@@ -93,11 +103,19 @@ def read_model_bin(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict
       settings as 0-d arrays; read-only views of the file's bytes), and alias -> target names.
 
     Raises:
-      ValueError: on a truncated or malformed file, naming the file, the byte offset and the
-        variable being read; also on trailing bytes or an alias whose target is missing.
+      FileNotFoundError: the file is missing.
+      CheckpointError: (a ValueError) on a truncated or malformed file, naming the file, the byte
+        offset and the variable being read; also on trailing bytes or an alias whose target is
+        missing.
     """
     path = Path(path)
-    r = _Reader(path, path.read_bytes())
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read it ({e.strerror or e})") from None
+    r = _Reader(path, data)
     version = r.uint("I")
     if version != FORMAT_VERSION:
         r.fail(f"unsupported format version {version} (expected {FORMAT_VERSION})", 0)
@@ -119,7 +137,14 @@ def read_model_bin(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict
         dtype = _DTYPES[code]
         nbytes_offset = r.offset
         nbytes = r.uint("I")
-        if nbytes != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
+        need = dtype.itemsize * math.prod(shape)  # exact Python ints: no int64 overflow
+        if need > len(r.data) - r.offset:
+            r.fail(
+                f"shape {shape} of {dtype} needs {need} bytes, but only "
+                f"{len(r.data) - r.offset} are left in the file (truncated or corrupt)",
+                nbytes_offset,
+            )
+        if nbytes != need:
             r.fail(f"byte count {nbytes} does not match shape {shape} of {dtype}", nbytes_offset)
         if name in variables:
             r.fail("duplicate variable name")
@@ -221,24 +246,35 @@ def _get(variables: dict, name: str) -> np.ndarray:
     return variables[name]
 
 
+def _shape(variables: dict, name: str, ndim: int) -> tuple[int, ...]:
+    shape = _get(variables, name).shape
+    if len(shape) != ndim or 0 in shape:
+        raise ValueError(f"{name!r} has shape {shape}; expected {ndim} non-zero dims")
+    return shape
+
+
 def _infer_dims(variables: dict) -> dict:
-    conv1 = _get(variables, "encoder/conv1/weight")
-    if conv1.ndim != 3:
-        raise ValueError(f"'encoder/conv1/weight' has shape {conv1.shape}; expected (D, mels, 3)")
-    dims = {"d_model": conv1.shape[0], "num_mel_bins": conv1.shape[1]}
+    conv1 = _shape(variables, "encoder/conv1/weight", 3)
+    dims = {"d_model": conv1[0], "num_mel_bins": conv1[1]}
     for side in ("encoder", "decoder"):
         found = {int(m[1]) for n in variables if (m := re.match(rf"{side}/layer_(\d+)/", n))}
         if not found:
             raise ValueError(f"CTranslate2 Whisper model has no {side} layers ({side}/layer_0/...)")
-        dims[f"{side}_layers"] = max(found) + 1
+        if found != set(range(len(found))):  # also keeps a bogus layer_99999999 from costing
+            gap = next(i for i in range(len(found) + 1) if i not in found)
+            raise ValueError(
+                f"{side} layers are not numbered 0..{len(found) - 1}: {side}/layer_{gap} is "
+                f"missing but {side}/layer_{max(found)} exists"
+            )
+        dims[f"{side}_layers"] = len(found)
         heads = int(_get(variables, f"{side}/num_heads"))
         if heads <= 0 or dims["d_model"] % heads:
             raise ValueError(f"'{side}/num_heads' = {heads} does not divide d_model")
         dims[f"{side}_attention_heads"] = heads
-        dims[f"{side}_ffn_dim"] = _get(variables, f"{side}/layer_0/ffn/linear_0/weight").shape[0]
-    dims["vocab_size"] = _get(variables, _EMBEDDINGS).shape[0]
-    dims["max_source_positions"] = _get(variables, "encoder/position_encodings/encodings").shape[0]
-    dims["max_target_positions"] = _get(variables, "decoder/position_encodings/encodings").shape[0]
+        dims[f"{side}_ffn_dim"] = _shape(variables, f"{side}/layer_0/ffn/linear_0/weight", 2)[0]
+    dims["vocab_size"] = _shape(variables, _EMBEDDINGS, 2)[0]
+    dims["max_source_positions"] = _shape(variables, "encoder/position_encodings/encodings", 2)[0]
+    dims["max_target_positions"] = _shape(variables, "decoder/position_encodings/encodings", 2)[0]
     return {k: int(v) for k, v in dims.items()}
 
 
@@ -250,6 +286,8 @@ def _check_scalars(variables: dict) -> None:
         value = variables.get(name)
         if value is None or value.ndim != 0:
             raise ValueError(f"CTranslate2 Whisper model lacks scalar {name!r}")
+        if not (np.isfinite(value) and float(value).is_integer()):
+            raise ValueError(f"{name!r} = {value}; expected an integer setting")
         if expected is not None and int(value) != expected:
             raise ValueError(f"{name!r} = {int(value)}, but HF Whisper only implements {expected}")
 
@@ -273,23 +311,48 @@ def special_ids(vocab_size: int) -> dict[str, int]:
     return {"eot": eot, "sot": eot + 1}
 
 
+def _suppress_ids(ct2_config: dict, vocab_size: int, source) -> tuple[list[int], list[int]]:
+    """config.json's suppress lists, checked; a missing one falls back to the standard list."""
+    out = []
+    for key, default in zip(
+        ("suppress_ids", "suppress_ids_begin"), default_suppress_lists(vocab_size), strict=True
+    ):
+        value = ct2_config.get(key)
+        if value is None:
+            log.warning("%s lacks %s: using the standard Whisper list", source, key)
+            value = default
+        elif not isinstance(value, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab_size for i in value
+        ):
+            raise ValueError(f"{source} {key} must be a list of ids in [0, {vocab_size})")
+        out.append(list(value))
+    return out[0], out[1]
+
+
 def to_hf(
-    variables: dict[str, np.ndarray], aliases: dict[str, str], ct2_config: dict
+    variables: dict[str, np.ndarray],
+    aliases: dict[str, str],
+    ct2_config: dict,
+    *,
+    source: str | os.PathLike = "config.json",
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """Maps CTranslate2 Whisper variables to an HF config dict and float32 HF state.
 
     Args:
       variables: from `read_model_bin`.
       aliases: from `read_model_bin` (CT2 stores identical tensors once, under an alias).
-      ct2_config: the folder's `config.json` (`suppress_ids`, `suppress_ids_begin`, ...).
+      ct2_config: the folder's `config.json` (`suppress_ids`, `suppress_ids_begin`, ...); a
+        missing suppress list falls back to the standard one, with a warning.
+      source: where `ct2_config` came from, for messages.
 
     Returns:
       `(hf_config, hf_state)`: `WhisperConfig(...).to_dict()` with correct special ids, and
       arrays keyed like `WhisperForConditionalGeneration.state_dict()` minus `proj_out.weight`.
 
     Raises:
-      ValueError: naming the variable, for a missing, unknown or mis-shaped variable, a non-zero
-        key bias, an untied output projection or a setting HF Whisper does not implement.
+      ValueError: naming the variable, for a missing, unknown or mis-shaped variable, a
+        non-finite weight, a non-zero key bias, an untied output projection or a setting HF
+        Whisper does not implement; or naming the key of a malformed suppress list.
     """
     from transformers import WhisperConfig  # works without torch; keeps the reader import-light
 
@@ -312,6 +375,13 @@ def to_hf(
         value = _get(variables, name)
         if value.shape != shape:
             raise ValueError(f"{name!r} has shape {value.shape}; expected {shape}")
+        finite = np.isfinite(value)
+        if not finite.all():
+            first = tuple(int(i) for i in np.argwhere(~finite)[0])
+            raise ValueError(
+                f"variable {name!r} has {int(finite.size - finite.sum())} non-finite value(s) "
+                f"(first: {value[first]} at index {first}); the model is corrupt"
+            )
         for target, part in zip(targets, np.split(value, len(targets)), strict=True):
             if target is None:
                 if np.any(part != 0):
@@ -322,14 +392,15 @@ def to_hf(
                 continue
             state[target] = part.astype(np.float32, order="C")  # owned, writable copy
     ids = special_ids(dims["vocab_size"])
+    suppress, begin_suppress = _suppress_ids(ct2_config, dims["vocab_size"], source)
     config = WhisperConfig(
         **dims,
         bos_token_id=ids["eot"],
         eos_token_id=ids["eot"],
         pad_token_id=ids["eot"],
         decoder_start_token_id=ids["sot"],
-        suppress_tokens=list(ct2_config.get("suppress_ids", [])),
-        begin_suppress_tokens=list(ct2_config.get("suppress_ids_begin", [220, ids["eot"]])),
+        suppress_tokens=suppress,
+        begin_suppress_tokens=begin_suppress,
         architectures=["WhisperForConditionalGeneration"],
         dtype="float32",
     )
@@ -337,7 +408,14 @@ def to_hf(
 
 
 def _token_ids(tokenizer: dict) -> dict[str, int]:
-    return {t["content"]: int(t["id"]) for t in tokenizer.get("added_tokens", [])}
+    added = tokenizer.get("added_tokens", [])
+    ok = isinstance(added, list) and all(
+        isinstance(t, dict) and isinstance(t.get("content"), str) and isinstance(t.get("id"), int)
+        for t in added
+    )
+    if not ok:
+        raise ValueError("tokenizer.json added_tokens must be a list of {content: str, id: int}")
+    return {t["content"]: t["id"] for t in added}
 
 
 def generation_config(ct2_config: dict, hf_config: dict, tokenizer: dict) -> dict:
@@ -387,7 +465,9 @@ def generation_config(ct2_config: dict, hf_config: dict, tokenizer: dict) -> dic
     if out["is_multilingual"]:
         lang_to_id = {}
         for i in ct2_config.get("lang_ids", []):
-            name = by_id.get(int(i), "")
+            if not isinstance(i, int) or isinstance(i, bool):
+                raise ValueError(f"config.json lang_ids entry {i!r} is not a token id")
+            name = by_id.get(i, "")
             if not re.fullmatch(r"<\|[a-z]{2,3}\|>", name):
                 raise ValueError(f"lang_ids entry {i} is {name!r} in tokenizer.json, not <|xx|>")
             lang_to_id[name] = int(i)
@@ -399,12 +479,28 @@ def generation_config(ct2_config: dict, hf_config: dict, tokenizer: dict) -> dic
 
 
 def _load_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{path}: missing (needed for a CTranslate2 Whisper folder)") from e
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON: {e}") from e
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing (needed for a CTranslate2 Whisper folder)")
+    return read_json(path)
+
+
+def _check_ct2_config(path: Path, config: dict) -> None:
+    """Types of the CTranslate2 config.json entries the converter reads, named on failure."""
+    for key in ("suppress_ids", "suppress_ids_begin", "lang_ids"):
+        value = config.get(key)
+        if value is not None and not (
+            isinstance(value, list)
+            and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value)
+        ):
+            raise CheckpointError(f"{path}: {key} must be a list of token ids, got {value!r:.80}")
+    heads = config.get("alignment_heads")
+    if heads is not None and not (
+        isinstance(heads, list)
+        and all(
+            isinstance(h, list) and len(h) == 2 and all(type(i) is int for i in h) for h in heads
+        )
+    ):
+        raise CheckpointError(f"{path}: alignment_heads must be [layer, head] pairs")
 
 
 def convert(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, *, progress=False) -> Path:
@@ -421,6 +517,11 @@ def convert(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, *, progress=
 
     Returns:
       `dst_dir` as a Path.
+
+    Raises:
+      FileNotFoundError: a missing source file, named.
+      CheckpointError: (a ValueError) naming the file, and the variable or key: a corrupt
+        `model.bin`, a non-finite weight, malformed JSON, or a tokenizer that does not fit.
     """
     from safetensors.numpy import save_file
     from tqdm import tqdm
@@ -428,15 +529,22 @@ def convert(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, *, progress=
 
     src, dst = Path(src_dir), Path(dst_dir)
     ct2_config = _load_json(src / "config.json")
+    _check_ct2_config(src / "config.json", ct2_config)
     tokenizer = _load_json(src / "tokenizer.json")
     bar = tqdm(total=4, desc=f"convert {dst.name}", unit="stage", disable=not progress)
     bar.set_postfix_str("read model.bin")
     variables, aliases = read_model_bin(src / "model.bin")
     bar.update()
     bar.set_postfix_str("map to HF names")
-    hf_config, state = to_hf(variables, aliases, ct2_config)
+    try:
+        hf_config, state = to_hf(variables, aliases, ct2_config, source=src / "config.json")
+    except ValueError as e:
+        raise CheckpointError(f"{src / 'model.bin'}: {e}") from None
     del variables  # the raw file bytes; frees half the peak memory before writing
-    gen = generation_config(ct2_config, hf_config, tokenizer)
+    try:
+        gen = generation_config(ct2_config, hf_config, tokenizer)
+    except ValueError as e:  # the message names tokenizer.json or config.json
+        raise CheckpointError(f"{src}: {e}") from None
     too_big = [t for t, i in _token_ids(tokenizer).items() if i >= hf_config["vocab_size"]]
     if too_big:
         raise ValueError(f"{src / 'tokenizer.json'}: tokens beyond the model's vocab: {too_big}")

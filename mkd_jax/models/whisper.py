@@ -13,6 +13,7 @@ decoder attends to), `decoder/layer_{i}` and `decoder/output`.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -322,7 +323,12 @@ HF_FIELDS = tuple(f for f in Whisper.__dataclass_fields__ if f not in ("parent",
 
 
 def dims_from_hf_config(cfg: dict) -> dict:
-    """Whisper fields from a Hugging Face `config.json` dict, checking what we assume."""
+    """Whisper fields from a Hugging Face `config.json` dict, checking what we assume.
+
+    Raises:
+      ValueError: naming the key and value: a missing field, one that is not a positive integer,
+        heads that do not divide `d_model`, or a setting we do not implement.
+    """
     missing = [k for k in HF_FIELDS if k not in cfg]
     if missing:
         raise ValueError(f"Whisper config lacks {missing}")
@@ -332,7 +338,46 @@ def dims_from_hf_config(cfg: dict) -> dict:
         )
     if cfg.get("scale_embedding", False):
         raise ValueError("scale_embedding=True is not Whisper's convention and is not supported")
-    return {k: int(cfg[k]) for k in HF_FIELDS}
+    dims = {}
+    for k in HF_FIELDS:
+        v = cfg[k]
+        integral = isinstance(v, int) or (isinstance(v, float) and v.is_integer())
+        if isinstance(v, bool) or not integral or v <= 0:
+            raise ValueError(f"{k}={v!r} must be a positive integer")
+        dims[k] = int(v)
+    for side in ("encoder", "decoder"):
+        heads = dims[f"{side}_attention_heads"]
+        if dims["d_model"] % heads:
+            raise ValueError(
+                f"{side}_attention_heads={heads} does not divide d_model={dims['d_model']}"
+            )
+    return dims
+
+
+def _check_dims_against_state(dims: dict, state: dict) -> None:
+    """Compares the config's sizes with the tensors before any model is traced.
+
+    A corrupt config (say `encoder_layers=10**6`) would otherwise trace a huge model first.
+    """
+    found = {
+        "d_model": ("model.encoder.conv1.weight", 0),
+        "num_mel_bins": ("model.encoder.conv1.weight", 1),
+        "vocab_size": ("model.decoder.embed_tokens.weight", 0),
+        "max_source_positions": ("model.encoder.embed_positions.weight", 0),
+        "max_target_positions": ("model.decoder.embed_positions.weight", 0),
+    }
+    for field, (key, axis) in found.items():
+        shape = np.shape(state[key]) if key in state else ()
+        if len(shape) > axis and shape[axis] != dims[field]:
+            raise ValueError(f"{field}={dims[field]}, but {key!r} has shape {shape}")
+    for side in ("encoder", "decoder"):
+        prefix = f"model.{side}.layers."
+        layers = {k[len(prefix) :].split(".")[0] for k in state if k.startswith(prefix)}
+        if layers and len(layers) != dims[f"{side}_layers"]:
+            raise ValueError(
+                f"{side}_layers={dims[f'{side}_layers']}, but the weights hold {len(layers)} "
+                f"{side} layers"
+            )
 
 
 def abstract_params(model: Whisper, *, batch: int = 1, frames: int | None = None, tokens: int = 4):
@@ -344,20 +389,35 @@ def abstract_params(model: Whisper, *, batch: int = 1, frames: int | None = None
 
 
 def from_hf(folder, *, dtype: Dtype = jnp.float32) -> tuple[Whisper, dict, dict]:
-    """Model, float32 numpy params and HF config from a Hugging Face Whisper folder."""
+    """Model, float32 numpy params and HF config from a Hugging Face Whisper folder.
+
+    Raises:
+      FileNotFoundError: a missing config or weights file, named.
+      hf_io.CheckpointError: (a ValueError) one line naming the file and the key or tensor: bad
+        JSON, a config field that is not a positive integer or disagrees with the weights, an
+        unreadable safetensors file, a shard index pointing outside the folder, a non-finite
+        weight, or tensors that do not fit the model.
+    """
     from mkd_jax.models import hf_io
 
     config, state = hf_io.load_hf_folder(folder)
     try:
-        model = Whisper(**dims_from_hf_config(config), dtype=dtype)
+        dims = dims_from_hf_config(config)
+        _check_dims_against_state(dims, state)
     except ValueError as e:
-        raise ValueError(f"{folder}/config.json: {e}") from e
+        raise hf_io.CheckpointError(f"{Path(folder) / 'config.json'}: {e}") from None
+    model = Whisper(**dims, dtype=dtype)
     expected = nn.unbox(abstract_params(model, frames=2 * model.max_source_positions))
     try:
         params = hf_io.flax_from_hf_state(state, expected)
     except ValueError as e:
-        raise ValueError(f"{folder}: {e}") from e
+        raise hf_io.CheckpointError(f"{_weights_file(folder)}: {e}") from None
     return model, params, config
+
+
+def _weights_file(folder) -> Path:
+    single = Path(folder) / "model.safetensors"
+    return single if single.is_file() else Path(folder) / "model.safetensors.index.json"
 
 
 def load(name_or_path: str, *, dtype: Dtype = jnp.float32) -> tuple[Whisper, dict, dict]:

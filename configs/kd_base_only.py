@@ -1,0 +1,40 @@
+"""Logit KD alone from Whisper base into tiny.en: the cross-tokenizer KD experiment.
+
+    python -m mkd_jax.train --config configs/kd_base_only.py --workdir /tmp/kd_shared
+    python -m mkd_jax.train --config configs/kd_base_only.py --workdir /tmp/kd_student \
+        --config.loss.kd_support=student          # the round-1 mapping, for comparison
+
+One teacher (base, multilingual vocabulary, so every KD position goes through the vocabulary
+map), decoder-only LoRA r=4, no mappers, no CE on the corpus text (`w_ce=0`): whatever the student
+learns comes from the teacher's distribution. The demo's corpus, context and step budget.
+BUILD_NOTES.md ("Cross-tokenizer KD") records the runs and their WER with confidence intervals.
+"""
+
+from mkd_jax.config_base import DEMO_CORPUS_HOURS, LORA_DECODER, base_config, role
+
+
+def get_config():
+    c = base_config()
+    c.total_steps = 80
+    c.log_every_steps = 10
+    c.data.source.hours = DEMO_CORPUS_HOURS
+    c.data.source.max_seconds = 10.0
+    c.data.n_frames = 1000
+    c.data.token_buckets = (40, 64)
+    c.data.batch_size = 8
+    c.data.eval_batch_size = 16
+    c.student = role(checkpoint="tiny.en")
+    c.teachers.base = role(checkpoint="base")
+    c.mappers.weight = 0.0
+    c.lora.targets = (LORA_DECODER,)
+    c.lora.rank = 4
+    c.lora.alpha = 8.0
+    c.lora.dropout = 0.0
+    c.loss.w_ce = 0.0
+    c.loss.w_kd = 1.0
+    c.loss.temperature = 2.0
+    c.optim.lr = 5e-4
+    c.optim.warmup_steps = 8
+    c.ckpt.every_steps = 40
+    c.eval.max_new_tokens = 64
+    return c

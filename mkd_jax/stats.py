@@ -1,0 +1,127 @@
+"""Per-utterance word errors and a paired bootstrap confidence interval of a WER difference.
+
+Corpus WER is a ratio of sums, `sum(errors) / sum(reference words)`, so utterances are not
+independent word samples: the bootstrap resamples whole utterances (with replacement), the same
+draw for both systems (paired), and recomputes the ratio on each resample. The interval is the
+percentile interval of the resampled differences.
+
+    errs_a, words = utterance_errors(refs, hyps_a)
+    errs_b, _ = utterance_errors(refs, hyps_b)
+    paired_bootstrap(errs_a, errs_b, words)  # {"diff": WER_b - WER_a in %, "low", "high", ...}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jiwer
+import numpy as np
+
+from mkd_jax.data import text
+
+_CHUNK_ELEMENTS = 4_000_000  # resampled indices held at once (32 MB of int64)
+
+
+def utterance_errors(refs: Sequence[str], hyps: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """`(word edits, reference words)` per utterance on Whisper-normalised text, each `[N]` int64.
+
+    Edits are substitutions + deletions + insertions of jiwer's alignment, so
+    `edits.sum() / words.sum()` is `text.wer(refs, hyps)`. A reference that normalises to nothing
+    (e.g. "Um.") has 0 words and 0 edits here, as `text.wer` drops it.
+    """
+    if isinstance(refs, str) or isinstance(hyps, str):
+        raise ValueError("refs and hyps must be lists of strings, not a single string")
+    if len(refs) != len(hyps):
+        raise ValueError(f"refs and hyps differ in length: {len(refs)} vs {len(hyps)}")
+    edits = np.zeros(len(refs), np.int64)
+    words = np.zeros(len(refs), np.int64)
+    norm = [(text.normalize(r), text.normalize(h)) for r, h in zip(refs, hyps, strict=True)]
+    keep = [j for j, (r, _) in enumerate(norm) if r]
+    if not keep:
+        return edits, words
+    out = jiwer.process_words([norm[j][0] for j in keep], [norm[j][1] for j in keep])
+    for j, ref_words, chunks in zip(keep, out.references, out.alignments, strict=True):
+        words[j] = len(ref_words)
+        edits[j] = sum(
+            c.hyp_end_idx - c.hyp_start_idx
+            if c.type == "insert"
+            else c.ref_end_idx - c.ref_start_idx
+            for c in chunks
+            if c.type != "equal"
+        )
+    return edits, words
+
+
+def corpus_wer(errs: np.ndarray, n_words: np.ndarray) -> float:
+    """Corpus WER in % from per-utterance counts."""
+    total = int(np.sum(n_words))
+    if total <= 0:
+        raise ValueError("corpus WER of zero reference words is undefined")
+    return 100.0 * float(np.sum(errs)) / total
+
+
+def _check_counts(errs_a, errs_b, n_words) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    arrays = [np.asarray(x) for x in (errs_a, errs_b, n_words)]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1 or arrays[0].ndim != 1:
+        raise ValueError(f"errs_a, errs_b and n_words must be 1-D of one length, got {shapes}")
+    if any(a.size and (a.min() < 0 or not np.all(np.isfinite(a))) for a in arrays):
+        raise ValueError("error and word counts must be finite and non-negative")
+    if arrays[2].sum() <= 0:
+        raise ValueError("paired bootstrap needs at least one reference word")
+    return tuple(a.astype(np.float64) for a in arrays)
+
+
+def paired_bootstrap(
+    errs_a,
+    errs_b,
+    n_words,
+    *,
+    n_resamples: int = 10_000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """Corpus WER difference `b - a` (in %) with a paired percentile bootstrap interval.
+
+    Args:
+      errs_a, errs_b: word edits per utterance of systems a and b, on the same utterances in the
+        same order (`utterance_errors`).
+      n_words: reference words per utterance.
+      n_resamples: bootstrap resamples of the utterances.
+      confidence: interval coverage, e.g. 0.95.
+      seed: resampling seed; equal seeds give equal intervals.
+
+    Returns:
+      `{"wer_a", "wer_b", "diff", "low", "high", "confidence", "n_utts", "n_words",
+      "n_resamples", "seed"}`, rates in %. Identical systems give `diff = low = high = 0`.
+    """
+    a, b, w = _check_counts(errs_a, errs_b, n_words)
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be positive, got {n_resamples}")
+    n = len(w)
+    d = b - a
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_resamples)
+    rows = max(1, _CHUNK_ELEMENTS // n)
+    for start in range(0, n_resamples, rows):
+        stop = min(start + rows, n_resamples)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        words = w[idx].sum(axis=1)
+        # A resample of only empty references has no WER; it is left out of the percentiles.
+        diffs[start:stop] = np.where(words > 0, d[idx].sum(axis=1) / np.maximum(words, 1), np.nan)
+    alpha = (1 - confidence) / 2
+    low, high = np.nanquantile(diffs, [alpha, 1 - alpha])
+    return {
+        "wer_a": corpus_wer(a, w),
+        "wer_b": corpus_wer(b, w),
+        "diff": 100.0 * float(d.sum() / w.sum()),
+        "low": 100.0 * float(low),
+        "high": 100.0 * float(high),
+        "confidence": confidence,
+        "n_utts": n,
+        "n_words": int(w.sum()),
+        "n_resamples": n_resamples,
+        "seed": seed,
+    }

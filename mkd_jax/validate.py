@@ -1,0 +1,360 @@
+"""Every config value and cross-field rule, checked before any model is built or traced.
+
+`validate(cfg)` raises `ConfigError` naming the key, the value and the fix, in one line. It reads
+only config files of checkpoints (for mel bins and layer counts), never weights, so a bad config
+stops in seconds instead of after a zero-shot WER pass. Train, demo, ablate and aot call it first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+from mkd_jax import assets
+
+SOURCE_KINDS = ("synth", "disk", "librispeech", "hf", "manifest")
+MAPPER_STRATEGIES = ("last", "uniform", "explicit")
+MAPPER_KINDS = ("linear", "mlp")
+MAPPER_ALIGN = ("auto", "avgpool", "interp")
+ENSEMBLES = ("mean", "weights", "best")
+KD_SUPPORTS = ("shared", "student")
+DTYPES = ("float32", "bfloat16")
+# Whisper's decoder has 448 learned positions; its encoder 1500 frames = 3000 mel frames (30 s).
+MAX_TARGET_POSITIONS = 448
+MAX_MEL_FRAMES = 3000
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work: `key=value: why; fix`."""
+
+    def __init__(self, key: str, value, why: str, fix: str = ""):
+        self.key = key
+        super().__init__(f"{key}={value!r}: {why}" + (f"; {fix}" if fix else ""))
+
+
+def _num(cfg, key: str):
+    """The value at dotted `key`, which must be a finite real number."""
+    value = _get(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(key, value, "must be a finite number")
+    return value
+
+
+def _get(cfg, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _int(cfg, key: str, lo: int | None = None, hi: int | None = None):
+    value = _get(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(key, value, "must be an integer")
+    _range(key, value, lo, hi)
+    return value
+
+
+def _range(key, value, lo=None, hi=None, *, lo_open=False, hi_open=False):
+    if lo is not None and (value <= lo if lo_open else value < lo):
+        raise ConfigError(key, value, f"must be {'>' if lo_open else '>='} {lo}")
+    if hi is not None and (value >= hi if hi_open else value > hi):
+        raise ConfigError(key, value, f"must be {'<' if hi_open else '<='} {hi}")
+
+
+def _choice(cfg, key: str, choices):
+    value = _get(cfg, key)
+    if value not in choices:
+        raise ConfigError(key, value, f"choose one of {', '.join(map(repr, choices))}")
+    return value
+
+
+def _role_dims(role, where: str) -> dict:
+    """Dims of a role without loading weights: from the checkpoint's config.json, else `init`."""
+    if role.checkpoint:
+        try:
+            folder = assets.resolve_model(role.checkpoint)
+            hf = json.loads((Path(folder) / "config.json").read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(
+                f"{where}.checkpoint",
+                role.checkpoint,
+                f"not a usable model ({str(e).splitlines()[0]})",
+                f"use one of {', '.join(assets.MODELS)}, an HF Whisper folder or a CTranslate2 "
+                "folder",
+            ) from None
+        return {
+            "num_mel_bins": int(hf.get("num_mel_bins", 80)),
+            "encoder_layers": int(hf.get("encoder_layers", 0)),
+            "decoder_layers": int(hf.get("decoder_layers", 0)),
+            "max_target_positions": int(hf.get("max_target_positions", MAX_TARGET_POSITIONS)),
+        }
+    return dict(role.init.to_dict())
+
+
+def _check_roles(cfg) -> dict:
+    roles = {"student": cfg.student, **{f"teachers.{n}": c for n, c in cfg.teachers.items()}}
+    for where, role in roles.items():
+        if role.dtype not in DTYPES:
+            raise ConfigError(f"{where}.dtype", role.dtype, f"choose one of {DTYPES}")
+        if not role.checkpoint and not role.get("random_init", False):
+            fix = (
+                "run `python -m mkd_jax.demo` once (it builds base_ft), or pass "
+                f"--config.{where}.checkpoint=<HF or CTranslate2 folder>"
+                if where == "teachers.base_ft"
+                else f"pass --config.{where}.checkpoint=<model name or folder>"
+            )
+            raise ConfigError(
+                f"{where}.checkpoint",
+                role.checkpoint,
+                "no checkpoint, so this role would be randomly initialised",
+                fix + " (test configs opt into random weights with random_init=True)",
+            )
+        if not role.checkpoint and not role.tokenizer:
+            raise ConfigError(
+                f"{where}.tokenizer", role.tokenizer, "a randomly initialised role needs one",
+                "name a model (tiny.en, base) or a folder with tokenizer.json",
+            )  # fmt: skip
+        if where.startswith("teachers."):
+            w = _num(cfg, f"{where}.weight")
+            _range(f"{where}.weight", w, 0.0)
+    dims = {where: _role_dims(role, where) for where, role in roles.items()}
+    mels = {where: d["num_mel_bins"] for where, d in dims.items()}
+    if len(set(mels.values())) > 1:
+        raise ConfigError(
+            "teachers",
+            mels,
+            "roles take different mel bin counts",
+            "the batcher builds one log-mel per batch: use teachers with the student's mel bins",
+        )
+    return dims
+
+
+def _check_data(cfg, dims) -> None:
+    d = cfg.data
+    _choice(cfg, "data.source.kind", SOURCE_KINDS)
+    if d.source.kind != "synth" and not d.source.path and d.source.kind != "hf":
+        raise ConfigError("data.source.path", d.source.path, f"kind {d.source.kind!r} needs a path")
+    if d.source.kind == "synth":
+        _range("data.source.hours", _num(cfg, "data.source.hours"), 0.0, lo_open=True)
+    lo, hi = _num(cfg, "data.source.min_seconds"), _num(cfg, "data.source.max_seconds")
+    _range("data.source.min_seconds", lo, 0.0)
+    if hi <= lo:
+        raise ConfigError("data.source.max_seconds", hi, f"must exceed min_seconds={lo}")
+    _range("data.source.max_bad_fraction", _num(cfg, "data.source.max_bad_fraction"), 0.0, 1.0)
+    _int(cfg, "data.source.limit", 0)
+    n = _int(cfg, "data.n_frames", 2, MAX_MEL_FRAMES)
+    if n % 2:
+        raise ConfigError("data.n_frames", n, "must be even (the encoder halves it)")
+    buckets = tuple(d.token_buckets)
+    max_pos = min(x.get("max_target_positions", MAX_TARGET_POSITIONS) for x in dims.values())
+    if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] < 4:
+        raise ConfigError("data.token_buckets", buckets, "must be increasing integers >= 4")
+    if buckets[-1] > max_pos:
+        raise ConfigError(
+            "data.token_buckets", buckets, f"largest exceeds the decoder's {max_pos} positions"
+        )
+    _int(cfg, "data.batch_size", 1)
+    _int(cfg, "data.eval_batch_size", 1)
+    _int(cfg, "data.prefetch", 0)
+    for key in ("train_split", "eval_split", "test_split"):
+        if not d[key]:
+            raise ConfigError(f"data.{key}", d[key], "must name a split")
+
+
+def _check_mesh(cfg) -> None:
+    axes = list(cfg.mesh)
+    names = [str(a) for a, _ in axes]
+    if sorted(names) != sorted(set(names)):
+        raise ConfigError("mesh", axes, "axis names repeat")
+    sizes = [s for _, s in axes]
+    if any((not isinstance(s, int)) or (s < 1 and s != -1) for s in sizes) or sizes.count(-1) > 1:
+        raise ConfigError("mesh", axes, "sizes must be positive integers, at most one -1")
+    rule_axes = {
+        m for _, v in cfg.sharding_rules for m in ((v,) if isinstance(v, str) else v or ())
+    }
+    unknown = sorted(rule_axes - set(names))
+    if unknown:
+        raise ConfigError("sharding_rules", unknown, f"name mesh axes not in {names}")
+
+
+def _lora_targets_upstream(cfg, site: str, dims: dict) -> bool:
+    """Whether some LoRA target lies upstream of a student site (so its mapper has a learner)."""
+    side, _, rest = site.partition("/")
+    n_enc = dims["student"]["encoder_layers"]
+    n_dec = dims["student"]["decoder_layers"]
+    if side == "encoder":
+        upto = n_enc - 1 if rest == "output" else int(rest.removeprefix("layer_"))
+        kernels = [f"encoder/layers_{i}/self_attn/q_proj/kernel" for i in range(upto + 1)]
+        kernels += [f"encoder/layers_{i}/{k}/kernel" for i in range(upto + 1) for k in _KERNELS]
+    else:
+        upto = n_dec - 1 if rest == "output" else int(rest.removeprefix("layer_"))
+        kernels = [f"encoder/layers_{i}/{k}/kernel" for i in range(n_enc) for k in _KERNELS]
+        kernels += [
+            f"decoder/layers_{i}/{a}/{k}/kernel"
+            for i in range(upto + 1)
+            for a in ("self_attn", "encoder_attn")
+            for k in ("q_proj", "k_proj", "v_proj", "out_proj")
+        ]
+        kernels += [
+            f"decoder/layers_{i}/{k}/kernel" for i in range(upto + 1) for k in ("fc1", "fc2")
+        ]
+    return any(re.fullmatch(t, k) for t in cfg.lora.targets for k in kernels)
+
+
+_KERNELS = (
+    "self_attn/q_proj", "self_attn/k_proj", "self_attn/v_proj", "self_attn/out_proj", "fc1", "fc2",
+)  # fmt: skip
+
+
+def _check_mappers(cfg, dims) -> None:
+    m = cfg.mappers
+    _range("mappers.weight", _num(cfg, "mappers.weight"), 0.0)
+    if not cfg.teachers or m.weight == 0:
+        return
+    _choice(cfg, "mappers.strategy", MAPPER_STRATEGIES)
+    _choice(cfg, "mappers.kind", MAPPER_KINDS)
+    _choice(cfg, "mappers.loss", ("mse", "cosine", "geodesic"))
+    _choice(cfg, "mappers.align", MAPPER_ALIGN)
+    _int(cfg, "mappers.hidden", 0)
+    if m.kind == "mlp" and m.hidden <= 0:
+        raise ConfigError("mappers.hidden", m.hidden, "an mlp mapper needs a hidden width > 0")
+    bad = [s for s in m.sides if s not in ("encoder", "decoder")]
+    if bad or not m.sides:
+        raise ConfigError("mappers.sides", tuple(m.sides), "choose from 'encoder', 'decoder'")
+    from mkd_jax.mappers import resolve_layer_map
+
+    layers = {
+        w: {"encoder": d["encoder_layers"], "decoder": d["decoder_layers"]} for w, d in dims.items()
+    }
+    try:
+        pairs = resolve_layer_map(
+            m.strategy,
+            student_layers=layers["student"],
+            teachers={w.removeprefix("teachers."): x for w, x in layers.items() if w != "student"},
+            sides=tuple(m.sides),
+            explicit=list(m.explicit) or None,
+        )
+    except ValueError as e:
+        raise ConfigError("mappers", m.strategy, str(e)) from None
+    for pair in pairs:
+        if not _lora_targets_upstream(cfg, pair.student_site, dims):
+            raise ConfigError(
+                "mappers.sides",
+                tuple(m.sides),
+                f"the mapper on student site {pair.student_site} has no LoRA target upstream, so "
+                "it would only train itself",
+                "add encoder LoRA targets (config_base.LORA_ENCODER) or map decoder sites",
+            )
+
+
+def _check_lora(cfg) -> None:
+    lo = cfg.lora
+    targets = tuple(lo.targets)
+    for t in targets:
+        try:
+            re.compile(t)
+        except re.error as e:
+            raise ConfigError("lora.targets", t, f"not a regex ({e})") from None
+    if targets:
+        _int(cfg, "lora.rank", 1)
+        _range("lora.alpha", _num(cfg, "lora.alpha"), 0.0, lo_open=True)
+    _range("lora.dropout", _num(cfg, "lora.dropout"), 0.0, 1.0, hi_open=True)
+
+
+def _check_loss(cfg) -> None:
+    ls = cfg.loss
+    for key in ("w_ce", "w_kd"):
+        _range(f"loss.{key}", _num(cfg, f"loss.{key}"), 0.0)
+    _range("loss.temperature", _num(cfg, "loss.temperature"), 0.0, lo_open=True)
+    _choice(cfg, "loss.ensemble", ENSEMBLES)
+    _choice(cfg, "loss.kd_support", KD_SUPPORTS)
+    weights = ls.ensemble_weights
+    if not hasattr(weights, "keys"):
+        raise ConfigError(
+            "loss.ensemble_weights",
+            weights,
+            "must map teacher names to weights, not a positional list",
+            "e.g. --config.loss.ensemble_weights=\"{'base': 0.7, 'base_ft': 0.3}\"",
+        )
+    if ls.ensemble == "weights":
+        names = set(cfg.teachers.keys())
+        if set(weights.keys()) != names:
+            raise ConfigError(
+                "loss.ensemble_weights",
+                dict(weights),
+                f"needs exactly one weight per teacher {sorted(names)}",
+            )
+        values = [weights[n] for n in names]
+        if any(isinstance(v, bool) or not isinstance(v, int | float) or v < 0 for v in values):
+            raise ConfigError("loss.ensemble_weights", dict(weights), "weights must be >= 0")
+        if sum(values) <= 0:
+            raise ConfigError("loss.ensemble_weights", dict(weights), "weights must sum to > 0")
+    elif len(weights):
+        raise ConfigError(
+            "loss.ensemble_weights", dict(weights), f"set but loss.ensemble={ls.ensemble!r}",
+            "set --config.loss.ensemble=weights, or drop the weights",
+        )  # fmt: skip
+    lambdas = tuple(ls.lambdas)
+    if ls.interpolate and (not lambdas or any(not 0.0 <= x <= 1.0 for x in lambdas)):
+        raise ConfigError("loss.lambdas", lambdas, "need one or more values in [0, 1]")
+    w_map = cfg.mappers.weight if cfg.teachers else 0.0
+    if ls.w_ce == 0 and (not cfg.teachers or (ls.w_kd == 0 and w_map == 0)):
+        raise ConfigError("loss.w_ce", ls.w_ce, "every loss weight is 0: nothing would train")
+
+
+def _check_optim(cfg) -> None:
+    o = cfg.optim
+    total = _int(cfg, "total_steps", 1)
+    _range("optim.lr", _num(cfg, "optim.lr"), 0.0, lo_open=True)
+    _range("optim.mapper_lr", _num(cfg, "optim.mapper_lr"), 0.0)
+    _int(cfg, "optim.warmup_steps", 0)
+    _range("optim.weight_decay", _num(cfg, "optim.weight_decay"), 0.0)
+    for key in ("b1", "b2"):
+        _range(f"optim.{key}", _num(cfg, f"optim.{key}"), 0.0, 1.0, hi_open=True)
+    _range("optim.clip_norm", _num(cfg, "optim.clip_norm"), 0.0, lo_open=True)
+    acc = _int(cfg, "optim.accum_steps", 1)
+    if total % acc:
+        raise ConfigError("optim.accum_steps", acc, f"must divide total_steps={total}")
+    _int(cfg, "optim.max_nonfinite_steps", 0)
+    if o.warmup_steps >= total and total > 1:
+        raise ConfigError("optim.warmup_steps", o.warmup_steps, f"must be < total_steps={total}")
+
+
+def _check_cadences(cfg, dims) -> None:
+    _int(cfg, "seed", 0)
+    _int(cfg, "log_every_steps", 1)
+    _int(cfg, "ckpt.every_steps", 1)
+    _int(cfg, "ckpt.max_to_keep", 1)
+    _int(cfg, "eval.every_steps", 0)
+    _int(cfg, "eval.max_batches", -1)
+    _int(cfg, "eval.beam_size", 1, 16)
+    max_pos = dims["student"].get("max_target_positions", MAX_TARGET_POSITIONS)
+    _int(cfg, "eval.max_new_tokens", 1, max_pos - 8)
+
+
+def validate(cfg) -> None:
+    """Check every value and cross-field rule of a training config; raise `ConfigError`."""
+    for group in (
+        "data",
+        "student",
+        "teachers",
+        "mappers",
+        "lora",
+        "loss",
+        "optim",
+        "ckpt",
+        "eval",
+    ):
+        if group not in cfg:
+            raise ConfigError(group, None, "missing config group", "build configs on base_config()")
+    _check_optim(cfg)
+    _check_lora(cfg)
+    _check_loss(cfg)
+    _check_mesh(cfg)
+    dims = _check_roles(cfg)
+    _check_data(cfg, dims)
+    _check_mappers(cfg, dims)
+    _check_cadences(cfg, dims)

@@ -9,7 +9,8 @@ Checkpoints are Hugging Face Whisper folders (or CTranslate2 folders) on local d
 downloaded. Teacher 1.54 B params (multilingual vocabulary), student 166 M (English-only), so KD
 runs through the cross-tokenizer alignment. Trainable: LoRA r=32 on every decoder and encoder
 projection plus a 768->1280 geodesic mapper on the final encoder output, 8.9 M params = 0.57% of
-the teacher (asserted in tests/test_configs.py). Needs a TPU pod slice or GPUs (see launch/); not run here.
+the teacher (asserted in tests/test_configs.py). Needs a TPU pod slice or GPUs (see launch/);
+not run here.
 Data as in the paper: train-clean-100 capped at 4000 utterances, 30 s windows.
 """
 

@@ -7,7 +7,11 @@
 3. teacher 2: base LoRA-tuned on the corpus's train split by the supervised mode
    (`configs/base_supervised.py`), merged and exported once;
 4. distillation: `configs/demo.py`, teachers {base, base_ft} -> LoRA + mappers on tiny.en;
-5. the table: teachers' and student's test WER before and after, trainable %, time taken.
+5. the table: on dev, test and test_ood (engines never used in training), each teacher, their
+   ensemble and the student before (zero-shot, 30 s) and after (10 s and 30 s), with n, WER and
+   CER; the student's change with its paired bootstrap 95% CI; and its agreement with base's and
+   the ensemble's transcripts on real recordings (`real_unlabelled`), before and after;
+   trainable %, time taken.
 
 Every stage is cached in the workdir or the asset cache, so a rerun skips finished stages and
 resumes an interrupted one.
@@ -15,8 +19,11 @@ resumes an interrupted one.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from absl import flags, logging
@@ -28,35 +35,57 @@ ROOT = Path(__file__).resolve().parent.parent
 FLAGS = flags.FLAGS
 
 
-def _test_wer(model_name: str, cfg, source: dict, split: str) -> dict:
-    """Greedy WER of a checkpoint on a split, at the run's encoder context."""
+FULL_FRAMES = 3000  # Whisper's standard 30 s window: the teachers' and zero-shot student's best
+
+
+def _member(checkpoint: str, cfg) -> tuple:
+    """`(model, params, tokenizer, spec)` of a checkpoint, greedy at the run's token limit."""
     from mkd_jax import decode
-    from mkd_jax.data import loaders
     from mkd_jax.data.tokenizers import load_tokenizer
-    from mkd_jax.evaluate import score, transcribe_utts
     from mkd_jax.models.whisper import load
 
-    model, params, config = load(model_name)
+    model, params, config = load(checkpoint)
     tok = load_tokenizer(config["_folder"], model_vocab_size=model.vocab_size)
     spec = decode.spec_from_folder(config["_folder"], tok, max_new_tokens=cfg.eval.max_new_tokens)
-    utts = loaders.load_split(source, split)
-    ids, hyps = transcribe_utts(
-        model,
-        params,
-        tok,
-        spec,
-        utts,
-        n_frames=cfg.data.n_frames,
-        batch_size=cfg.data.eval_batch_size,
-        desc=f"{model_name} {split}",
-    )
-    return score(utts, ids, hyps)["all"]
+    return model, params, tok, spec
+
+
+def _trained_member(run_dir: Path, cfg) -> tuple:
+    """The distilled student of a run's latest checkpoint, LoRA merged."""
+    from mkd_jax import decode
+    from mkd_jax.state import restore_student
+
+    model, params, tok, folder, _ = restore_student(run_dir)
+    spec = decode.spec_from_folder(folder, tok, max_new_tokens=cfg.eval.max_new_tokens)
+    return model, params, tok, spec
+
+
+def _transcribe(members: list, utts, n_frames: int, cfg, desc: str):
+    """One model (`transcribe_utts`) or an ensemble (`transcribe_ensemble`) on a split."""
+    from mkd_jax.evaluate import transcribe_ensemble, transcribe_utts
+
+    kw = dict(batch_size=cfg.data.eval_batch_size, n_frames=n_frames, desc=desc)
+    if len(members) == 1:
+        return transcribe_utts(*members[0], utts, **kw)
+    return transcribe_ensemble(members, utts, **kw)
+
+
+def _test_wer(model_name: str, cfg, source: dict, split: str, n_frames: int = 0) -> dict:
+    """Greedy WER of a checkpoint on a whole split, at `n_frames` (default: the run's context;
+    evaluate falls back to 30 s for longer utterances); `score(...)["all"]` with its context."""
+    from mkd_jax.evaluate import load_scoring_split, score
+
+    utts = load_scoring_split(source, split)
+    n_frames = n_frames or cfg.data.n_frames
+    tr = _transcribe([_member(model_name, cfg)], utts, n_frames, cfg, f"{model_name} {split}")
+    return score(utts, tr.ids, tr.hyps, transcripts=tr)["all"]
 
 
 def _cached(path: Path, fn):
     if path.is_file():
         return json.loads(path.read_text())
     value = fn()
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(value, indent=1))
     return value
 
@@ -72,6 +101,238 @@ def ensure_base_ft(workdir: Path) -> Path:
             train.run(load_config_file(ROOT / "configs/base_supervised.py"), sup_dir)
         export.export(sup_dir, ft_dir, merged_only=True)
     return merged
+
+
+@dataclasses.dataclass(frozen=True)
+class _System:
+    label: str  # the row's name
+    key: str  # cache file stem
+    n_frames: int  # preferred encoder context (evaluate falls back to 30 s for longer utterances)
+    members: Callable[[], list]  # loads [(model, params, tokenizer, spec)] on first use
+
+
+def _secs(frames: int) -> str:
+    return f"{frames / 100:g} s"
+
+
+def _systems(cfg, ft_merged: Path, run_dir: Path) -> list[_System]:
+    """Teachers and ensemble at 30 s; the student before at 30 s, after at 10 s and at 30 s."""
+    base = functools.cache(lambda: _member("base", cfg))
+    ft = functools.cache(lambda: _member(str(ft_merged), cfg))
+    before = functools.cache(lambda: _member(cfg.student.checkpoint, cfg))
+    after = functools.cache(lambda: _trained_member(run_dir, cfg))
+    s, full = cfg.student.checkpoint, FULL_FRAMES
+    systems = [
+        _System("teacher base", "base", full, lambda: [base()]),
+        _System("teacher base_ft", "base_ft", full, lambda: [ft()]),
+        _System("ensemble(base, base_ft)", "ensemble", full, lambda: [base(), ft()]),
+        _System(f"student {s}, before (zero-shot)", "student_before", full, lambda: [before()]),
+        _System(f"student {s}, after", "student_after", cfg.data.n_frames, lambda: [after()]),
+    ]
+    if cfg.data.n_frames != full:  # and like for like with before
+        systems.append(_System(f"student {s}, after", "student_after", full, lambda: [after()]))
+    return systems
+
+
+def _change(before: _System, after: _System) -> str:
+    return f"after ({_secs(after.n_frames)}) - before ({_secs(before.n_frames)})"
+
+
+def evaluate_demo(workdir: Path, cfg, source: dict, ft_merged: Path, run_dir: Path) -> dict:
+    """Every number of the demo's table, each decoding cached in `workdir/eval/` (delete that
+    folder after retraining); the references of the agreement in `agreement.cache_dir()`.
+
+    Returns:
+      JSON-able `{"splits", "rows", "changes", "agreement"}` for `format_demo`: rows of
+      `{label, n_frames, results: {split: score(...)["all"]}}`, changes of
+      `{label, results: {split: compare(before, after)}}`, and the real-audio agreement of the
+      student rows against base's and the ensemble's transcripts (`agreement.py`).
+    """
+    from mkd_jax import agreement
+    from mkd_jax.evaluate import compare, score
+
+    systems = _systems(cfg, ft_merged, run_dir)
+    splits = {}
+    for split in dict.fromkeys((cfg.data.eval_split, cfg.data.test_split, "test_ood")):
+        utts = agreement.load_split_if_present(source, split)
+        if utts is not None:
+            splits[split] = utts
+
+    def wer(system: _System, split: str) -> dict:
+        utts, desc = splits[split], f"{system.label} ({_secs(system.n_frames)}) {split}"
+
+        def fn():
+            tr = _transcribe(system.members(), utts, system.n_frames, cfg, desc)
+            return score(utts, tr.ids, tr.hyps, transcripts=tr)["all"]
+
+        return _cached(workdir / "eval" / f"{system.key}.{split}.{system.n_frames}f.json", fn)
+
+    rows = [
+        {"label": s.label, "n_frames": s.n_frames, "results": {sp: wer(s, sp) for sp in splits}}
+        for s in systems
+    ]
+    before, afters = 3, range(4, len(systems))  # indices of the student rows in `systems`
+    changes = [
+        {
+            "label": _change(systems[before], systems[a]),
+            "results": {
+                sp: compare(rows[before]["results"][sp], rows[a]["results"][sp]) for sp in splits
+            },
+        }
+        for a in afters
+    ]
+    out = {"splits": list(splits), "rows": rows, "changes": changes, "agreement": None}
+
+    # Real recordings: the student against base's and the ensemble's transcripts at 30 s.
+    real = agreement.load_split_if_present(source, agreement.SPLIT, require_text=False)
+    if real is None:
+        return out
+    base_folder = assets.resolve_model("base")
+    refs = {}
+    for label, system, ckpts in (
+        ("base", systems[0], [base_folder]),
+        ("ensemble(base, base_ft)", systems[2], [base_folder, ft_merged]),
+    ):
+        refs[label] = agreement.reference(
+            label,
+            ckpts,
+            lambda u, s=system, label=label: _transcribe(
+                s.members(), u, FULL_FRAMES, cfg, f"reference {label}"
+            ),
+            real,
+            n_frames=FULL_FRAMES,
+            cache=agreement.cache_dir(),
+            settings={"max_new_tokens": cfg.eval.max_new_tokens},
+        )
+    agree = []
+    for s in systems[before:]:
+        path = workdir / "eval" / f"{s.key}.{agreement.SPLIT}.{s.n_frames}f.json"
+        res = _cached(
+            path,
+            lambda s=s: agreement.student_agreement(
+                s.members()[0],
+                refs,
+                real,
+                batch_size=cfg.data.eval_batch_size,
+                n_frames=s.n_frames,
+                desc=f"{s.label} ({_secs(s.n_frames)}) {agreement.SPLIT}",
+            ),
+        )
+        agree.append({"label": s.label, "n_frames": s.n_frames, "results": res})
+    out["agreement"] = {
+        "split": agreement.SPLIT,
+        "n_total": len(real),
+        "references": {
+            k: {"n_frames": r["n_frames"], "context": r["context"], "failures": len(r["failures"])}
+            for k, r in refs.items()
+        },
+        "rows": agree,
+        "changes": [
+            {
+                "label": _change(systems[before], systems[before + k]),
+                "results": {
+                    ref: compare(agree[0]["results"][ref], agree[k]["results"][ref]) for ref in refs
+                },
+            }
+            for k in range(1, len(agree))
+        ],
+    }
+    return out
+
+
+def _without_per_utt(value):
+    if isinstance(value, dict):
+        return {k: _without_per_utt(v) for k, v in value.items() if k != "per_utt"}
+    if isinstance(value, list):
+        return [_without_per_utt(v) for v in value]
+    return value
+
+
+def _cell(r: dict) -> str:
+    return f"{r['wer']:.2f} / {r['cer']:.2f} ({r['n_scored']} / {r['n_total']})"
+
+
+def _notes(label: str, n_frames: int, where: str, r: dict) -> list[str]:
+    """Where a result's context was not just its preferred one, or utterances failed."""
+    lines = []
+    if r.get("context") and r["context"] != f"{_secs(n_frames)} ({n_frames} frames)":
+        lines.append(f"- {label} ({_secs(n_frames)}), {where}: encoder context {r['context']}")
+    if r.get("failures"):
+        lines.append(
+            f"- {label} ({_secs(n_frames)}), {where}: {len(r['failures'])} utterance(s) "
+            f"scored as all deletions, e.g. {r['failures'][0]['id']} "
+            f"({r['failures'][0]['reason']})"
+        )
+    return lines
+
+
+def format_demo(results: dict) -> list[str]:
+    """Markdown lines of `evaluate_demo`'s results."""
+    from mkd_jax.report import format_change
+
+    splits = results["splits"]
+    lines = [
+        "## mkd_jax demo: the synthetic corpus's held-out splits, greedy, Whisper normaliser",
+        "",
+        "Each cell: WER % / CER % (n scored / n in the split). dev: seen voices, new sentences; "
+        "test: held-out voices; test_ood: TTS engines never used in training. The context is "
+        "the encoder window each system decodes at; longer utterances fall back to 30 s.",
+        "",
+        "| system | encoder context | " + " | ".join(splits) + " |",
+        "|---|---|" + "---|" * len(splits),
+    ]
+    notes = []
+    for row in results["rows"]:
+        n = row["n_frames"]
+        cells = [_cell(row["results"][sp]) for sp in splits]
+        lines.append(f"| {row['label']} | {_secs(n)} | " + " | ".join(cells) + " |")
+        for sp in splits:
+            notes += _notes(row["label"], n, sp, row["results"][sp])
+    lines += [
+        "",
+        "Student change, WER points with the paired bootstrap 95% CI over utterances:",
+        "",
+        "| change | " + " | ".join(splits) + " |",
+        "|---|" + "---|" * len(splits),
+    ]
+    for ch in results["changes"]:
+        cells = [format_change(ch["results"][sp]) for sp in splits]
+        lines.append(f"| {ch['label']} | " + " | ".join(cells) + " |")
+    agree = results.get("agreement")
+    if agree:
+        refs = list(agree["references"])
+        lines += [
+            "",
+            f"Real recordings ({agree['split']}, {agree['n_total']} clips, no transcripts): "
+            "the student's WER % against a reference system's transcripts (n scored / n total; "
+            "clips whose reference is empty are left out); lower is closer to the teachers. "
+            "Changes: paired bootstrap 95% CI over clips.",
+            "",
+            "| student | encoder context | "
+            + " | ".join(
+                f"vs {r} (at {_secs(info['n_frames'])})" for r, info in agree["references"].items()
+            )
+            + " |",
+            "|---|---|" + "---|" * len(refs),
+        ]
+        for row in agree["rows"]:
+            n = row["n_frames"]
+            cells = [
+                f"{row['results'][r]['wer']:.2f} ({row['results'][r]['n_scored']} / "
+                f"{row['results'][r]['n_total']})"
+                for r in refs
+            ]
+            lines.append(f"| {row['label']} | {_secs(n)} | " + " | ".join(cells) + " |")
+            notes += _notes(row["label"], n, agree["split"], row["results"][refs[0]])
+        for ch in agree["changes"]:
+            cells = [format_change(ch["results"][r]) for r in refs]
+            lines.append(f"| change: {ch['label']} | | " + " | ".join(cells) + " |")
+        for r, info in agree["references"].items():
+            if info["failures"]:
+                notes.append(f"- reference {r}: {info['failures']} clip(s) failed to decode")
+    if notes:
+        lines += ["", *notes]
+    return lines
 
 
 def run(workdir: Path) -> str:
@@ -106,30 +367,11 @@ def run(workdir: Path) -> str:
 
     # ----- 5: the table -----
     t = time.time()
-    test = demo_cfg.data.test_split
-    rows = {
-        "teacher base": _cached(
-            workdir / "wer_base.json", lambda: _test_wer("base", demo_cfg, source, test)
-        ),
-        "teacher base_ft": _cached(
-            workdir / "wer_base_ft.json", lambda: _test_wer(str(ft_merged), demo_cfg, source, test)
-        ),
-        "student tiny.en, before": _cached(
-            workdir / "wer_student_before.json",
-            lambda: _test_wer("tiny.en", demo_cfg, source, test),
-        ),
-        "student tiny.en, after": report["after"][test],
-    }
+    results = evaluate_demo(workdir, demo_cfg, source, ft_merged, run_dir)
+    (workdir / "demo.json").write_text(json.dumps(_without_per_utt(results), indent=1))
     times["evaluation"] = time.time() - t
     budget = report["params"]
-    lines = [
-        f"## mkd_jax demo: {test} split of the synthetic corpus "
-        f"(held-out voices and sentences), greedy, Whisper normaliser",
-        "",
-        "| model | WER % | CER % |",
-        "|---|---|---|",
-    ]
-    lines += [f"| {name} | {r['wer']:.2f} | {r['cer']:.2f} |" for name, r in rows.items()]
+    lines = format_demo(results)
     lines += [
         "",
         f"trainable: {budget['trainable']:,} params = "

@@ -167,10 +167,63 @@ def plot_curves(history: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def format_change(c: dict | None) -> str:
+    """`+0.52 [-1.10, +2.30]`: an `evaluate.compare` WER difference (points) and its 95% CI."""
+    if not c:
+        return "-"
+    return f"{c['diff']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
+
+
+def _secs(frames) -> str:
+    return f"{frames / 100:g} s" if frames else "?"
+
+
+def _wer_cell(r: dict) -> str:
+    """`4.12% (CER 1.80%; 34 / 34 scored at 10 s (1000 frames))`, n and context when known."""
+    n = f"{r['n_scored']} / {r['n_total']}" if "n_total" in r else str(r.get("n", "?"))
+    context = r.get("context") or (
+        f"{_secs(r['n_frames'])} ({r['n_frames']} frames)" if r.get("n_frames") else ""
+    )
+    partial = "; PARTIAL: " + r["limit"] if r.get("limit") else ""
+    fails = f"; {len(r['failures'])} scored as all deletions" if r.get("failures") else ""
+    return (
+        f"{r['wer']:.2f}% (CER {r['cer']:.2f}%; {n} scored"
+        + f" at {context}" * bool(context)
+        + f"{partial}{fails})"
+    )
+
+
+def _change_of(before: dict | None, after: dict | None) -> dict | None:
+    """`evaluate.compare(before, after)` where both hold per-utterance counts, else None."""
+    from mkd_jax.evaluate import compare
+
+    if not (before and after and before.get("per_utt") and after.get("per_utt")):
+        return None
+    try:
+        return compare(before, after)
+    except ValueError as e:  # no shared utterance (e.g. different splits)
+        logging.warning("no before/after interval: %s", e)
+        return None
+
+
 def write_report(
-    workdir: Path, cfg, roles, log: RunLog, after: dict, n_trainable: int, wall_s: float
+    workdir: Path,
+    cfg,
+    roles,
+    log: RunLog,
+    after: dict,
+    n_trainable: int,
+    wall_s: float,
+    *,
+    agreement: dict | None = None,
 ) -> str:
-    """Write `report.json`, `report.md` and `curves.png`; return the markdown."""
+    """Write `report.json`, `report.md` and `curves.png`; return the markdown.
+
+    Args:
+      after: `{split: score(...)["all"]}` of the trained student (n, context, per_utt).
+      agreement: optional real-audio agreement, `{"split", "reference", "before", "after"}` with
+        `agreement.agreement` results (the student's WER against the reference's transcripts).
+    """
     budget = param_budget(roles, n_trainable)
     curves = log.history.get("curves", {})
     step_s = [v for _, v in curves.get("perf/step_s", [])]
@@ -181,8 +234,17 @@ def write_report(
         for k, v in curves.items()
         if k.startswith(("train/acc/", "train/kd/", "train/agree/", "train/coverage/")) and v
     }
+    before = log.history.get("before")
+    change = _change_of(before, after.get(cfg.data.eval_split))
+    agreement = agreement or None
+    agree_change = (
+        _change_of(agreement.get("before"), agreement.get("after")) if agreement else None
+    )
     report = {
-        "before": log.history.get("before"),
+        "before": before,
+        "change": change,  # after - before on the eval split, paired bootstrap
+        "agreement": agreement,
+        "agreement_change": agree_change,
         "diagnostics": diagnostics,
         "nonfinite_steps": log.history.get("nonfinite_steps", []),
         "after": after,
@@ -197,10 +259,29 @@ def write_report(
         plot_curves(log.history, workdir / "curves.png")
     log.close()
     lines = ["| metric | value |", "|---|---|"]
-    if report["before"]:
-        lines.append(f"| {cfg.data.eval_split} WER before | {report['before']['wer']:.2f}% |")
+    if before:
+        lines.append(f"| {cfg.data.eval_split} WER before | {_wer_cell(before)} |")
     for split, res in after.items():
-        lines.append(f"| {split} WER after | {res['wer']:.2f}% (CER {res['cer']:.2f}%) |")
+        lines.append(f"| {split} WER after | {_wer_cell(res)} |")
+    if change:
+        lines.append(
+            f"| {cfg.data.eval_split} WER change, after - before (95% CI) | "
+            f"{format_change(change)} points over {change['n_utts']} utterances |"
+        )
+    if agreement:
+        ref_context = (agreement.get("after") or agreement["before"])["reference_context"]
+        where = (
+            f"{agreement['split']} agreement with {agreement['reference']} "
+            f"(its transcripts at {ref_context} as reference)"
+        )
+        for when in ("before", "after"):
+            if agreement.get(when):
+                lines.append(f"| {where}, {when} | {_wer_cell(agreement[when])} |")
+        if agree_change:
+            lines.append(
+                f"| {where}, change (95% CI) | {format_change(agree_change)} points over "
+                f"{agree_change['n_utts']} clips |"
+            )
     for k, v in diagnostics.items():
         lines.append(f"| {k} (first -> last interval) | {v['first']:.4f} -> {v['last']:.4f} |")
     lines.append(f"| trainable params | {n_trainable:,} |")

@@ -22,7 +22,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from mkd_jax import assets, cli, decode, lora, sharding
+from mkd_jax import agreement, assets, cli, decode, lora, sharding
 from mkd_jax.checkpoint import Checkpointer
 from mkd_jax.cli import RunFailed
 from mkd_jax.data import batching, loaders
@@ -69,9 +69,64 @@ def _wer(cfg, roles, merged, utts, split, max_batches) -> dict:
         max_batches=max_batches,
         desc=f"decode {split}",
     )
-    res = score(utts, tr.ids, tr.hyps, transcripts=tr)["all"]
+    res = score(utts, tr.ids, tr.hyps, transcripts=tr)["all"]  # n scored / total, context
     res["n_frames"] = cfg.data.n_frames
     return res
+
+
+def _real_agreement(cfg, roles, merged, source) -> dict | None:
+    """The student's WER against the first teacher's transcripts of `real_unlabelled`, before
+    and after training, both at the training context (like for like).
+
+    The teacher decodes once at its whole context (30 s for Whisper), greedy; its transcripts and
+    the untrained student's are cached under the asset cache (`agreement.cache_dir()`), so reruns
+    and ablation rows decode only the trained student. None without teachers, without that
+    split, or for a randomly initialised teacher.
+    """
+    if not roles["teachers"]:
+        return None
+    name = next(iter(roles["teachers"]))
+    if not cfg.teachers[name].checkpoint:
+        logging.info("teachers.%s is randomly initialised: no real-audio agreement", name)
+        return None
+    real = agreement.load_split_if_present(source, agreement.SPLIT, require_text=False)
+    if real is None:
+        return None
+    bs, cache, tokens = cfg.data.eval_batch_size, agreement.cache_dir(), cfg.eval.max_new_tokens
+
+    def decoder(model, params, tok, spec, n_frames, desc):
+        return lambda utts: transcribe_utts(
+            model, params, tok, spec, utts, batch_size=bs, n_frames=n_frames, desc=desc
+        )
+
+    t_model, t_params, t_tok, t_folder = roles["teachers"][name]
+    t_spec = decode.spec_from_folder(t_folder, t_tok, max_new_tokens=tokens)
+    t_frames = 2 * t_model.max_source_positions
+    t_decode = decoder(t_model, t_params, t_tok, t_spec, t_frames, f"reference {name}")
+    ref = agreement.reference(
+        name, [t_folder], t_decode, real, n_frames=t_frames, cache=cache,
+        settings={"max_new_tokens": tokens},
+    )  # fmt: skip
+    student, params_s, tok, folder = roles["student"]
+    spec = decode.spec_from_folder(folder, tok, max_new_tokens=tokens, beam_size=cfg.eval.beam_size)
+    n_frames = cfg.data.n_frames
+    before = decoder(student, params_s, tok, spec, n_frames, "agreement before")
+    if cfg.student.checkpoint:  # the untrained student is the same in every run: cache it
+        settings = {"max_new_tokens": tokens, "beam_size": cfg.eval.beam_size}
+        zero_shot = agreement.as_transcripts(
+            agreement.reference(
+                f"{cfg.student.checkpoint} zero-shot", [folder], before, real,
+                n_frames=n_frames, cache=cache, settings=settings,
+            )
+        )  # fmt: skip
+    else:
+        zero_shot = before(real)
+    after = decoder(student, merged, tok, spec, n_frames, "agreement after")(real)
+    out = {"split": agreement.SPLIT, "reference": name}
+    for when, tr in (("before", zero_shot), ("after", after)):
+        out[when] = {**agreement.agreement(tr, ref, real), "n_frames": n_frames}
+        logging.info("real-audio agreement %s: %s", when, agreement.summary(out[when]))
+    return out
 
 
 def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
@@ -256,9 +311,12 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
     train_iter.close()
 
     # ----- final report -----
+    # Whole splits as scoring sees them (no duration filter), with n and context in each result;
+    # test_ood (engines never used in training) where the corpus has it.
     merged = merge_fn(state["trainable"], frozen)
     after = {}
-    splits = [cfg.data.eval_split, cfg.data.test_split] if cfg.eval.max_batches >= 0 else []
+    scored = cfg.eval.max_batches >= 0
+    splits = [cfg.data.eval_split, cfg.data.test_split, "test_ood"] if scored else []
     for split in dict.fromkeys(splits):
         try:
             utts = eval_utts if split == cfg.data.eval_split else load_scoring_split(source, split)
@@ -266,7 +324,10 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
             logging.warning("no %s split to score (%s)", split, e)
             continue
         after[split] = _wer(cfg, roles, merged, utts, split, cfg.eval.max_batches)
-    report = write_report(workdir, cfg, roles, log, after, n_train, time.time() - t_start)
+    agree = _real_agreement(cfg, roles, merged, source) if scored else None
+    report = write_report(
+        workdir, cfg, roles, log, after, n_train, time.time() - t_start, agreement=agree
+    )
     print(report)
     return {
         "step": step,

@@ -15,25 +15,18 @@ window; BUILD_NOTES.md measures what that costs in WER.
 
 from mkd_jax.config_base import (
     BASE_DIMS,
-    DEMO_CORPUS_HOURS,
     LORA_DECODER,
     LORA_ENCODER,
     base_config,
+    demo_data,
     dims,
     role,
 )
 
 
 def get_config():
-    c = base_config()
+    c = demo_data(base_config())
     c.total_steps = 80
-    c.log_every_steps = 10
-    c.data.source.hours = DEMO_CORPUS_HOURS
-    c.data.source.max_seconds = 10.0
-    c.data.n_frames = 1000
-    c.data.token_buckets = (40, 64)
-    c.data.batch_size = 8
-    c.data.eval_batch_size = 16
     c.student = role(checkpoint="tiny.en")
     c.teachers.base = role(checkpoint="base", weight=1.0)
     # Filled in by mkd_jax.demo; `init` gives its shape to abstract checks before it exists.
@@ -59,5 +52,4 @@ def get_config():
     c.ckpt.every_steps = 40
     c.eval.every_steps = 0
     c.eval.max_batches = 0
-    c.eval.max_new_tokens = 64
     return c

@@ -10,19 +10,12 @@ learns comes from the teacher's distribution. The demo's corpus, context and ste
 BUILD_NOTES.md ("Cross-tokenizer KD") records the runs and their WER with confidence intervals.
 """
 
-from mkd_jax.config_base import DEMO_CORPUS_HOURS, LORA_DECODER, base_config, role
+from mkd_jax.config_base import LORA_DECODER, base_config, demo_data, role
 
 
 def get_config():
-    c = base_config()
+    c = demo_data(base_config())
     c.total_steps = 80
-    c.log_every_steps = 10
-    c.data.source.hours = DEMO_CORPUS_HOURS
-    c.data.source.max_seconds = 10.0
-    c.data.n_frames = 1000
-    c.data.token_buckets = (40, 64)
-    c.data.batch_size = 8
-    c.data.eval_batch_size = 16
     c.student = role(checkpoint="tiny.en")
     c.teachers.base = role(checkpoint="base")
     c.mappers.weight = 0.0
@@ -36,5 +29,4 @@ def get_config():
     c.optim.lr = 5e-4
     c.optim.warmup_steps = 8
     c.ckpt.every_steps = 40
-    c.eval.max_new_tokens = 64
     return c

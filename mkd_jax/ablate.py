@@ -215,9 +215,6 @@ def write_plot(plot, path: Path) -> None:
 
 def main(argv):
     del argv
-    from mkd_jax.report import quiet_library_logs
-
-    quiet_library_logs()
     base = FLAGS.config
     ab = base.ablation
     root = Path(FLAGS.workdir)

@@ -3,7 +3,8 @@
 A bad config, file or value (`ValueError`, `OSError` and their subclasses: `ConfigError`,
 `AudioError`, `CheckpointError`, ...) prints `error: <message>` and exits 2; a run that stopped
 because it went wrong (`RunFailed`, e.g. a non-finite loss) prints the same and exits 1.
-`--verbose` re-raises, for the full traceback.
+`--verbose` re-raises, for the full traceback. INFO lines of libraries (orbax writes dozens per
+checkpoint) stay below the console; the project's own INFO lines show.
 """
 
 from __future__ import annotations
@@ -26,11 +27,32 @@ def _one_line(e: BaseException) -> str:
     return text.splitlines()[0] if "\n" not in text[:300] else " ".join(text.split())
 
 
+def quiet_library_logs() -> None:
+    """Keep INFO lines of ours; drop the INFO chatter of orbax, jax internals and other libraries.
+
+    Libraries log through absl (orbax) or their own std-logging loggers; absl records carry the
+    caller's file, so the filter sits on the `absl` logger and on the root handlers.
+    """
+    import logging as std_logging
+
+    def keep(record) -> bool:
+        ours = "/mkd_jax/" in record.pathname.replace("\\", "/")
+        return record.levelno >= std_logging.WARNING or ours
+
+    std_logging.getLogger("absl").addFilter(keep)
+    for handler in std_logging.getLogger().handlers:
+        handler.addFilter(keep)
+    for name in ("orbax", "jax", "datasets", "transformers", "tensorstore", "urllib3", "filelock"):
+        std_logging.getLogger(name).setLevel(std_logging.WARNING)
+
+
 def run(main) -> None:
-    """`absl.app.run(main)` with user errors turned into one `error:` line and an exit code."""
+    """`absl.app.run(main)` with library INFO chatter off and user errors turned into one
+    `error:` line and an exit code."""
     flags.DEFINE_boolean("verbose", False, "Show the full traceback of an error.")
 
     def wrapped(argv):
+        quiet_library_logs()
         try:
             return main(argv)
         except (ValueError, OSError, RunFailed) as e:

@@ -19,6 +19,21 @@ SHARDING_RULES = (
 # Hours of synthetic speech the demo, its supervised teacher and the ablation share.
 DEMO_CORPUS_HOURS = 0.3
 
+
+def demo_data(c: ConfigDict) -> ConfigDict:
+    """The demo corpus and input shapes shared by every demo-scale config: the 0.3 h synthetic
+    corpus, utterances up to 10 s trained at a 10 s encoder context (1000 mel frames)."""
+    c.data.source.hours = DEMO_CORPUS_HOURS
+    c.data.source.max_seconds = 10.0
+    c.data.n_frames = 1000
+    c.data.token_buckets = (40, 64)
+    c.data.batch_size = 8
+    c.data.eval_batch_size = 16
+    c.log_every_steps = 10
+    c.eval.max_new_tokens = 64
+    return c
+
+
 MESH = (("data", -1), ("fsdp", 1), ("tensor", 1))
 
 LORA_DECODER = (

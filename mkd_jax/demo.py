@@ -388,9 +388,6 @@ def run(workdir: Path) -> str:
 
 def main(argv):
     del argv
-    from mkd_jax.report import quiet_library_logs
-
-    quiet_library_logs()
     workdir = Path(FLAGS.workdir) if FLAGS.workdir else assets.cache_dir() / "demo"
     logging.info("demo workdir: %s", workdir)
     print(run(workdir))

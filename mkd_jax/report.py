@@ -46,25 +46,6 @@ class _NullWriter:
         pass
 
 
-def quiet_library_logs() -> None:
-    """Keep INFO lines of ours; drop the INFO chatter of orbax, jax internals and other libraries.
-
-    Libraries log through absl (orbax) or their own std-logging loggers; absl records carry the
-    caller's file, so the filter sits on the `absl` logger and on the root handlers.
-    """
-    import logging as std_logging
-
-    def keep(record) -> bool:
-        ours = "/mkd_jax/" in record.pathname.replace("\\", "/")
-        return record.levelno >= std_logging.WARNING or ours
-
-    std_logging.getLogger("absl").addFilter(keep)
-    for handler in std_logging.getLogger().handlers:
-        handler.addFilter(keep)
-    for name in ("orbax", "jax", "datasets", "transformers", "tensorstore", "urllib3", "filelock"):
-        std_logging.getLogger(name).setLevel(std_logging.WARNING)
-
-
 class RunLog:
     """Metrics sinks for one workdir: `metrics.jsonl`, TensorBoard events and the console."""
 

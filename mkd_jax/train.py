@@ -16,35 +16,23 @@ import signal
 import time
 from pathlib import Path
 
-import flax.linen as nn
-import jax
 from absl import flags, logging
 from ml_collections import config_flags
-from tqdm import tqdm
 
-from mkd_jax import agreement, assets, cli, decode, lora, sharding
-from mkd_jax.checkpoint import Checkpointer
+from mkd_jax import cli
 from mkd_jax.cli import RunFailed
-from mkd_jax.data import batching, loaders
-from mkd_jax.distill import merged_student, nonfinite_terms
-from mkd_jax.evaluate import load_scoring_split, score, transcribe_utts
-from mkd_jax.report import RunLog, quiet_library_logs, write_report
-from mkd_jax.roles import build_roles, resolve_source
-from mkd_jax.state import (
-    abstract_batch,
-    init_state,
-    init_trainable,
-    make_setup,
-    make_step_fn,
-    make_tx,
-)
 from mkd_jax.validate import validate
+
+# jax, flax, orbax and transformers take seconds to import: each function imports them after the
+# config is validated, so a bad config stops in about two seconds.
 
 FLAGS = flags.FLAGS
 
 
 def _device_batch(batch: dict, shardings: dict) -> dict:
     """Global arrays from this process's rows (each process holds 1/process_count of a batch)."""
+    import jax
+
     n = jax.process_count()
     return {
         k: jax.make_array_from_process_local_data(shardings[k], v, (v.shape[0] * n, *v.shape[1:]))
@@ -54,6 +42,9 @@ def _device_batch(batch: dict, shardings: dict) -> dict:
 
 
 def _wer(cfg, roles, merged, utts, split, max_batches) -> dict:
+    from mkd_jax import decode
+    from mkd_jax.evaluate import score, transcribe_utts
+
     student, _, tok, folder = roles["student"]
     spec = decode.spec_from_folder(
         folder, tok, max_new_tokens=cfg.eval.max_new_tokens, beam_size=cfg.eval.beam_size
@@ -83,6 +74,9 @@ def _real_agreement(cfg, roles, merged, source) -> dict | None:
     and ablation rows decode only the trained student. None without teachers, without that
     split, or for a randomly initialised teacher.
     """
+    from mkd_jax import agreement, decode
+    from mkd_jax.evaluate import transcribe_utts
+
     if not roles["teachers"]:
         return None
     name = next(iter(roles["teachers"]))
@@ -136,6 +130,26 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
     time-boxed sessions); rerunning continues to `cfg.total_steps`.
     """
     validate(cfg)  # every value and cross-field rule, before anything is built
+    import flax.linen as nn
+    import jax
+    from tqdm import tqdm
+
+    from mkd_jax import assets, lora, sharding
+    from mkd_jax.checkpoint import Checkpointer
+    from mkd_jax.data import batching, loaders
+    from mkd_jax.distill import merged_student, nonfinite_terms
+    from mkd_jax.evaluate import load_scoring_split
+    from mkd_jax.report import RunLog, write_report
+    from mkd_jax.roles import build_roles, resolve_source
+    from mkd_jax.state import (
+        abstract_batch,
+        init_state,
+        init_trainable,
+        make_setup,
+        make_step_fn,
+        make_tx,
+    )
+
     workdir.mkdir(parents=True, exist_ok=True)
     if os.environ.get("MKD_JAX_DISTRIBUTED") == "1":
         jax.distributed.initialize()  # coordinator and ranks from the launcher's environment
@@ -339,7 +353,6 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
 
 def main(argv):
     del argv
-    quiet_library_logs()
     run(FLAGS.config, Path(FLAGS.workdir))
 
 
@@ -348,5 +361,4 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
     flags.DEFINE_string("workdir", None, "Run folder; rerun with the same one to resume.")
     flags.mark_flags_as_required(["config", "workdir"])
-    jax.config.update("jax_threefry_partitionable", True)
     cli.run(main)

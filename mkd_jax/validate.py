@@ -12,8 +12,6 @@ import math
 import re
 from pathlib import Path
 
-from mkd_jax import assets
-
 SOURCE_KINDS = ("synth", "disk", "librispeech", "hf", "manifest")
 MAPPER_STRATEGIES = ("last", "uniform", "explicit")
 MAPPER_KINDS = ("linear", "mlp")
@@ -74,6 +72,8 @@ def _choice(cfg, key: str, choices):
 def _role_dims(role, where: str) -> dict:
     """Dims of a role without loading weights: from the checkpoint's config.json, else `init`."""
     if role.checkpoint:
+        from mkd_jax import assets  # imports flax: only once a checkpoint is named
+
         try:
             folder = assets.resolve_model(role.checkpoint)
             hf = json.loads((Path(folder) / "config.json").read_text())

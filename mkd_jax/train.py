@@ -83,7 +83,9 @@ def _real_agreement(cfg, roles, merged, source) -> dict | None:
     if not cfg.teachers[name].checkpoint:
         logging.info("teachers.%s is randomly initialised: no real-audio agreement", name)
         return None
-    real = agreement.load_split_if_present(source, agreement.SPLIT, require_text=False)
+    real = agreement.load_split_if_present(
+        source, agreement.SPLIT, require_text=False, max_utts=agreement.MAX_CLIPS
+    )
     if real is None:
         return None
     bs, cache, tokens = cfg.data.eval_batch_size, agreement.cache_dir(), cfg.eval.max_new_tokens

@@ -184,7 +184,7 @@ def test_demo_table_has_every_split_n_context_and_intervals(monkeypatch, tmp_pat
     assert results["splits"] == ["dev", "test", "test_ood"]
     labels = [(r["label"], r["n_frames"]) for r in results["rows"]]
     assert labels == [
-        ("teacher base", 300), ("teacher base_ft", 300), ("ensemble(base, base_ft)", 300),
+        ("teacher base", 100), ("teacher base_ft", 100), ("ensemble(base, base_ft)", 100),
         ("student tiny.en, before (zero-shot)", 300), ("student tiny.en, after", 100),
         ("student tiny.en, after", 300),
     ]  # fmt: skip

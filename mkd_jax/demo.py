@@ -90,15 +90,28 @@ def _cached(path: Path, fn):
     return value
 
 
+def _train(cfg, run_dir: Path) -> None:
+    """`train.run` to the end, or stop the demo: an interrupted stage is never used as finished."""
+    from mkd_jax import train
+
+    if (run_dir / "report.json").is_file():
+        return
+    out = train.run(cfg, run_dir)
+    if "stopped_by" in out:
+        raise cli.RunFailed(
+            f"{run_dir}: stopped at step {out['step']} ({out['stopped_by']}); rerun "
+            "`python -m mkd_jax.demo` to resume"
+        )
+
+
 def ensure_base_ft(workdir: Path) -> Path:
     """Teacher 2: base LoRA-tuned on the train split (supervised mode), merged; built once."""
-    from mkd_jax import export, train
+    from mkd_jax import export
 
     sup_dir, ft_dir = workdir / "base_supervised", workdir / "base_ft"
     merged = ft_dir / "merged"
     if not (merged / "model.safetensors").is_file():
-        if not (sup_dir / "report.json").is_file():
-            train.run(load_config_file(ROOT / "configs/base_supervised.py"), sup_dir)
+        _train(load_config_file(ROOT / "configs/base_supervised.py"), sup_dir)
         export.export(sup_dir, ft_dir, merged_only=True)
     return merged
 
@@ -340,7 +353,6 @@ def format_demo(results: dict) -> list[str]:
 
 
 def run(workdir: Path) -> str:
-    from mkd_jax import train
     from mkd_jax.roles import resolve_source
 
     t0 = time.time()
@@ -364,8 +376,7 @@ def run(workdir: Path) -> str:
     with demo_cfg.unlocked():
         demo_cfg.teachers.base_ft.checkpoint = str(ft_merged)
     run_dir = workdir / "distill"
-    if not (run_dir / "report.json").is_file():
-        train.run(demo_cfg, run_dir)
+    _train(demo_cfg, run_dir)
     report = json.loads((run_dir / "report.json").read_text())
     times["distillation"] = time.time() - t
 

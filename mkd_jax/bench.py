@@ -2,6 +2,7 @@
 
     python -m mkd_jax.bench decode [--models=tiny.en,base] [--batch_sizes=1,16] [--clips=16]
     python -m mkd_jax.bench features
+    python -m mkd_jax.bench distill [--rounds=3]      # see bench_distill.py
 
 `features`: log-mel speed (x real time) on batches of 16 x 30 s clips, alone and through the
 whole batching pipeline (FLAC decode, resample, log-mel, tokens).
@@ -32,6 +33,7 @@ flags.DEFINE_integer("clips", 16, "Number of clips (a multiple of every batch si
 flags.DEFINE_string("audio", None, "Glob of audio files to use instead of synthesised speech.")
 flags.DEFINE_integer("max_new_tokens", 96, "Token limit per clip.")
 flags.DEFINE_boolean("torch", True, "Also time transformers' PyTorch generate.")
+flags.DEFINE_integer("rounds", 3, "distill: alternating timed rounds (the median is shown).")
 
 SENTENCES = HARVARD[:16]
 VOICES = ["kokoro:af_heart", "kokoro:am_michael", "kokoro:bf_emma", "kokoro:bm_george"]
@@ -176,9 +178,14 @@ def bench_features():
 
 
 def main(argv):
-    if len(argv) != 2 or argv[1] not in ("decode", "features"):
-        raise app.UsageError("usage: python -m mkd_jax.bench decode|features [flags]")
-    bench_decode() if argv[1] == "decode" else bench_features()
+    if len(argv) != 2 or argv[1] not in ("decode", "features", "distill"):
+        raise app.UsageError("usage: python -m mkd_jax.bench decode|features|distill [flags]")
+    if argv[1] == "distill":
+        from mkd_jax.bench_distill import bench_distill
+
+        bench_distill(rounds=FLAGS.rounds)
+    else:
+        bench_decode() if argv[1] == "decode" else bench_features()
 
 
 if __name__ == "__main__":

@@ -203,6 +203,11 @@ def base_config() -> ConfigDict:
             max_nonfinite_steps=0,
         )
     )
+    # The teacher-output cache (teacher_cache.py): teachers' top-k targets and mapped features,
+    # and with a frozen student encoder its outputs, computed once per utterance; training then
+    # runs only what changes. top_k=0 keeps the whole vocabulary (exact, large); dtype stores
+    # teacher features; dir="" shares caches by content under the asset cache.
+    c.cache = ConfigDict(dict(enabled=False, top_k=64, dtype="bfloat16", dir=""))
     c.mesh = MESH
     c.sharding_rules = SHARDING_RULES
     c.ckpt = ConfigDict(dict(every_steps=50, max_to_keep=2))

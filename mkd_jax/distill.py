@@ -1,9 +1,12 @@
 """The pure distillation step: `loss_fn`, `train_step`, `eval_step`.
 
 Only `trainable = {"lora", "mappers"}` is differentiated; `frozen = {"teachers", "student"}` is
-read under `stop_gradient` and never donated. Every teacher runs once per step. Everything static
-(models, layer map, vocabulary maps, loss weights) lives in a `Setup` bound with
-`functools.partial`, so nothing jitted reads flags, globals or files.
+read under `stop_gradient` and never donated. Every teacher runs once per step, or, with a
+teacher-output cache (`Setup.cache`, see teacher_cache.py), not at all: the batch then carries
+each teacher's top-k target and features, and, with a frozen student encoder, the student's
+encoder output, so the step runs only the student decoder. Everything static (models, layer map,
+vocabulary maps, loss weights) lives in a `Setup` bound with `functools.partial`, so nothing
+jitted reads flags, globals or files.
 
 Loss: `w_ce * CE + w_kd * T^2 KL(target || student) + sum_pairs w_map * w_teacher * L_map`.
 Across tokenizers the KL runs over the student ids every teacher can represent, with the student
@@ -51,6 +54,8 @@ class Setup:
     interpolate: bool = False
     lambdas: tuple[float, ...] = (0.1, 0.5, 0.9)
     total_steps: int = 1
+    # What the batch carries from the teacher-output cache (teacher_cache.CacheSpec), or None.
+    cache: object | None = None
 
 
 def merged_student(trainable, frozen, setup: Setup, rng=None):
@@ -73,24 +78,37 @@ def _frame_mask(batch, n_enc: int) -> jax.Array:
     ]
 
 
+def _teacher_mask(name, batch, setup: Setup) -> jax.Array:
+    """[B, S] where teacher `name` has a target: the student mask, across tokenizers only at
+    student positions aligned to a teacher row."""
+    if setup.vocab_index[name] is None:
+        return batch["mask"]
+    return batch["mask"] * (batch[f"t:{name}/rows"] >= 0).astype(jnp.float32)
+
+
 def _teacher(name, model, params, batch, setup: Setup, v_s: int) -> dict:
     """One teacher's tempered target on student positions and what goes with it.
 
     Keys: `probs` [B, S, V_s], `mask` [B, S] (where it has a target), `feats` (its sites, decoder
     sites gathered onto student positions), `nll` [B] (summed NLL of its own reference tokens),
     `support` (bool [V_s] of student ids it can represent, None for the student's vocabulary),
-    `acc` (its teacher-forced top-1 accuracy on its own labels) and, across tokenizers,
-    `dropped` (the tempered mass on tokens without a student counterpart, mean over aligned rows).
+    `acc` (its teacher-forced top-1 accuracy on its own labels; `hits` and `count` [B] per
+    utterance, for the cache) and, across tokenizers,
+    `dropped` (the tempered mass on tokens without a student counterpart, mean over aligned rows)
+    and `kept` [B, S] (per position, the mass that had a counterpart).
     """
     cross = setup.vocab_index[name] is not None
     prefix = f"t:{name}/" if cross else ""
     logits_t, out_t = model.apply({"params": params}, batch["mel"], batch[prefix + "decoder_input"])
     logits_t, out_t = jax.lax.stop_gradient((logits_t, out_t))
     labels_t, mask_t = batch[prefix + "labels"], batch[prefix + "mask"]
+    hit = (jnp.argmax(logits_t, axis=-1) == labels_t).astype(jnp.float32) * mask_t
     res = {
         "nll": losses.nll_per_utt(logits_t, labels_t, mask_t),
-        "acc": losses.top1_hits(logits_t, labels_t, mask_t),
+        "hits": jnp.sum(hit, axis=-1),  # [B] per utterance, so a cache can store them
+        "count": jnp.sum(mask_t.astype(jnp.float32), axis=-1),
     }
+    res["acc"] = jnp.sum(res["hits"]) / jnp.maximum(jnp.sum(res["count"]), 1.0)
     mask = batch["mask"]
     if not cross:
         probs = losses.tempered_probs(logits_t, setup.temperature)
@@ -109,20 +127,93 @@ def _teacher(name, model, params, batch, setup: Setup, v_s: int) -> dict:
         k: token_align.gather_rows(v, rows) if k.startswith("decoder/") else v
         for k, v in out_t.items()
     }
-    m = mask * aligned
+    m = _teacher_mask(name, batch, setup)
     support = token_align.student_support(
         setup.vocab_maps[name], v_s, index=setup.vocab_index[name]
     )
     dropped = jnp.sum((1.0 - kept) * m) / jnp.maximum(jnp.sum(m), 1.0)
-    return dict(res, probs=p_t, mask=m, feats=feats, support=support, dropped=dropped)
+    return dict(res, probs=p_t, mask=m, feats=feats, support=support, dropped=dropped, kept=kept)
+
+
+def teacher_outputs(frozen, batch, setup: Setup) -> dict[str, dict]:
+    """Every teacher's `_teacher` dict, its target restricted to the KD support (see `loss_fn`).
+
+    This is what the teacher-output cache stores (top-k of `probs`), so the cached and the
+    uncached step share one definition of the target.
+    """
+    v_s = setup.student.vocab_size
+    ts = {
+        name: _teacher(name, model, frozen["teachers"][name], batch, setup, v_s)
+        for name, model in setup.teachers.items()
+    }
+    support = kd_support(ts, setup)
+    for t in ts.values():
+        t["probs"] = losses.restrict(t["probs"], support)
+    return ts
+
+
+def kd_support(ts: dict, setup: Setup):
+    """ "shared": the student ids every teacher can represent (bool [V_s]), or None for the whole
+    vocabulary; "student": None. See `loss_fn`."""
+    if setup.kd_support != "shared":
+        return None
+    return losses.shared_support([t["support"] for t in ts.values()], setup.student.vocab_size)
+
+
+def cached_teachers(batch, setup: Setup) -> dict[str, dict]:
+    """The `teacher_outputs` dicts rebuilt from a cached batch (teacher_cache.py): each target is
+    dense again, its explicit (top-k) ids marked in `explicit` and the rest in `tail` mass."""
+    spec, v_s = setup.cache, setup.student.vocab_size
+    ts = {}
+    for name in setup.teachers:
+        c = f"c:{name}/"
+        probs, explicit = losses.densify(batch[c + "ids"], batch[c + "p"], v_s)
+        m = _teacher_mask(name, batch, setup)
+        cross = setup.vocab_index[name] is not None
+        t = {
+            "probs": probs,
+            "explicit": explicit,
+            "tail": batch[c + "tail"],
+            "mask": m,
+            "nll": batch[c + "nll"],
+            "hits": batch[c + "hits"],
+            "count": batch[c + "count"],
+            "acc": jnp.sum(batch[c + "hits"]) / jnp.maximum(jnp.sum(batch[c + "count"]), 1.0),
+            "feats": {site: batch[c + site].astype(jnp.float32) for site in spec.sites[name]},
+            "support": (
+                token_align.student_support(
+                    setup.vocab_maps[name], v_s, index=setup.vocab_index[name]
+                )
+                if cross
+                else None
+            ),
+        }
+        if cross:
+            t["dropped"] = jnp.sum((1.0 - batch[c + "kept"]) * m) / jnp.maximum(jnp.sum(m), 1.0)
+        ts[name] = t
+    return ts
+
+
+def _student_forward(params_s, batch, setup: Setup):
+    """The student's `(logits, out)`: the whole model, or with a cached (frozen) encoder only
+    the decoder on the cached encoder output, the cached encoder sites joining `out`."""
+    spec = setup.cache
+    if spec is None or not spec.student_sites:
+        return setup.student.apply({"params": params_s}, batch["mel"], batch["decoder_input"])
+    logits, out = setup.student.apply(
+        {"params": params_s},
+        batch["c:student/encoder/output"],
+        batch["decoder_input"],
+        method=Whisper.decode_forced,
+    )
+    enc = {site: batch[f"c:student/{site}"] for site in spec.student_sites}
+    return logits, {**enc, **out}
 
 
 def loss_fn(trainable, frozen, batch, rng, step, *, setup: Setup):
     """Total loss and metrics. Differentiate with respect to `trainable` only."""
     params_s = merged_student(trainable, frozen, setup, rng)
-    logits_s, out_s = setup.student.apply(
-        {"params": params_s}, batch["mel"], batch["decoder_input"]
-    )
+    logits_s, out_s = _student_forward(params_s, batch, setup)
     mask = batch["mask"]
     ce, n_tok = losses.cross_entropy(logits_s, batch["labels"], mask)
     metrics = {
@@ -132,24 +223,15 @@ def loss_fn(trainable, frozen, batch, rng, step, *, setup: Setup):
     }
     total = setup.w_ce * ce
 
-    v_s = setup.student.vocab_size
-    ts = {
-        name: _teacher(name, model, frozen["teachers"][name], batch, setup, v_s)
-        for name, model in setup.teachers.items()
-    }
     # "shared": KL over the student ids every teacher can represent, the student renormalised
     # over them too; "student": the teacher's mapped target against the student's full vocabulary
     # (ids a teacher lacks get zero target mass, so the KL pushes them down).
-    support = (
-        losses.shared_support([t["support"] for t in ts.values()], v_s)
-        if setup.kd_support == "shared"
-        else None
-    )
+    ts = cached_teachers(batch, setup) if setup.cache else teacher_outputs(frozen, batch, setup)
+    support = kd_support(ts, setup)
     pred_s = jnp.argmax(logits_s, axis=-1)
     p_s1 = jax.nn.softmax(logits_s.astype(jnp.float32), axis=-1)
     feats = {}
     for name, t in ts.items():
-        t["probs"] = losses.restrict(t["probs"], support)
         feats[name] = t["feats"]
         m_t = t["mask"]
         agree = (jnp.argmax(t["probs"], axis=-1) == pred_s).astype(jnp.float32)
@@ -173,13 +255,32 @@ def loss_fn(trainable, frozen, batch, rng, step, *, setup: Setup):
         )
         target = losses.ensemble_target(probs, masks=masks, **kw)
         kd_mask = losses.ensemble_mask(masks, **kw)
+        # From the cache, each target is explicit on its top-k ids and keeps the rest of its mass
+        # as one tail bin; the ensemble's explicit ids are the union, its tail the mixed tails.
+        explicit = tail = None
+        if setup.cache:
+            explicit = functools.reduce(jnp.logical_or, [t["explicit"] for t in ts.values()])
+            tails = [t["tail"][..., None] for t in ts.values()]
+            tail = losses.ensemble_target(tails, masks=masks, **kw)[..., 0]
         metrics["train/acc/target"] = losses.top1_hits(target, batch["labels"], kd_mask)
         if setup.interpolate:
             lam = losses.lambda_schedule(step, setup.total_steps, setup.lambdas)
             p_s = losses.restrict(losses.tempered_probs(logits_s, setup.temperature), support)
+            if explicit is not None:
+                p_s_tail = jnp.sum(jnp.where(explicit, 0.0, jax.lax.stop_gradient(p_s)), axis=-1)
+                tail = losses.interpolated_target(p_s_tail, tail, lam) * kd_mask
+                p_s = jnp.where(explicit, p_s, 0.0)
             target = losses.interpolated_target(p_s, target, lam) * kd_mask[..., None]
             metrics["train/lambda"] = lam
-        kd = losses.kd_kl(logits_s, target, kd_mask, temperature=setup.temperature, support=support)
+        kd = losses.kd_kl(
+            logits_s,
+            target,
+            kd_mask,
+            temperature=setup.temperature,
+            support=support,
+            explicit=explicit,
+            tail=tail,
+        )
         metrics["train/kd_kl"] = kd
         total = total + setup.w_kd * kd
 

@@ -127,6 +127,8 @@ def kd_kl(
     *,
     temperature: float,
     support: jax.Array | None = None,
+    explicit: jax.Array | None = None,
+    tail: jax.Array | None = None,
 ) -> jax.Array:
     """`T^2 * mean over unmasked tokens of KL(target || softmax(student / T))`.
 
@@ -140,6 +142,10 @@ def kd_kl(
         speak about. The student's distribution is renormalised over them before the KL, so ids
         outside get exactly zero gradient: a teacher that lacks a token neither pushes the
         student's probability of it down nor up (`shared_support`). None: the whole vocabulary.
+      explicit, tail: a target known only on some ids (a cached top-k, `densify`): `explicit`
+        bool [B, S, V] marks them and `tail` [B, S] is the target's remaining mass. The KL then
+        runs over the explicit ids plus one bin holding every other id (of the support), on both
+        sides: exact for the coarsened distributions, and the full KL when every id is explicit.
     """
     p = jax.lax.stop_gradient(target_probs.astype(jnp.float32))
     z = student_logits.astype(jnp.float32) / temperature
@@ -147,8 +153,28 @@ def kd_kl(
         # A finite floor, not -inf: exp() of it is exactly 0 in float32, and 0 * floor stays 0.
         z = jnp.where(support, z, _LOGIT_FLOOR)
     log_q = jax.nn.log_softmax(z, axis=-1)
-    kl = jnp.sum(xlogy(p, p) - p * log_q, axis=-1)  # [B, S]; xlogy makes 0 * log 0 = 0
+    if explicit is None:
+        kl = jnp.sum(xlogy(p, p) - p * log_q, axis=-1)  # [B, S]; xlogy makes 0 * log 0 = 0
+    else:
+        p = jnp.where(explicit, p, 0.0)
+        kl = jnp.sum(xlogy(p, p) - p * jnp.where(explicit, log_q, 0.0), axis=-1)
+        # The student's tail summed directly (not 1 - sum of the explicit part: no cancellation).
+        q_tail = jnp.sum(jnp.where(explicit, 0.0, jnp.exp(log_q)), axis=-1)
+        p_tail = jax.lax.stop_gradient(jnp.maximum(tail.astype(jnp.float32), 0.0))
+        kl = kl + xlogy(p_tail, p_tail) - p_tail * jnp.log(jnp.maximum(q_tail, 1e-30))
     return temperature**2 * masked_mean(kl, mask)
+
+
+def densify(ids: jax.Array, values: jax.Array, vocab_size: int) -> tuple[jax.Array, jax.Array]:
+    """A sparse target `ids`, `values` [B, S, k] as dense `(probs [B, S, V], explicit bool)`.
+
+    Ids must be distinct within a row except where their value is 0 (padding rows).
+    """
+    b, s, _ = ids.shape
+    at = (jnp.arange(b)[:, None, None], jnp.arange(s)[None, :, None], ids)
+    probs = jnp.zeros((b, s, vocab_size), jnp.float32).at[at].add(values.astype(jnp.float32))
+    explicit = jnp.zeros((b, s, vocab_size), bool).at[at].set(True)
+    return probs, explicit
 
 
 def shared_support(supports: Sequence[jax.Array | np.ndarray | None], vocab_size: int):

@@ -7,6 +7,7 @@ returns the unmerged trainable tree, for export.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -61,7 +62,7 @@ def make_setup(cfg, roles) -> Setup:
             align=cfg.mappers.align,
         )
     loss = cfg.loss
-    return Setup(
+    setup = Setup(
         student=student,
         teachers={n: m for n, (m, *_) in teachers.items()},
         teacher_weights={n: float(c.weight) for n, c in cfg.teachers.items()},
@@ -87,6 +88,12 @@ def make_setup(cfg, roles) -> Setup:
         lambdas=tuple(loss.lambdas),
         total_steps=cfg.total_steps,
     )
+    if cfg.get("cache") and cfg.cache.enabled:
+        from mkd_jax.teacher_cache import make_spec
+
+        spec = make_spec(cfg, roles["student"][1], mappers.pairs if mappers else ())
+        setup = dataclasses.replace(setup, cache=spec)
+    return setup
 
 
 def init_trainable(cfg, roles, setup: Setup, rng) -> dict:
@@ -199,6 +206,12 @@ def abstract_batch(cfg, setup: Setup, student) -> dict:
         batch[prefix + "mask"] = jax.ShapeDtypeStruct((b, s), jnp.float32)
         if prefix:
             batch[prefix + "rows"] = jax.ShapeDtypeStruct((b, s), jnp.int32)
+    if setup.cache is not None:
+        from mkd_jax.teacher_cache import abstract_fields
+
+        batch.update(abstract_fields(setup.cache, setup, b, s, f))
+        if setup.cache.student_sites:
+            del batch["mel"]
     return batch
 
 
@@ -217,9 +230,10 @@ def make_step_fn(setup: Setup, tx, roles, state, batch, mesh, rules):
         "state": jax.tree.map(lambda _: replicated, state),
         "frozen": {
             "student": sharding.param_shardings(abstract_params(roles["student"][0]), mesh, rules),
-            "teachers": {
+            "teachers": {  # a cached step reads no teacher weights
                 n: sharding.param_shardings(abstract_params(m), mesh, rules)
                 for n, (m, *_) in roles["teachers"].items()
+                if setup.cache is None
             },
         },
         "batch": {k: sharding.batch_sharding(mesh, rules, v.ndim) for k, v in batch.items()},

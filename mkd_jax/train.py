@@ -184,6 +184,13 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
     buckets = batching.make_buckets(
         tuple(cfg.data.token_buckets), (cfg.data.n_frames,), cfg.data.batch_size
     )
+    cache_folder = None
+    if setup.cache is not None:  # build (or resume) the teacher-output cache before training
+        from mkd_jax import teacher_cache
+
+        cache_folder = teacher_cache.ensure(
+            cfg, roles, setup, train_utts, tokenizers, buckets, source, mesh=mesh, rules=rules
+        )
     train_iter = batching.BatchIterator(
         train_utts,
         tokenizers,
@@ -191,7 +198,12 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
         n_mels=student.num_mel_bins,
         seed=cfg.seed,
         prefetch=cfg.data.prefetch,
+        audio=setup.cache is None or not setup.cache.student_sites,
     )
+    if cache_folder is not None:
+        train_iter = teacher_cache.CachedBatches(
+            train_iter, cache_folder, setup.cache, setup, cfg.data.n_frames
+        )
 
     # ----- state, shardings, restore -----
     rng = jax.random.PRNGKey(cfg.seed)
@@ -203,10 +215,8 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
     batch_like = abstract_batch(cfg, setup, student)
     jitted_step, sh = make_step_fn(setup, tx, roles, state, batch_like, mesh, rules)
     state_sh, batch_sh = sh["state"], sh["batch"]
-    frozen = sharding.put(
-        {"student": params_s, "teachers": {n: r[1] for n, r in roles["teachers"].items()}},
-        sh["frozen"],
-    )
+    teachers = {n: r[1] for n, r in roles["teachers"].items() if n in sh["frozen"]["teachers"]}
+    frozen = sharding.put({"student": params_s, "teachers": teachers}, sh["frozen"])
     state = jax.device_put(state, state_sh)
     n_train = lora.count(state["trainable"])
     log = RunLog(workdir, cfg, roles, n_train)

@@ -323,6 +323,28 @@ def _check_optim(cfg) -> None:
         raise ConfigError("optim.warmup_steps", o.warmup_steps, f"must be < total_steps={total}")
 
 
+def _check_cache(cfg, dims) -> None:
+    if "cache" not in cfg:
+        return
+    _choice(cfg, "cache.enabled", (True, False))
+    if not cfg.cache.enabled:
+        return
+    encoder = [f"encoder/layers_{i}/{k}/kernel" for i in range(32) for k in _KERNELS]
+    if not cfg.teachers and any(re.fullmatch(t, k) for t in cfg.lora.targets for k in encoder):
+        raise ConfigError(
+            "cache.enabled",
+            True,
+            "without teachers the cache holds only the student's encoder output, which needs a "
+            "frozen encoder, but lora.targets reach the encoder",
+            "drop the encoder LoRA targets or set cache.enabled=False",
+        )
+    v_s = dims["student"].get("vocab_size", 51864)
+    _int(cfg, "cache.top_k", 0, v_s)
+    _choice(cfg, "cache.dtype", ("bfloat16", "float16", "float32"))
+    if not isinstance(cfg.cache.dir, str):
+        raise ConfigError("cache.dir", cfg.cache.dir, "must be a folder path or empty")
+
+
 def _check_cadences(cfg, dims) -> None:
     _int(cfg, "seed", 0)
     _int(cfg, "log_every_steps", 1)
@@ -357,4 +379,5 @@ def validate(cfg) -> None:
     dims = _check_roles(cfg)
     _check_data(cfg, dims)
     _check_mappers(cfg, dims)
+    _check_cache(cfg, dims)
     _check_cadences(cfg, dims)

@@ -110,6 +110,9 @@ class BatchIterator:
       language, task: prompt of every tokenizer.
       leading_space: encode `" " + text`, as Whisper emits its first word with a space.
       prefetch: batches prepared ahead in a background thread (0: none, prepared on demand).
+      audio: decode audio and compute `mel`; off (training from a cache that holds the student's
+        encoder output), batches carry no `mel`, `audio_frames` is 0 and every real row is valid
+        (the cache knows which clips failed).
       process_index, process_count: this host's slice; default `jax.process_index()/count()`.
     """
 
@@ -127,6 +130,7 @@ class BatchIterator:
         task: str = "transcribe",
         leading_space: bool = True,
         prefetch: int = 2,
+        audio: bool = True,
         process_index: int | None = None,
         process_count: int | None = None,
     ):
@@ -145,6 +149,7 @@ class BatchIterator:
             raise ValueError(f"batch sizes of {bad} are not divisible by {process_count} processes")
         self.utts, self.n_mels, self.seed = utts, n_mels, int(seed)
         self.shuffle, self.repeat, self.prefetch = shuffle, repeat, prefetch
+        self.audio = audio
         self.process_index, self.process_count = process_index, process_count
         self._toks = {}  # name -> (prompt, eot, [token ids per utterance])
         self._align = {}  # name -> [student token -> teacher token index or -1, per utterance]
@@ -257,26 +262,27 @@ class BatchIterator:
         bucket = self.buckets[k]
         rows = len(global_idx) // self.process_count
         idx = global_idx[self.process_index * rows : (self.process_index + 1) * rows]
-        audio = np.zeros((rows, bucket.n_frames * features.HOP), np.float32)
-        valid = np.zeros(rows, np.float32)
+        valid = (idx >= 0).astype(np.float32)
         frames = np.zeros(rows, np.int32)  # mel frames that hold audio, for feature-loss masks
-        for r, i in enumerate(idx):
-            if i < 0:
-                continue
-            try:
-                clip = self.utts.audio(i)[: audio.shape[1]]
-            except AudioError as e:
-                self.report.skip("decode_failed", self.utts.where(i), str(e))
-                continue
-            audio[r, : len(clip)] = clip
-            valid[r] = 1.0
-            frames[r] = -(-len(clip) // features.HOP)
         batch = {
-            "mel": features.log_mel(audio, n_mels=self.n_mels, n_frames=bucket.n_frames),
             "audio_frames": frames,
             "ids": np.array([self.utts.ids[i] if i >= 0 else "" for i in idx], dtype=str),
             "valid": valid,
         }
+        if self.audio:
+            audio = np.zeros((rows, bucket.n_frames * features.HOP), np.float32)
+            for r, i in enumerate(idx):
+                if i < 0:
+                    continue
+                try:
+                    clip = self.utts.audio(i)[: audio.shape[1]]
+                except AudioError as e:
+                    self.report.skip("decode_failed", self.utts.where(i), str(e))
+                    valid[r] = 0.0
+                    continue
+                audio[r, : len(clip)] = clip
+                frames[r] = -(-len(clip) // features.HOP)
+            batch["mel"] = features.log_mel(audio, n_mels=self.n_mels, n_frames=bucket.n_frames)
         student_prompt = len(self._toks[STUDENT][0])
         for name, aligns in self._align.items():
             prompt, _, tokens = self._toks[name]

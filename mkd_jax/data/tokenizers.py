@@ -103,6 +103,12 @@ class WhisperTokenizer:
         """Entries in the tokenizer (text, specials and any explicit timestamp tokens)."""
         return self._tok.get_vocab_size(with_added_tokens=True)
 
+    def fingerprint(self) -> str:
+        """sha256 of the whole tokenizer (vocabulary, merges, added tokens), for cache keys."""
+        import hashlib
+
+        return hashlib.sha256(self._tok.to_str().encode()).hexdigest()
+
     @property
     def model_vocab_size(self) -> int:
         """Logits of a Whisper model using this vocabulary: everything up to the last timestamp."""

@@ -300,6 +300,14 @@ class Whisper(nn.Module):
     def encode(self, mel: jax.Array) -> tuple[jax.Array, dict]:
         return self.encoder(mel)
 
+    def decode_forced(self, enc: jax.Array, tokens: jax.Array):
+        """Teacher-forced decoder on a given encoder output `enc` [B, T, D] -> (logits, out).
+
+        With a frozen encoder whose outputs are cached, training runs only this half.
+        """
+        logits, out, _ = self.decoder(tokens, self.decoder.cross_kv(enc))
+        return logits, out
+
     def cross_kv(self, enc: jax.Array):
         """Per-layer cross-attention keys and values, computed once per utterance for decoding."""
         return self.decoder.cross_kv(enc)

@@ -1,0 +1,299 @@
+"""`python -m mkd_jax.bench distill`: whole training steps, ours against the PyTorch + PEFT way.
+
+The work (identical for every implementation): Whisper base -> tiny.en (cross-tokenizer KD), a
+batch of 4 utterances, 30 s log-mel features (computed once, before timing), 32 decoder
+positions, LoRA r=32 (alpha 32, no dropout) on the ten decoder linears of every decoder layer,
+a linear projector from the student's last encoder output onto the teacher's with a masked MSE,
+loss CE + T^2 KL (T = 2), AdamW.
+
+- `ours`: the jitted `distill.train_step`, teachers run every step.
+- `ours cached`: the same step reading the teacher-output cache (top-k 64); "frozen encoder"
+  maps the decoder output instead of the encoder's and reads the cached student encoder
+  output, so only the student decoder runs; "encoder LoRA" puts LoRA on the encoder as well
+  (teachers cached only, the student runs whole).
+- `torch`: transformers' PyTorch Whisper + PEFT LoRA + an `nn.Linear` projector, the teacher
+  once per step under `no_grad`, default attention, every core, no gradient checkpointing.
+
+Every implementation is warmed (compile time reported apart), then timed in alternating rounds;
+the table shows medians, samples/s, label tokens/s, ratios to the reference, XLA's FLOPs per
+step, utilisation against a matmul peak measured in the same run, and memory.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mkd_jax.config_base import LORA_DECODER, LORA_ENCODER, base_config, role
+
+BATCH, TOKENS, FRAMES, RANK, TEMPERATURE, TOP_K = 4, 32, 3000, 32, 2.0, 64
+
+
+def _config(variant: str):
+    c = base_config()
+    c.student = role(checkpoint="tiny.en")
+    c.teachers.base = role(checkpoint="base")
+    c.data.n_frames, c.data.token_buckets, c.data.batch_size = FRAMES, (TOKENS,), BATCH
+    c.lora.targets = (LORA_DECODER, LORA_ENCODER) if variant == "encoder_lora" else (LORA_DECODER,)
+    c.lora.rank, c.lora.alpha, c.lora.dropout = RANK, float(RANK), 0.0
+    c.mappers.strategy, c.mappers.kind, c.mappers.loss = "last", "linear", "mse"
+    c.mappers.sides = ("decoder",) if variant == "frozen_encoder" else ("encoder",)
+    c.loss.w_ce, c.loss.w_kd, c.loss.temperature = 1.0, 1.0, TEMPERATURE
+    c.optim.warmup_steps, c.optim.clip_norm = 0, 0.0
+    c.mesh = (("data", 1), ("fsdp", 1), ("tensor", 1))
+    c.cache.enabled = variant != "uncached"
+    c.cache.top_k = TOP_K
+    return c
+
+
+def _batch(roles, setup):
+    """One batch of synthesised speech, as the batcher builds it (features computed here)."""
+    import tempfile
+
+    import soundfile as sf
+
+    from mkd_jax.bench import _clips
+    from mkd_jax.data import batching, features, loaders
+    from mkd_jax.data.sentences import HARVARD
+
+    clips = _clips(BATCH)
+    folder = Path(tempfile.mkdtemp(prefix="mkd_bench_")) / "bench" / "19" / "198"
+    folder.mkdir(parents=True)
+    lines = []
+    for i, clip in enumerate(clips):
+        sf.write(folder / f"19-198-{i:04d}.flac", clip, features.SAMPLE_RATE)
+        lines.append(f"19-198-{i:04d} {HARVARD[i]}")
+    (folder / "19-198.trans.txt").write_text("\n".join(lines) + "\n")
+    source = {"kind": "librispeech", "path": str(folder.parents[2])}
+    utts = loaders.load_split(source, "bench")
+    toks = {batching.STUDENT: roles["student"][2]}
+    cross = [n for n, ix in setup.vocab_index.items() if ix is not None]
+    toks.update({n: roles["teachers"][n][2] for n in cross})
+    it = batching.BatchIterator(
+        utts, toks, buckets=batching.make_buckets((TOKENS,), (FRAMES,), BATCH),
+        shuffle=False, prefetch=0, process_index=0, process_count=1,
+    )  # fmt: skip
+    batch = next(it)
+    assert batch["mel"].shape[::2] == (BATCH, FRAMES)
+    return {k: v for k, v in batch.items() if k != "ids"}
+
+
+class _Ours:
+    """One jitted step of a variant, with its inputs on device."""
+
+    def __init__(self, variant, roles, batch):
+        import jax
+
+        from mkd_jax import sharding
+        from mkd_jax.state import init_state, init_trainable, make_setup, make_step_fn, make_tx
+        from mkd_jax.teacher_cache import _targets
+
+        cfg = _config(variant)
+        setup = make_setup(cfg, roles)
+        mesh = sharding.make_mesh(cfg.mesh)
+        rules = tuple(tuple(r) for r in cfg.sharding_rules)
+        tx, _ = make_tx(cfg)
+        state = jax.jit(lambda r: init_state(init_trainable(cfg, roles, setup, r), tx, r))(
+            jax.random.PRNGKey(0)
+        )
+        frozen = {
+            "student": roles["student"][1],
+            "teachers": {n: r[1] for n, r in roles["teachers"].items()},
+        }
+        batch = dict(batch)
+        if setup.cache is not None:  # the cached fields of this batch, as the cache holds them
+            out = jax.jit(functools.partial(_targets, setup=setup))(frozen, batch)
+            batch.update({k: np.asarray(v) for k, v in out.items()})
+            batch["c:audio_frames"] = batch["audio_frames"]
+            if setup.cache.student_sites:
+                del batch["mel"]
+            frozen["teachers"] = {}
+        like = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
+        step, sh = make_step_fn(setup, tx, roles, state, like, mesh, rules)
+        self.frozen = sharding.put(frozen, sh["frozen"])
+        self.batch = {k: jax.device_put(v, sh["batch"][k]) for k, v in batch.items()}
+        self.state = jax.device_put(state, sh["state"])
+        self.mesh, self.rules, self.step = mesh, rules, step
+        t0 = time.perf_counter()
+        with jax.set_mesh(mesh):
+            compiled = step.lower(self.state, self.frozen, self.batch).compile()
+        self.compile_s = time.perf_counter() - t0
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        self.flops = float(cost.get("flops", 0.0))
+        mem = compiled.memory_analysis()
+        self.memory = (
+            mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
+            if mem is not None
+            else 0
+        )
+        self.tokens = float(np.sum(batch["mask"]))
+        self.run()  # warm-up
+
+    def run(self):
+        import flax.linen as nn
+        import jax
+
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            self.state, metrics = self.step(self.state, self.frozen, self.batch)
+        jax.block_until_ready(metrics["train/loss"])
+
+
+class _Torch:
+    """The reference step, written the paper's way."""
+
+    def __init__(self, roles, setup, batch):
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import WhisperForConditionalGeneration
+
+        torch.set_num_threads(os.cpu_count() or 1)
+        torch.manual_seed(0)
+        self.torch = torch
+        folder_s, folder_t = roles["student"][3], roles["teachers"]["base"][3]
+        self.teacher = WhisperForConditionalGeneration.from_pretrained(folder_t).eval()
+        student = WhisperForConditionalGeneration.from_pretrained(folder_s)
+        lora = LoraConfig(
+            r=RANK, lora_alpha=RANK, lora_dropout=0.0,
+            target_modules=r".*decoder\.layers\.\d+\.(self_attn|encoder_attn)\.(q_proj|k_proj|v_proj|out_proj)|.*decoder\.layers\.\d+\.(fc1|fc2)",
+        )  # fmt: skip
+        self.student = get_peft_model(student, lora)
+        self.student.train()
+        d_s, d_t = student.config.d_model, self.teacher.config.d_model
+        self.proj = torch.nn.Linear(d_s, d_t)
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW([*params, *self.proj.parameters()], lr=1e-3)
+        t = lambda x: torch.from_numpy(np.asarray(x))  # noqa: E731
+        self.mel = t(batch["mel"])
+        self.dec, self.labels = t(batch["decoder_input"]).long(), t(batch["labels"]).long()
+        self.mask = t(batch["mask"])
+        self.t_dec = t(batch["t:base/decoder_input"]).long()
+        self.rows = t(batch["t:base/rows"]).long()
+        index = setup.vocab_index["base"]
+        self.index = torch.from_numpy(np.maximum(index, 0)).long()
+        self.support = torch.from_numpy(index >= 0)
+        frames = (t(batch["audio_frames"]) + 1) // 2
+        self.frame_mask = (torch.arange(FRAMES // 2)[None, :] < frames[:, None]).float()
+        self.tokens = float(self.mask.sum())
+        self.run()
+
+    def run(self):
+        torch, T = self.torch, TEMPERATURE
+        with torch.no_grad():
+            t_out = self.teacher(
+                input_features=self.mel, decoder_input_ids=self.t_dec, output_hidden_states=False
+            )
+            t_enc = t_out.encoder_last_hidden_state
+            valid = self.rows >= 0
+            rows = self.rows.clamp(min=0)
+            t_logits = torch.gather(
+                t_out.logits, 1, rows[..., None].expand(-1, -1, t_out.logits.shape[-1])
+            )
+            p_t = torch.softmax(t_logits / T, -1).index_select(-1, self.index)
+            p_t = torch.where(self.support, p_t, 0.0) * valid[..., None]
+            p_t = p_t / p_t.sum(-1, keepdim=True).clamp(min=1e-30)
+        out = self.student(
+            input_features=self.mel, decoder_input_ids=self.dec, output_hidden_states=False
+        )
+        logits = out.logits.float()
+        ce = torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), self.labels, reduction="none"
+        )
+        ce = (ce * self.mask).sum() / self.mask.sum()
+        z = torch.where(self.support, logits / T, -1e30)
+        log_q = torch.log_softmax(z, -1)
+        kd_mask = self.mask * valid
+        kl = (torch.special.xlogy(p_t, p_t) - p_t * log_q).sum(-1)
+        kd = T * T * (kl * kd_mask).sum() / kd_mask.sum()
+        pred = self.proj(out.encoder_last_hidden_state)
+        mse = ((pred - t_enc) ** 2).mean(-1)
+        mse = (mse * self.frame_mask).sum() / self.frame_mask.sum()
+        loss = ce + kd + mse
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+
+def _matmul_peak(seconds: float = 2.0) -> float:
+    """FLOP/s of a jitted f32 2048^3 matmul on this machine, now."""
+    import jax
+    import jax.numpy as jnp
+
+    n = 2048
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    runs, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        f(a).block_until_ready()
+        runs += 1
+    return 2 * n**3 * runs / (time.perf_counter() - t0)
+
+
+def bench_distill(rounds: int = 3) -> dict:
+    from mkd_jax.roles import build_roles
+    from mkd_jax.state import make_setup
+
+    roles = build_roles(_config("uncached"))
+    setup = make_setup(_config("uncached"), roles)
+    batch = _batch(roles, setup)
+    impls = {
+        "ours": _Ours("uncached", roles, batch),
+        "ours cached, frozen encoder": _Ours("frozen_encoder", roles, batch),
+        "ours cached, encoder LoRA": _Ours("encoder_lora", roles, batch),
+        "torch + PEFT (reference)": _Torch(roles, setup, batch),
+    }
+    times = {name: [] for name in impls}
+    for _ in range(rounds):  # alternating, so drift on a shared machine hits all alike
+        for name, impl in impls.items():
+            t0 = time.perf_counter()
+            impl.run()
+            times[name].append(time.perf_counter() - t0)
+    peak = _matmul_peak()
+    ref = statistics.median(times["torch + PEFT (reference)"])
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"matmul peak {peak / 1e9:.0f} GFLOP/s (f32, measured now)\n"
+        f"work: base -> tiny.en, batch {BATCH}, {FRAMES // 100} s features, {TOKENS} positions, "
+        f"LoRA r={RANK} decoder, linear projector + MSE, CE + T^2 KL (T={TEMPERATURE:g}), AdamW; "
+        f"median of {rounds} alternating rounds, compile apart"
+    )
+    header = (
+        f"{'implementation':30} {'s/step':>7} {'samples/s':>9} {'tokens/s':>8} {'x ref':>6} "
+        f"{'GFLOP':>7} {'util':>5} {'compile s':>9} {'XLA MB':>7}"
+    )
+    print(header + "\n" + "-" * len(header))
+    result = {}
+    for name, impl in impls.items():
+        t = statistics.median(times[name])
+        flops = getattr(impl, "flops", impls["ours"].flops)  # identical work for the reference
+        row = {
+            "s_per_step": t,
+            "samples_per_s": BATCH / t,
+            "tokens_per_s": impl.tokens / t,
+            "x_ref": ref / t,
+            "gflop": flops / 1e9,
+            "utilisation": flops / t / peak,
+            "times": times[name],
+        }
+        result[name] = row
+        compile_s = f"{impl.compile_s:9.1f}" if hasattr(impl, "compile_s") else f"{'-':>9}"
+        memory = f"{impl.memory / 1e6:7.0f}" if hasattr(impl, "memory") else f"{'-':>7}"
+        print(
+            f"{name:30} {t:7.3f} {row['samples_per_s']:9.2f} {row['tokens_per_s']:8.1f} "
+            f"{row['x_ref']:6.2f} {row['gflop']:7.1f} {row['utilisation']:5.0%} {compile_s} "
+            f"{memory}"
+        )
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+    print(
+        f"peak resident memory of the process (all implementations): {rss:.0f} MB; the "
+        "reference's GFLOP is that of our uncached step (identical work)"
+    )
+    return result

@@ -1,0 +1,622 @@
+"""The teacher-output cache: frozen work computed once per utterance, read by every step.
+
+Teachers never change and the corpus has no online augmentation, so what they produce is a
+function of the utterance alone. Per training utterance and teacher the cache holds
+
+- the KD target (tempered, mapped onto student ids, restricted to the KD support: exactly what
+  `distill.teacher_outputs` gives the uncached step) as its top-k ids and probabilities plus the
+  remaining `tail` mass, at every student decoder position up to the last label (`top_k=0`
+  keeps the whole vocabulary: the cached step then equals the uncached one);
+- the summed NLL of its reference (ensemble mode "best"), top-1 hits and label counts
+  (diagnostics), across tokenizers the mass its vocabulary mapping kept;
+- its features at every mapped teacher site in `cache.dtype` (bfloat16 by default), only frames
+  that hold audio and positions that hold tokens;
+
+and, when no LoRA target lies in the student encoder (the encoder is frozen), the student's
+encoder output at float32 over the whole context (the decoder's cross-attention reads every
+frame) and its mapped encoder sites: the step then runs only the student decoder.
+
+Format: safetensors shards (`shard-PPPPP-NNNNN.safetensors`, one per process and block of
+batches, tensors named `<utterance id>/<field>`). safetensors is already a core dependency (the
+checkpoints use it), reads lazily through mmap, stores bfloat16, and writes a shard in one
+call, so a shard is either complete or absent (written to a temporary name, then renamed).
+`progress-P.json` records finished blocks per process (resume) and `manifest.json` the content
+key, sizes and build time once the whole cache is complete. The key hashes everything that
+changes the content: each model's weights (file content), tokenizers, the corpus (ids, texts,
+durations), n_frames, buckets, k, temperature, KD support, sites and dtype. A cache whose key
+differs is stale and rebuilt; a partial one is resumed; training reads only complete ones.
+
+    python -m mkd_jax.cache --config configs/demo.py [--config.a.b=v]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from absl import logging
+
+FORMAT = 1
+# Batches per shard file: the unit of resumption.
+SHARD_BATCHES = 8
+MANIFEST = "manifest.json"
+_DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
+
+
+class CacheError(ValueError):
+    """A cache that cannot be built or used here (one line, with the fix)."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CacheSpec:
+    """What the cache holds, and so what a cached batch carries.
+
+    Attributes:
+      top_k: target ids kept per position (0: the whole student vocabulary).
+      dtype: storage dtype of teacher features.
+      sites: teacher name -> its mapped sites (stored features).
+      student_sites: with a frozen student encoder, "encoder/output" and the student's mapped
+        encoder sites; empty when the student encoder trains (its LoRA runs every step).
+    """
+
+    top_k: int
+    dtype: str
+    sites: dict
+    student_sites: tuple[str, ...]
+
+
+def encoder_frozen(lora_targets, params_s) -> bool:
+    """No LoRA target matches a student encoder parameter."""
+    from flax.traverse_util import flatten_dict
+
+    paths = [p for p in flatten_dict(params_s, sep="/") if p.startswith("encoder/")]
+    return not any(re.fullmatch(t, p) for t in lora_targets for p in paths)
+
+
+def make_spec(cfg, params_s, pairs) -> CacheSpec:
+    """The spec of a config (`pairs`: the resolved layer map, or () without mappers)."""
+    sites = {name: () for name in cfg.teachers}
+    for p in pairs:
+        sites[p.teacher] = tuple(sorted({*sites[p.teacher], p.teacher_site}))
+    student_sites = ()
+    if encoder_frozen(tuple(cfg.lora.targets), params_s):
+        enc = sorted({p.student_site for p in pairs if p.student_site.startswith("encoder/")})
+        student_sites = ("encoder/output", *[s for s in enc if s != "encoder/output"])
+    return CacheSpec(int(cfg.cache.top_k), str(cfg.cache.dtype), sites, student_sites)
+
+
+# ----- fields: name -> (axis kind, trailing shape, dtype) -----
+# Axis kinds: "pos" (student decoder positions, stored up to the last label), "frame" (encoder
+# frames holding audio), "context" (every encoder frame), None (one value per utterance).
+
+
+def fields(spec: CacheSpec, setup) -> dict[str, tuple[str | None, tuple, str]]:
+    v_s = setup.student.vocab_size
+    k = spec.top_k or v_s
+    out = {"c:audio_frames": (None, (), "int32")}
+    for name, model in setup.teachers.items():
+        c = f"c:{name}/"
+        out.update(
+            {
+                c + "ids": ("pos", (k,), "int32"),
+                c + "p": ("pos", (k,), "float32"),
+                c + "tail": ("pos", (), "float32"),
+                c + "nll": (None, (), "float32"),
+                c + "hits": (None, (), "float32"),
+                c + "count": (None, (), "float32"),
+            }
+        )
+        if setup.vocab_index[name] is not None:
+            out[c + "kept"] = ("pos", (), "float32")
+        for site in spec.sites[name]:
+            kind = "frame" if site.startswith("encoder/") else "pos"
+            out[c + site] = (kind, (model.d_model,), spec.dtype)
+    for site in spec.student_sites:
+        kind = "context" if site == "encoder/output" else "frame"
+        out["c:student/" + site] = (kind, (setup.student.d_model,), "float32")
+    return out
+
+
+def _length(kind, n_tokens: int, n_enc: int) -> int:
+    return {"pos": n_tokens, "frame": n_enc, "context": n_enc}[kind]
+
+
+def abstract_fields(spec: CacheSpec, setup, batch: int, n_tokens: int, n_frames: int) -> dict:
+    """ShapeDtypeStructs of the cached fields of one batch (for AOT and shardings)."""
+    import jax
+    import jax.numpy as jnp
+
+    out = {}
+    for key, (kind, shape, dtype) in fields(spec, setup).items():
+        lead = () if kind is None else (_length(kind, n_tokens, n_frames // 2),)
+        out[key] = jax.ShapeDtypeStruct((batch, *lead, *shape), jnp.dtype(dtype))
+    return out
+
+
+# ----- the key -----
+
+
+def _sha256_file(path: Path, memo: dict) -> str:
+    st = path.stat()
+    tag = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    if tag not in memo:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                h.update(block)
+        memo[tag] = h.hexdigest()
+    return memo[tag]
+
+
+_WEIGHT_FILES = re.compile(r"(model.*\.(safetensors|bin)|pytorch_model.*\.bin|.*\.index\.json)")
+
+
+def weights_digest(role_cfg, params, folder, memo: dict) -> str:
+    """Content hash of a role's weights: its checkpoint files, or for a random init the params."""
+    if role_cfg.checkpoint:
+        files = sorted(p for p in Path(folder).iterdir() if _WEIGHT_FILES.fullmatch(p.name))
+        if not files:
+            raise CacheError(f"{folder}: no weight files to fingerprint for the teacher cache")
+        return hashlib.sha256(
+            "".join(f"{p.name}:{_sha256_file(p, memo)}" for p in files).encode()
+        ).hexdigest()
+    from flax.traverse_util import flatten_dict
+
+    h = hashlib.sha256()
+    for path, leaf in sorted(flatten_dict(params, sep="/").items()):
+        h.update(path.encode() + np.asarray(leaf).tobytes())
+    return h.hexdigest()
+
+
+def corpus_digest(utts) -> str:
+    h = hashlib.sha256()
+    for uid, text, dur in zip(utts.ids, utts.texts, np.asarray(utts.durations), strict=True):
+        h.update(f"{uid}\0{text}\0{float(dur)!r}\n".encode())
+    return h.hexdigest()
+
+
+def key_material(cfg, roles, setup, utts, buckets, source) -> dict:
+    """Everything that changes the cache's content, as JSON-able values."""
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    memo_path = root / "weights_digests.json"
+    memo = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
+    spec = setup.cache
+    _, params_s, tok_s, folder_s = roles["student"]
+    student = {"tokenizer": tok_s.fingerprint(), "sites": spec.student_sites}
+    if spec.student_sites:
+        student["weights"] = weights_digest(cfg.student, params_s, folder_s, memo)
+        student["dtype"] = cfg.student.dtype
+    teachers = {}
+    for name, (_, params, tok, folder) in roles["teachers"].items():
+        teachers[name] = {
+            "weights": weights_digest(cfg.teachers[name], params, folder, memo),
+            "tokenizer": tok.fingerprint(),
+            "dtype": cfg.teachers[name].dtype,
+            "sites": list(spec.sites[name]),
+        }
+    tmp = memo_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(memo))
+    os.replace(tmp, memo_path)
+    return {
+        "format": FORMAT,
+        "student": student,
+        "teachers": teachers,
+        "corpus": {
+            "source": source.get("path") or source.get("name") or "",
+            "split": cfg.data.train_split,
+            "utterances": len(utts),
+            "digest": corpus_digest(utts),
+        },
+        "n_frames": int(cfg.data.n_frames),
+        "buckets": [[b.n_frames, b.n_tokens, b.batch_size] for b in buckets],
+        "top_k": spec.top_k,
+        "dtype": spec.dtype,
+        "temperature": float(cfg.loss.temperature),
+        "kd_support": cfg.loss.kd_support,
+        "prompt": ["en", "transcribe", "leading_space"],
+    }
+
+
+def digest(material: dict) -> str:
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def cache_root() -> Path:
+    from mkd_jax import assets
+
+    return assets.cache_dir() / "teacher_cache"
+
+
+def folder_for(cfg, key: str) -> Path:
+    """`cache.dir` when set, else the shared cache keyed by content (runs with equal keys, such
+    as seeds and learning rates of an ablation, share one cache)."""
+    return Path(cfg.cache.dir) if cfg.cache.dir else cache_root() / key[:16]
+
+
+# ----- size -----
+
+
+def projected_bytes(spec: CacheSpec, setup, positions, frames, n_frames: int) -> int:
+    """Bytes the cache will take for utterances with `positions` decoder positions and `frames`
+    encoder frames holding audio (arrays, one entry per utterance)."""
+    positions, frames = np.asarray(positions, np.int64), np.asarray(frames, np.int64)
+    total = 0
+    for kind, shape, dtype in fields(spec, setup).values():
+        per = int(np.prod(shape, dtype=np.int64)) * np.dtype(_np_dtype(dtype)).itemsize
+        if kind is None:
+            total += per * len(positions)
+        elif kind == "context":
+            total += per * (n_frames // 2) * len(positions)
+        else:
+            total += per * int((positions if kind == "pos" else frames).sum())
+    return total
+
+
+def _np_dtype(name: str):
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    return np.dtype(name)
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+# ----- building -----
+
+
+def _targets(frozen, batch, *, setup):
+    """Per-utterance cache fields of one batch (rows as in the batch, padded to its shapes)."""
+    import jax
+    import jax.numpy as jnp
+
+    from mkd_jax.distill import teacher_outputs
+
+    spec = setup.cache
+    out = {}
+    if setup.teachers:
+        for name, t in teacher_outputs(frozen, batch, setup).items():
+            c = f"c:{name}/"
+            p = t["probs"]
+            if spec.top_k:
+                vals, ids = jax.lax.top_k(p, spec.top_k)
+                tail = jnp.maximum(jnp.sum(p, -1) - jnp.sum(vals, -1), 0.0)
+            else:
+                vals = p
+                ids = jnp.broadcast_to(jnp.arange(p.shape[-1], dtype=jnp.int32), p.shape)
+                tail = jnp.zeros(p.shape[:-1], jnp.float32)
+            out.update({c + "ids": ids.astype(jnp.int32), c + "p": vals, c + "tail": tail})
+            out.update({c + k: t[k] for k in ("nll", "hits", "count")})
+            if "dropped" in t:
+                out[c + "kept"] = t["kept"]
+            dtype = jnp.dtype(spec.dtype)
+            out.update({c + s: t["feats"][s].astype(dtype) for s in spec.sites[name]})
+    if spec.student_sites:
+        _, enc = setup.student.apply(
+            {"params": frozen["student"]}, batch["mel"], method=type(setup.student).encode
+        )
+        out.update({"c:student/" + s: enc[s].astype(jnp.float32) for s in spec.student_sites})
+    return out
+
+
+def _positions(mask_row: np.ndarray) -> int:
+    """Decoder positions up to and including the last label (0 for an empty row)."""
+    hits = np.nonzero(mask_row > 0)[0]
+    return int(hits[-1]) + 1 if len(hits) else 0
+
+
+def _rows(out: dict, batch: dict, table: dict) -> dict[str, dict[str, np.ndarray]]:
+    """Split one computed batch into per-utterance arrays trimmed to the data they hold."""
+    per = {}
+    for r, uid in enumerate(batch["ids"]):
+        if not uid or batch["valid"][r] < 1:
+            continue
+        n_pos = _positions(batch["mask"][r])
+        n_fr = (int(batch["audio_frames"][r]) + 1) // 2
+        item = {"c:audio_frames": np.asarray(batch["audio_frames"][r], np.int32)}
+        for key, (kind, _, _) in table.items():
+            if key == "c:audio_frames":
+                continue
+            value = out[key][r]
+            if kind == "pos":
+                value = value[:n_pos]
+            elif kind == "frame":
+                value = value[:n_fr]
+            item[key] = np.array(value, copy=True)  # not ascontiguousarray: it makes 0-d 1-d
+        per[uid] = item
+    return per
+
+
+def _progress_path(folder: Path, process: int) -> Path:
+    return folder / f"progress-{process:05d}.json"
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def ensure(cfg, roles, setup, utts, tokenizers, buckets, source, *, mesh, rules) -> Path:
+    """The folder of a complete cache for this config: used as is, resumed, or (stale) rebuilt.
+
+    Raises:
+      CacheError: the projected size does not fit the disk (before any work).
+    """
+    import jax
+
+    material = key_material(cfg, roles, setup, utts, buckets, source)
+    key = digest(material)
+    folder = folder_for(cfg, key)
+    manifest = _read(folder / MANIFEST)
+    partial = sorted(folder.glob("progress-*.json")) if folder.is_dir() else []
+    found = manifest or (_read(partial[0]) if partial else None)
+    if found is not None and found.get("key") != key:
+        old = found.get("material", {})
+        changed = sorted(k for k in material if old.get(k) != material[k])
+        logging.warning("teacher cache %s is stale (changed: %s); rebuilding it", folder, changed)
+        if jax.process_index() == 0:
+            shutil.rmtree(folder)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("stale teacher cache removed")
+        manifest = None
+    if manifest is not None and manifest.get("complete"):
+        logging.info(
+            "teacher cache: %s (%s, %d utterances, built in %.0f s)",
+            folder, _gb(manifest["bytes"]), manifest["utterances"], manifest["build_seconds"],
+        )  # fmt: skip
+        return folder
+    _build(cfg, roles, setup, utts, tokenizers, buckets, folder, key, material, mesh, rules)
+    return folder
+
+
+def _read(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _build(cfg, roles, setup, utts, tokenizers, buckets, folder, key, material, mesh, rules):
+    import flax.linen as nn
+    import jax
+    from safetensors.numpy import save_file
+    from tqdm import tqdm
+
+    from mkd_jax import sharding
+    from mkd_jax.data import batching
+    from mkd_jax.models.whisper import abstract_params
+
+    spec = setup.cache
+    proc, n_proc = jax.process_index(), jax.process_count()
+    it = batching.BatchIterator(
+        utts, tokenizers, buckets=buckets, n_mels=setup.student.num_mel_bins,
+        shuffle=False, repeat=False, prefetch=2,
+    )  # fmt: skip
+    n_batches = it.batches_per_epoch()
+    table = fields(spec, setup)
+
+    # Projection from the corpus itself: decoder positions of the student's tokens, audio frames.
+    prompt, _, ids = it._toks[batching.STUDENT]
+    positions = np.array([len(prompt) + len(i) for i in ids])
+    frames = np.ceil(np.asarray(utts.durations) * batching.FRAMES_PER_SECOND / 2).astype(int)
+    projected = projected_bytes(spec, setup, positions, frames, cfg.data.n_frames)
+    hours = float(np.sum(utts.durations)) / 3600
+    folder.mkdir(parents=True, exist_ok=True)
+    progress = _read(_progress_path(folder, proc)) or {}
+    if progress.get("key") != key:
+        progress = {"key": key, "material": material, "blocks": 0, "failed": [], "bytes": 0,
+                    "seconds": 0.0}  # fmt: skip
+    free = shutil.disk_usage(folder).free
+    need = projected - sum(f.stat().st_size for f in folder.glob("shard-*.safetensors"))
+    logging.info(
+        "teacher cache: %s projected for %d utterances (%.2f h, %s per hour of audio) at %s",
+        _gb(projected), len(utts), hours, _gb(projected / max(hours, 1e-9)), folder,
+    )  # fmt: skip
+    if need * 1.05 > free:
+        raise CacheError(
+            f"the teacher cache needs {_gb(need)} more at {folder} but the disk has {_gb(free)} "
+            "free; set cache.dir to a larger disk, lower cache.top_k or map fewer sites"
+        )
+
+    frozen = {"student": roles["student"][1],
+              "teachers": {n: r[1] for n, r in roles["teachers"].items()}}  # fmt: skip
+    sh = {
+        "student": sharding.param_shardings(abstract_params(setup.student), mesh, rules),
+        "teachers": {
+            n: sharding.param_shardings(abstract_params(m), mesh, rules)
+            for n, m in setup.teachers.items()
+        },
+    }
+    frozen = sharding.put(frozen, sh)
+    fn = jax.jit(functools.partial(_targets, setup=setup))
+
+    def compute(batch):
+        dev = {
+            k: jax.make_array_from_process_local_data(
+                sharding.batch_sharding(mesh, rules, v.ndim), v, (v.shape[0] * n_proc, *v.shape[1:])
+            )
+            for k, v in batch.items()
+            if v.dtype.kind not in "USO"
+        }
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            out = fn(frozen, dev)
+        return {k: _local_rows(v) for k, v in out.items()}
+
+    n_blocks = -(-n_batches // SHARD_BATCHES)
+    start = progress["blocks"]
+    if start:
+        logging.info("teacher cache: resuming at block %d of %d", start, n_blocks)
+        it.restore({**it.state(), "position": start * SHARD_BATCHES})
+    bar = tqdm(total=n_batches, initial=start * SHARD_BATCHES, desc="teacher cache", unit="batch")
+    for block in range(start, n_blocks):
+        t0 = time.time()
+        tensors, uids = {}, []
+        for _ in range(min(SHARD_BATCHES, n_batches - block * SHARD_BATCHES)):
+            batch = next(it)
+            per = _rows(compute(batch), batch, table)
+            for uid in batch["ids"]:
+                if uid and uid not in per:
+                    progress["failed"].append(str(uid))
+            for uid, item in per.items():
+                uids.append(uid)
+                tensors.update({f"{uid}/{k}": v for k, v in item.items()})
+            bar.update(1)
+        path = folder / f"shard-{proc:05d}-{block:05d}.safetensors"
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata={"key": key, "uids": json.dumps(uids)})
+        os.replace(tmp, path)
+        progress["blocks"] = block + 1
+        progress["bytes"] += path.stat().st_size
+        progress["seconds"] += time.time() - t0
+        _write_json(_progress_path(folder, proc), progress)
+    bar.close()
+    it.close()
+    if n_proc > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("teacher cache built")
+    if proc == 0:
+        parts = [_read(_progress_path(folder, p)) for p in range(n_proc)]
+        size = sum(p["bytes"] for p in parts)
+        seconds = max(p["seconds"] for p in parts)
+        manifest = {
+            "key": key,
+            "material": material,
+            "complete": True,
+            "utterances": len(utts),
+            "failed": sorted({u for p in parts for u in p["failed"]}),
+            "audio_hours": hours,
+            "bytes": size,
+            "bytes_per_hour": size / max(hours, 1e-9),
+            "projected_bytes": projected,
+            "build_seconds": seconds,
+        }
+        _write_json(folder / MANIFEST, manifest)
+        logging.info(
+            "teacher cache built: %s (%s per hour of audio) in %.0f s at %s",
+            _gb(size), _gb(manifest["bytes_per_hour"]), seconds, folder,
+        )  # fmt: skip
+    if n_proc > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("teacher cache manifest")
+
+
+def _local_rows(x) -> np.ndarray:
+    """This process's rows of a batch-sharded global array, in order."""
+    import jax
+
+    if jax.process_count() == 1:
+        return np.asarray(jax.device_get(x))
+    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+    seen, parts = set(), []
+    for s in shards:
+        start = s.index[0].start or 0
+        if start not in seen:
+            seen.add(start)
+            parts.append(np.asarray(s.data))
+    return np.concatenate(parts)
+
+
+# ----- reading -----
+
+
+class CachedBatches:
+    """The batch iterator with each batch's cached fields attached (and, with a cached student
+    encoder, no `mel`). State and restore are the wrapped iterator's, so resuming is exact.
+
+    Raises:
+      CacheError: an utterance of a batch is missing from a cache that claims to be complete.
+    """
+
+    def __init__(self, batches, folder: Path, spec: CacheSpec, setup, n_frames: int):
+        from safetensors import safe_open
+
+        self.batches, self.folder, self.n_enc = batches, Path(folder), n_frames // 2
+        manifest = _read(self.folder / MANIFEST)
+        if not manifest or not manifest.get("complete"):
+            raise CacheError(f"{folder}: no complete teacher cache (rerun to build it)")
+        self.failed = set(manifest["failed"])
+        self.table = fields(spec, setup)
+        self._files, self._where = {}, {}
+        for path in sorted(self.folder.glob("shard-*.safetensors")):
+            with safe_open(str(path), "numpy") as f:
+                for uid in json.loads(f.metadata()["uids"]):
+                    self._where[uid] = path
+        self._open = safe_open
+
+    def _get(self, uid: str, key: str) -> np.ndarray:
+        path = self._where.get(uid)
+        if path is None:
+            raise CacheError(
+                f"{self.folder}: utterance {uid!r} is not in the teacher cache; delete the "
+                "folder to rebuild it"
+            )
+        if path not in self._files:
+            self._files[path] = self._open(str(path), "numpy")
+        return self._files[path].get_tensor(f"{uid}/{key}")
+
+    def attach(self, batch: dict) -> dict:
+        rows = len(batch["ids"])
+        n_tokens = batch["decoder_input"].shape[1]
+        n_enc = self.n_enc
+        out = dict(batch)
+        if "c:student/encoder/output" in self.table:
+            out.pop("mel", None)  # the step reads the cached encoder output instead
+        arrays = {}
+        for key, (kind, shape, dtype) in self.table.items():
+            lead = () if kind is None else (_length(kind, n_tokens, n_enc),)
+            arrays[key] = np.zeros((rows, *lead, *shape), _np_dtype(dtype))
+        valid = batch["valid"].copy()
+        for r, uid in enumerate(batch["ids"]):
+            if not uid:
+                continue
+            if uid in self.failed:
+                valid[r] = 0.0
+                continue
+            for key, (kind, _, _) in self.table.items():
+                value = self._get(uid, key)
+                if kind is None:
+                    arrays[key][r] = value
+                else:
+                    arrays[key][r, : len(value)] = value
+        out.update(arrays)
+        out["audio_frames"] = arrays["c:audio_frames"]
+        out["valid"] = valid
+        for key in list(out):
+            if key == "mask" or key.endswith("/mask"):
+                out[key] = out[key] * valid[:, None]
+        return out
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        return self.attach(next(self.batches))
+
+    def state(self) -> dict:
+        return self.batches.state()
+
+    def restore(self, state) -> None:
+        self.batches.restore(state)
+
+    def close(self) -> None:
+        self.batches.close()
+
+    @property
+    def report(self):
+        return self.batches.report

@@ -1,0 +1,238 @@
+"""The teacher-output cache: equal to recomputation at k = full, stale keys, resumed builds, and
+training from the cache that resumes bit-exactly."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from mkd_jax import distill, sharding, teacher_cache, train
+from mkd_jax.config_base import LORA_DECODER
+from mkd_jax.data import batching, loaders
+from mkd_jax.roles import build_roles
+from mkd_jax.state import init_trainable, make_setup
+from tests.test_train import tiny_config
+
+
+def _frozen_encoder(cfg):
+    """Decoder LoRA and decoder-site mappers only: the student encoder is cached too."""
+    cfg.lora.targets = (LORA_DECODER,)
+    cfg.mappers.sides = ("decoder",)
+    return cfg
+
+
+def _parts(cfg):
+    roles = build_roles(cfg)
+    setup = make_setup(cfg, roles)
+    source = {"kind": "librispeech", "path": cfg.data.source.path}
+    utts = loaders.load_split(source, "train")
+    toks = {batching.STUDENT: roles["student"][2], "b": roles["teachers"]["b"][2]}
+    buckets = batching.make_buckets(
+        tuple(cfg.data.token_buckets), (cfg.data.n_frames,), cfg.data.batch_size
+    )
+    return roles, setup, source, utts, toks, buckets
+
+
+def _ensure(cfg, parts):
+    roles, setup, source, utts, toks, buckets = parts
+    mesh = sharding.make_mesh(cfg.mesh)
+    rules = tuple(tuple(r) for r in cfg.sharding_rules)
+    return teacher_cache.ensure(
+        cfg, roles, setup, utts, toks, buckets, source, mesh=mesh, rules=rules
+    )
+
+
+def _shards(folder):
+    out = {}
+    for path in sorted(folder.glob("shard-*.safetensors")):
+        out.update(load_file(str(path)))
+    return out
+
+
+@pytest.mark.parametrize("encoder", ["frozen", pytest.param("lora", marks=pytest.mark.slow)])
+def test_cached_step_equals_recomputation_at_full_k(tiny_librispeech, tmp_path, encoder):
+    cfg = tiny_config(tiny_librispeech)
+    if encoder == "frozen":
+        _frozen_encoder(cfg)
+    cfg.cache.top_k = 0
+    cfg.cache.dtype = "float32"
+    cfg.cache.dir = str(tmp_path / "cache")
+    cfg.cache.enabled = False
+    plain = make_setup(cfg, build_roles(cfg))
+    cfg.cache.enabled = True
+    parts = _parts(cfg)
+    roles, setup, _, utts, toks, buckets = parts
+    assert bool(setup.cache.student_sites) == (encoder == "frozen")
+    folder = _ensure(cfg, parts)
+
+    trainable = jax.jit(lambda r: init_trainable(cfg, roles, setup, r))(jax.random.PRNGKey(1))
+    # Move LoRA off its identity so the student differs from its pretrained self.
+    trainable = jax.tree.map(lambda x: x + 0.01, trainable)
+    frozen = {
+        "student": roles["student"][1],
+        "teachers": {n: r[1] for n, r in roles["teachers"].items()},
+    }
+    kw = dict(buckets=buckets, shuffle=False, prefetch=0, process_index=0, process_count=1)
+    batch = next(batching.BatchIterator(utts, toks, **kw))
+    cached_it = teacher_cache.CachedBatches(
+        batching.BatchIterator(utts, toks, audio=encoder != "frozen", **kw),
+        folder, setup.cache, setup, cfg.data.n_frames,
+    )  # fmt: skip
+    batch_c = next(cached_it)
+    assert ("mel" in batch_c) == (encoder != "frozen")
+    strip = lambda b: {k: v for k, v in b.items() if k != "ids"}  # noqa: E731
+
+    def run(s, b):
+        fn = jax.value_and_grad(distill.loss_fn, has_aux=True)
+        return jax.jit(lambda t, f, b: fn(t, f, b, None, 0, setup=s))(trainable, frozen, b)
+
+    (_, m_ref), g_ref = run(plain, strip(batch))
+    (_, m_c), g_c = run(setup, strip(batch_c))
+    for key in ("train/loss", "train/ce", "train/kd_kl", "train/acc/a", "train/acc/b"):
+        np.testing.assert_allclose(m_c[key], m_ref[key], rtol=2e-5, atol=1e-6, err_msg=key)
+    feats = [k for k in m_ref if k.startswith("train/feat/")]
+    assert feats
+    for key in feats + ["train/kd/dropped_mass/b"]:
+        np.testing.assert_allclose(m_c[key], m_ref[key], rtol=2e-5, atol=1e-6, err_msg=key)
+    for a, b in zip(jax.tree.leaves(g_c), jax.tree.leaves(g_ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6)
+
+
+def test_top_k_cache_is_close_and_stores_only_data(tiny_librispeech, tmp_path):
+    cfg = _frozen_encoder(tiny_config(tiny_librispeech))
+    cfg.cache.enabled, cfg.cache.top_k, cfg.cache.dir = True, 8, str(tmp_path / "cache")
+    parts = _parts(cfg)
+    folder = _ensure(cfg, parts)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["utterances"] == 16 and not manifest["failed"]
+    assert manifest["bytes"] <= 1.1 * manifest["projected_bytes"]
+    tensors = _shards(folder)
+    setup = parts[1]
+    for uid in parts[3].ids:
+        ids, p = tensors[f"{uid}/c:b/ids"], tensors[f"{uid}/c:b/p"]
+        n_pos = ids.shape[0]
+        assert ids.shape == p.shape == (n_pos, 8) and n_pos < 48  # positions holding tokens
+        total = p.sum(-1) + tensors[f"{uid}/c:b/tail"]
+        assert np.all((np.abs(total - 1) < 1e-4) | (total == 0))
+        # Teacher features in bfloat16; the student's encoder output over the whole context.
+        assert tensors[f"{uid}/c:a/decoder/layer_0"].dtype.name == "bfloat16"
+        enc = tensors[f"{uid}/c:student/encoder/output"]
+        assert enc.shape == (cfg.data.n_frames // 2, setup.student.d_model)
+
+
+def test_stale_key_rebuilds_and_interrupted_build_resumes(tiny_librispeech, tmp_path, monkeypatch):
+    cfg = _frozen_encoder(tiny_config(tiny_librispeech))
+    cfg.cache.enabled, cfg.cache.top_k, cfg.cache.dir = True, 4, str(tmp_path / "cache")
+    monkeypatch.setattr(teacher_cache, "SHARD_BATCHES", 1)
+    parts = _parts(cfg)
+    whole = _shards(_ensure(cfg, parts))
+
+    # Interrupted after the first of two shards: the rerun computes only the second.
+    folder = tmp_path / "cache"
+    import shutil
+
+    shutil.rmtree(folder)
+    calls, real_rows = [], teacher_cache._rows
+
+    def failing(*a):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_rows(*a)
+
+    monkeypatch.setattr(teacher_cache, "_rows", failing)
+    with pytest.raises(KeyboardInterrupt):
+        _ensure(cfg, parts)
+    assert not (folder / "manifest.json").exists()
+    assert len(list(folder.glob("shard-*.safetensors"))) == 1
+    monkeypatch.setattr(teacher_cache, "_rows", real_rows)
+    counted = []
+    monkeypatch.setattr(teacher_cache, "_rows", lambda *a: counted.append(1) or real_rows(*a))
+    resumed = _shards(_ensure(cfg, parts))
+    assert len(counted) == 1
+    assert whole.keys() == resumed.keys()
+    for k in whole:
+        np.testing.assert_array_equal(whole[k], resumed[k])
+
+    # A changed temperature changes the key: the folder is rebuilt, never used as it is.
+    key = json.loads((folder / "manifest.json").read_text())["key"]
+    cfg.loss.temperature = 1.0
+    parts = _parts(cfg)
+    rebuilt = _shards(_ensure(cfg, parts))
+    assert json.loads((folder / "manifest.json").read_text())["key"] != key
+    uid = parts[3].ids[0]
+    assert not np.array_equal(rebuilt[f"{uid}/c:a/p"], whole[f"{uid}/c:a/p"])
+
+
+def test_projected_size_over_free_disk_refuses_before_work(tiny_librispeech, tmp_path, monkeypatch):
+    cfg = _frozen_encoder(tiny_config(tiny_librispeech))
+    cfg.cache.enabled, cfg.cache.dir = True, str(tmp_path / "cache")
+    free = type("Usage", (), {"free": 1000})
+    monkeypatch.setattr(teacher_cache.shutil, "disk_usage", lambda _: free)
+    with pytest.raises(teacher_cache.CacheError, match="cache.dir to a larger disk"):
+        _ensure(cfg, _parts(cfg))
+    assert not list((tmp_path / "cache").glob("shard-*"))
+
+
+@pytest.mark.parametrize("encoder", ["frozen", pytest.param("lora", marks=pytest.mark.slow)])
+def test_training_from_the_cache_resumes_bit_exactly(tiny_librispeech, tmp_path, encoder):
+    cfg = tiny_config(tiny_librispeech, total_steps=4)
+    if encoder == "frozen":
+        _frozen_encoder(cfg)
+    cfg.cache.enabled, cfg.cache.dir = True, str(tmp_path / "cache")
+    straight = train.run(cfg, tmp_path / "straight")
+    assert straight["train_step_compiles"] == 1
+    assert train.run(cfg, tmp_path / "resumed", stop_at=2)["step"] == 2
+    resumed = train.run(cfg, tmp_path / "resumed")
+    flat_a = jax.tree.leaves(straight["trainable"])
+    flat_b = jax.tree.leaves(resumed["trainable"])
+    assert len(flat_a) == len(flat_b) > 0
+    for a, b in zip(flat_a, flat_b, strict=True):
+        np.testing.assert_array_equal(a, b)
+    lines = [json.loads(x) for x in (tmp_path / "straight/metrics.jsonl").read_text().splitlines()]
+    logged = [x for x in lines if "train/kd_kl" in x]
+    assert logged and all(np.isfinite(x["train/kd_kl"]) for x in logged)
+
+
+def test_supervised_mode_caches_the_frozen_student_encoder(tiny_librispeech, tmp_path):
+    from mkd_jax.validate import ConfigError, validate
+
+    cfg = tiny_config(tiny_librispeech)
+    cfg.teachers = {}
+    cfg.mappers.weight = 0.0
+    cfg.cache.enabled, cfg.cache.dir = True, str(tmp_path / "cache")
+    with pytest.raises(ConfigError, match="frozen encoder"):
+        validate(cfg)  # encoder LoRA: nothing could be cached
+    cfg.lora.targets = (LORA_DECODER,)
+    validate(cfg)
+    roles = build_roles(cfg)
+    setup = make_setup(cfg, roles)
+    assert setup.cache.student_sites == ("encoder/output",) and not setup.cache.sites
+    source = {"kind": "librispeech", "path": cfg.data.source.path}
+    utts = loaders.load_split(source, "train")
+    toks = {batching.STUDENT: roles["student"][2]}
+    buckets = batching.make_buckets((48,), (cfg.data.n_frames,), cfg.data.batch_size)
+    mesh = sharding.make_mesh(cfg.mesh)
+    rules = tuple(tuple(r) for r in cfg.sharding_rules)
+    folder = teacher_cache.ensure(
+        cfg, roles, setup, utts, toks, buckets, source, mesh=mesh, rules=rules
+    )
+    kw = dict(buckets=buckets, shuffle=False, prefetch=0, process_index=0, process_count=1)
+    batch = next(batching.BatchIterator(utts, toks, **kw))
+    cached = teacher_cache.CachedBatches(
+        batching.BatchIterator(utts, toks, audio=False, **kw), folder, setup.cache, setup, 1000
+    )
+    batch_c = next(cached)
+    assert "mel" not in batch_c
+    trainable = jax.jit(lambda r: init_trainable(cfg, roles, setup, r))(jax.random.PRNGKey(1))
+    trainable = jax.tree.map(lambda x: x + 0.01, trainable)
+    frozen = {"student": roles["student"][1], "teachers": {}}
+    plain = distill.Setup(**{**setup.__dict__, "cache": None})
+    strip = lambda b: {k: v for k, v in b.items() if k != "ids"}  # noqa: E731
+    ce = [
+        distill.loss_fn(trainable, frozen, strip(b), None, 0, setup=s)[1]["train/ce"]
+        for s, b in ((plain, batch), (setup, batch_c))
+    ]
+    np.testing.assert_allclose(ce[1], ce[0], rtol=1e-5)

@@ -183,7 +183,7 @@ def main(argv):
     if argv[1] == "distill":
         from mkd_jax.bench_distill import bench_distill
 
-        bench_distill(rounds=FLAGS.rounds)
+        bench_distill(_clips, rounds=FLAGS.rounds)
     else:
         bench_decode() if argv[1] == "decode" else bench_features()
 

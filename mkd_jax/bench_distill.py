@@ -6,7 +6,9 @@ positions, LoRA r=32 (alpha 32, no dropout) on the ten decoder linears of every 
 a linear projector from the student's last encoder output onto the teacher's with a masked MSE,
 loss CE + T^2 KL (T = 2), AdamW.
 
-- `ours`: the jitted `distill.train_step`, teachers run every step.
+- `ours`: the jitted `distill.train_step`, teachers run every step; "LoRA merged" is round 1's
+  forward (LoRA merged into the kernels, so every targeted kernel gets a full weight gradient),
+  the default keeps the adapters beside the frozen kernels (`lora.adapter`).
 - `ours cached`: the same step reading the teacher-output cache (top-k 64); "frozen encoder"
   maps the decoder output instead of the encoder's and reads the cached student encoder
   output, so only the student decoder runs; "encoder LoRA" puts LoRA on the encoder as well
@@ -53,17 +55,16 @@ def _config(variant: str):
     return c
 
 
-def _batch(roles, setup):
+def _batch(roles, setup, make_clips):
     """One batch of synthesised speech, as the batcher builds it (features computed here)."""
     import tempfile
 
     import soundfile as sf
 
-    from mkd_jax.bench import _clips
     from mkd_jax.data import batching, features, loaders
     from mkd_jax.data.sentences import HARVARD
 
-    clips = _clips(BATCH)
+    clips = make_clips(BATCH)
     folder = Path(tempfile.mkdtemp(prefix="mkd_bench_")) / "bench" / "19" / "198"
     folder.mkdir(parents=True)
     lines = []
@@ -88,7 +89,9 @@ def _batch(roles, setup):
 class _Ours:
     """One jitted step of a variant, with its inputs on device."""
 
-    def __init__(self, variant, roles, batch):
+    def __init__(self, variant, roles, batch, *, merged: bool = False):
+        import dataclasses
+
         import jax
 
         from mkd_jax import sharding
@@ -96,7 +99,7 @@ class _Ours:
         from mkd_jax.teacher_cache import _targets
 
         cfg = _config(variant)
-        setup = make_setup(cfg, roles)
+        setup = dataclasses.replace(make_setup(cfg, roles), lora_merged=merged)
         mesh = sharding.make_mesh(cfg.mesh)
         rules = tuple(tuple(r) for r in cfg.sharding_rules)
         tx, _ = make_tx(cfg)
@@ -170,7 +173,7 @@ class _Torch:
         self.proj = torch.nn.Linear(d_s, d_t)
         params = [p for p in self.student.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW([*params, *self.proj.parameters()], lr=1e-3)
-        t = lambda x: torch.from_numpy(np.asarray(x))  # noqa: E731
+        t = lambda x: torch.from_numpy(np.array(x))  # noqa: E731
         self.mel = t(batch["mel"])
         self.dec, self.labels = t(batch["decoder_input"]).long(), t(batch["labels"]).long()
         self.mask = t(batch["mask"])
@@ -237,15 +240,25 @@ def _matmul_peak(seconds: float = 2.0) -> float:
     return 2 * n**3 * runs / (time.perf_counter() - t0)
 
 
-def bench_distill(rounds: int = 3) -> dict:
+def bench_distill(make_clips, rounds: int = 3) -> dict:
+    """Prints the table; `make_clips(n)` gives n 16 kHz clips (bench.py's)."""
+    import warnings
+
+    from absl import logging
+    from transformers.utils import logging as hf_logging
+
+    logging.set_verbosity(logging.WARNING)  # LoRA target lists and layer maps, four times over
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
     from mkd_jax.roles import build_roles
     from mkd_jax.state import make_setup
 
     roles = build_roles(_config("uncached"))
     setup = make_setup(_config("uncached"), roles)
-    batch = _batch(roles, setup)
+    batch = _batch(roles, setup, make_clips)
     impls = {
         "ours": _Ours("uncached", roles, batch),
+        "ours, LoRA merged (round 1)": _Ours("uncached", roles, batch, merged=True),
         "ours cached, frozen encoder": _Ours("frozen_encoder", roles, batch),
         "ours cached, encoder LoRA": _Ours("encoder_lora", roles, batch),
         "torch + PEFT (reference)": _Torch(roles, setup, batch),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,6 +57,11 @@ class Setup:
     total_steps: int = 1
     # What the batch carries from the teacher-output cache (teacher_cache.CacheSpec), or None.
     cache: object | None = None
+    # The student's training forward: LoRA as adapters beside the frozen kernels (the default;
+    # cheaper gradients) or merged into them (round 1's way, kept for `bench distill`).
+    lora_merged: bool = False
+    # Mel frames the teachers read (the head of the batch's mel), 0 for all of them.
+    teacher_frames: int = 0
 
 
 def merged_student(trainable, frozen, setup: Setup, rng=None):
@@ -99,7 +105,8 @@ def _teacher(name, model, params, batch, setup: Setup, v_s: int) -> dict:
     """
     cross = setup.vocab_index[name] is not None
     prefix = f"t:{name}/" if cross else ""
-    logits_t, out_t = model.apply({"params": params}, batch["mel"], batch[prefix + "decoder_input"])
+    mel = batch["mel"][..., : setup.teacher_frames] if setup.teacher_frames else batch["mel"]
+    logits_t, out_t = model.apply({"params": params}, mel, batch[prefix + "decoder_input"])
     logits_t, out_t = jax.lax.stop_gradient((logits_t, out_t))
     labels_t, mask_t = batch[prefix + "labels"], batch[prefix + "mask"]
     hit = (jnp.argmax(logits_t, axis=-1) == labels_t).astype(jnp.float32) * mask_t
@@ -210,10 +217,24 @@ def _student_forward(params_s, batch, setup: Setup):
     return logits, {**enc, **out}
 
 
+def _student(trainable, frozen, batch, setup: Setup, rng):
+    """The student's `(logits, out)` with its LoRA (dropout only when `rng` is given)."""
+    if setup.lora_merged or not trainable["lora"]:
+        return _student_forward(merged_student(trainable, frozen, setup, rng), batch, setup)
+    adapter = lora.adapter(
+        trainable["lora"],
+        alpha=setup.lora_alpha,
+        rank=setup.lora_rank,
+        dropout_rng=rng,
+        dropout=setup.lora_dropout if rng is not None else 0.0,
+    )
+    with nn.intercept_methods(adapter):
+        return _student_forward(frozen["student"], batch, setup)
+
+
 def loss_fn(trainable, frozen, batch, rng, step, *, setup: Setup):
     """Total loss and metrics. Differentiate with respect to `trainable` only."""
-    params_s = merged_student(trainable, frozen, setup, rng)
-    logits_s, out_s = _student_forward(params_s, batch, setup)
+    logits_s, out_s = _student(trainable, frozen, batch, setup, rng)
     mask = batch["mask"]
     ce, n_tok = losses.cross_entropy(logits_s, batch["labels"], mask)
     metrics = {

@@ -201,3 +201,44 @@ def merge(
 def count(tree) -> int:
     """Number of scalars in a tree (arrays or `jax.ShapeDtypeStruct`s)."""
     return int(sum(int(np.prod(_shape(x))) for x in jax.tree.leaves(tree)))
+
+
+def adapter(
+    lora: dict,
+    *,
+    alpha: float,
+    rank: int,
+    dropout_rng: jax.Array | None = None,
+    dropout: float = 0.0,
+):
+    """A flax method interceptor that adds `(alpha / rank) * dropout(x) @ a @ b` to the output of
+    every targeted `nn.Dense`, leaving the frozen kernel as it is (the unmerged forward).
+
+    Use as `with nn.intercept_methods(adapter(...)): model.apply(...)`. Against `merge` it avoids
+    the full weight-gradient of every targeted kernel (`x^T dy`, as costly as the matmul itself):
+    the factors' gradients go through rank-r products. Dropout is PEFT's, per token on the
+    adapter's input. Equal to `merge` up to float rounding when `dropout == 0`.
+    """
+    import flax.linen as nn
+
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout}")
+    factors = _factors(lora)
+    scale = alpha / rank
+
+    def intercept(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.method_name != "__call__" or not isinstance(context.module, nn.Dense):
+            return out
+        path = "/".join(context.module.path) + "/kernel"
+        if path not in factors:
+            return out
+        a, b = factors[path]
+        x = args[0].astype(jnp.float32)
+        if dropout_rng is not None and dropout > 0.0:
+            key = jax.random.fold_in(dropout_rng, zlib.crc32(path.encode()))
+            x = x * jax.random.bernoulli(key, 1.0 - dropout, x.shape) / (1.0 - dropout)
+        delta = (x @ a.astype(jnp.float32)) @ b.astype(jnp.float32)
+        return (out.astype(jnp.float32) + scale * delta).astype(out.dtype)
+
+    return intercept

@@ -87,6 +87,11 @@ def make_setup(cfg, roles) -> Setup:
         interpolate=loss.interpolate,
         lambdas=tuple(loss.lambdas),
         total_steps=cfg.total_steps,
+        teacher_frames=(
+            0
+            if cfg.data.get("teacher_frames", 0) in (0, cfg.data.n_frames)
+            else int(cfg.data.teacher_frames)
+        ),
     )
     if cfg.get("cache") and cfg.cache.enabled:
         from mkd_jax.teacher_cache import make_spec

@@ -217,6 +217,7 @@ def key_material(cfg, roles, setup, utts, buckets, source) -> dict:
             "digest": corpus_digest(utts),
         },
         "n_frames": int(cfg.data.n_frames),
+        "teacher_frames": setup.teacher_frames,
         "buckets": [[b.n_frames, b.n_tokens, b.batch_size] for b in buckets],
         "top_k": spec.top_k,
         "dtype": spec.dtype,

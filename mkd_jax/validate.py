@@ -148,6 +148,21 @@ def _check_data(cfg, dims) -> None:
     n = _int(cfg, "data.n_frames", 2, MAX_MEL_FRAMES)
     if n % 2:
         raise ConfigError("data.n_frames", n, "must be even (the encoder halves it)")
+    if "teacher_frames" in d:
+        t = _int(cfg, "data.teacher_frames", 0, n)
+        if t % 2:
+            raise ConfigError("data.teacher_frames", t, "must be even (the encoder halves it)")
+        on_encoder = "encoder" in tuple(cfg.mappers.sides) or any(
+            "encoder/" in str(e) for e in cfg.mappers.explicit
+        )
+        if 0 < t < n and cfg.teachers and cfg.mappers.weight > 0 and on_encoder:
+            raise ConfigError(
+                "data.teacher_frames",
+                t,
+                f"teachers at a shorter context than the student's {n} frames have other encoder "
+                "frames, so encoder-site mappers cannot pair them",
+                "map decoder sites only (mappers.sides=('decoder',)) or set teacher_frames=0",
+            )
     buckets = tuple(d.token_buckets)
     max_pos = min(x.get("max_target_positions", MAX_TARGET_POSITIONS) for x in dims.values())
     if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] < 4:

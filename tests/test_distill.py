@@ -95,3 +95,25 @@ def test_ensemble_weights_go_by_teacher_name(parts):
         setup = make_setup(c, roles)
         got = dict(zip(setup.teachers, setup.ensemble_weights, strict=True))
         assert got == {"a": 0.75, "b": 0.25}
+
+
+def test_unmerged_lora_equals_merged(parts):
+    """Adapters beside the frozen kernels give the merged forward's loss and gradients."""
+    import dataclasses
+
+    _, setup, trainable, frozen, batch = parts
+    trainable = jax.tree.map(lambda x: x + 0.02, trainable)  # b off zero: LoRA changes outputs
+    merged = dataclasses.replace(setup, lora_merged=True)
+
+    def grads(s):
+        fn = jax.value_and_grad(lambda t: distill.loss_fn(t, frozen, batch, None, 0, setup=s)[0])
+        return jax.jit(fn)(trainable)
+
+    (l_u, g_u), (l_m, g_m) = grads(setup), grads(merged)
+    np.testing.assert_allclose(l_u, l_m, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g_u), jax.tree.leaves(g_m), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-6)
+    # Dropout drops the adapter's input per token: it changes the loss only when an rng is given.
+    drop = dataclasses.replace(setup, lora_dropout=0.5)
+    loss = jax.jit(lambda t, r: distill.loss_fn(t, frozen, batch, r, 0, setup=drop)[0])
+    assert float(loss(trainable, jax.random.PRNGKey(0))) != float(l_u)

@@ -21,6 +21,9 @@ def get_config():
     c.loss.w_ce = 1.0
     c.optim.lr = 5e-4
     c.optim.warmup_steps = 4
+    # Decoder LoRA only: base's encoder output is cached once (10 s context), so each step runs
+    # only base's decoder.
+    c.cache.enabled = True
     c.ckpt.every_steps = 20
     c.eval.max_batches = 0
     return c

@@ -3,6 +3,7 @@
     python -m mkd_jax.bench decode [--models=tiny.en,base] [--batch_sizes=1,16] [--clips=16]
     python -m mkd_jax.bench features
     python -m mkd_jax.bench distill [--rounds=3]      # see bench_distill.py
+    python -m mkd_jax.bench distill_kd_gap            # the KD term from a top-k cache vs exact
 
 `features`: log-mel speed (x real time) on batches of 16 x 30 s clips, alone and through the
 whole batching pipeline (FLAC decode, resample, log-mel, tokens).
@@ -178,12 +179,17 @@ def bench_features():
 
 
 def main(argv):
-    if len(argv) != 2 or argv[1] not in ("decode", "features", "distill"):
-        raise app.UsageError("usage: python -m mkd_jax.bench decode|features|distill [flags]")
+    kinds = ("decode", "features", "distill", "distill_kd_gap")
+    if len(argv) != 2 or argv[1] not in kinds:
+        raise app.UsageError(f"usage: python -m mkd_jax.bench {'|'.join(kinds)} [flags]")
     if argv[1] == "distill":
         from mkd_jax.bench_distill import bench_distill
 
         bench_distill(_clips, rounds=FLAGS.rounds)
+    elif argv[1] == "distill_kd_gap":
+        from mkd_jax.bench_distill import kd_gap_only
+
+        kd_gap_only(_clips)
     else:
         bench_decode() if argv[1] == "decode" else bench_features()
 

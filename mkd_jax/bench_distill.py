@@ -224,6 +224,73 @@ class _Torch:
         self.opt.step()
 
 
+def _kd_gap(roles, batch, ks=(64, 256, 1024, 4096), shift: float = 0.0) -> dict:
+    """KD term and its gradient from a top-k cache against the exact (uncached) one, on the
+    bench batch: the zero-shot student (`shift=0`), or with every LoRA factor moved by `shift`
+    so the student differs from its pretrained self."""
+    import dataclasses
+
+    import jax
+
+    from mkd_jax import distill
+    from mkd_jax.state import init_trainable, make_setup
+    from mkd_jax.teacher_cache import _targets
+
+    cfg = _config("uncached")
+    exact = make_setup(cfg, roles)
+    trainable = init_trainable(cfg, roles, exact, jax.random.PRNGKey(0))
+    trainable = jax.tree.map(lambda x: x + shift, trainable)
+    frozen = {
+        "student": roles["student"][1],
+        "teachers": {n: r[1] for n, r in roles["teachers"].items()},
+    }
+
+    def kd(setup, b):
+        w = dataclasses.replace(setup, w_ce=0.0, w_map=0.0)  # the KD term alone
+        # Weights and batch as arguments: closed over, XLA would constant-fold whole networks.
+        loss = lambda t, f, b: distill.loss_fn(t, f, b, None, 0, setup=w)[0]  # noqa: E731
+        return jax.jit(jax.value_and_grad(loss))(trainable, frozen, b)
+
+    ref, g_ref = kd(exact, batch)
+    g_ref = np.concatenate([np.ravel(x) for x in jax.tree.leaves(g_ref)])
+    out = {"exact": float(ref)}
+    for k in ks:
+        cfg.cache.enabled, cfg.cache.top_k = True, k
+        setup = make_setup(cfg, roles)
+        cached = dict(batch)
+        fields = jax.jit(functools.partial(_targets, setup=setup))(frozen, batch)
+        cached.update({name: np.asarray(v) for name, v in fields.items()})
+        value, g = kd(setup, cached)
+        g = np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)])
+        cos = float(g @ g_ref / (np.linalg.norm(g) * np.linalg.norm(g_ref) + 1e-30))
+        out[k] = {"kd": float(value), "rel_gap": float(value) / float(ref) - 1, "grad_cos": cos}
+    return out
+
+
+def _print_kd_gap(roles, batch) -> dict:
+    out = {}
+    for shift, who in ((0.0, "zero-shot student"), (0.01, "LoRA factors shifted by 0.01")):
+        gap = out[who] = _kd_gap(roles, batch, shift=shift)
+        print(f"KD term (T^2 KL), {who}: exact {gap['exact']:.5f}; from a top-k cache:")
+        for k, g in gap.items():
+            if k != "exact":
+                print(
+                    f"  k={k:5d}: {g['kd']:.5f} ({g['rel_gap']:+.2%}), gradient cosine to exact "
+                    f"{g['grad_cos']:.5f}"
+                )
+    return out
+
+
+def kd_gap_only(make_clips) -> dict:
+    """Just the KD gap of a top-k cache (`bench distill_kd_gap`), without the timings."""
+    from mkd_jax.roles import build_roles
+    from mkd_jax.state import make_setup
+
+    roles = build_roles(_config("uncached"))
+    batch = _batch(roles, make_setup(_config("uncached"), roles), make_clips)
+    return _print_kd_gap(roles, batch)
+
+
 def _matmul_peak(seconds: float = 2.0) -> float:
     """FLOP/s of a jitted f32 2048^3 matmul on this machine, now."""
     import jax
@@ -304,6 +371,7 @@ def bench_distill(make_clips, rounds: int = 3) -> dict:
             f"{row['x_ref']:6.2f} {row['gflop']:7.1f} {row['utilisation']:5.0%} {compile_s} "
             f"{memory}"
         )
+    result["kd_gap"] = _print_kd_gap(roles, batch)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
     print(
         f"peak resident memory of the process (all implementations): {rss:.0f} MB; the "

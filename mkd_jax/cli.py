@@ -44,6 +44,8 @@ def quiet_library_logs() -> None:
         handler.addFilter(keep)
     for name in ("orbax", "jax", "datasets", "transformers", "tensorstore", "urllib3", "filelock"):
         std_logging.getLogger(name).setLevel(std_logging.WARNING)
+    # espeak's word-count check warns on every synthesised sentence with punctuation it splits.
+    std_logging.getLogger("phonemizer").setLevel(std_logging.ERROR)
 
 
 def run(main) -> None:

@@ -176,8 +176,13 @@ def beam_search(params, mel, *, model: Whisper, spec: DecodeSpec) -> jax.Array:
     return jnp.take_along_axis(pool_seqs, best[:, None, None], axis=1)[:, 0]
 
 
+@functools.lru_cache(maxsize=64)
 def make_generate_fn(model: Whisper, spec: DecodeSpec):
-    """A jitted `fn(params, mel) -> tokens [B, max_new_tokens]` for the spec's beam size."""
+    """A jitted `fn(params, mel) -> tokens [B, max_new_tokens]` for the spec's beam size.
+
+    One function per (model, spec) for the whole process: every WER pass of a run (before,
+    during and after training, every split) reuses its traces instead of re-tracing.
+    """
     if spec.max_new_tokens + len(spec.prompt) > model.max_target_positions:
         raise ValueError(
             f"prompt ({len(spec.prompt)}) + max_new_tokens ({spec.max_new_tokens}) exceeds the "

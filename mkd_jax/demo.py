@@ -8,10 +8,10 @@
    (`configs/base_supervised.py`), merged and exported once;
 4. distillation: `configs/demo.py`, teachers {base, base_ft} -> LoRA + mappers on tiny.en;
 5. the table: on dev, test and test_ood (engines never used in training), each teacher, their
-   ensemble and the student before (zero-shot, 30 s) and after (10 s and 30 s), with n, WER and
-   CER; the student's change with its paired bootstrap 95% CI; and its agreement with base's and
-   the ensemble's transcripts on real recordings (`real_unlabelled`), before and after;
-   trainable %, time taken.
+   ensemble and the student before (zero-shot, 30 s) and after (at its 30 s training context),
+   with n, WER and CER; the student's change with its paired bootstrap 95% CI; its agreement with
+   base's and the ensemble's transcripts on real recordings (`real_unlabelled`), before and
+   after; trainable %, time taken.
 
 Every stage is cached in the workdir or the asset cache, so a rerun skips finished stages and
 resumes an interrupted one.
@@ -129,14 +129,15 @@ def _secs(frames: int) -> str:
 
 
 def _systems(cfg, ft_merged: Path, run_dir: Path) -> list[_System]:
-    """Teachers and ensemble at the training context (10 s; evaluate falls back to 30 s for longer
-    utterances), which cost base nothing on this corpus (BUILD_NOTES) at a third of the 30 s
-    decoding time; the student before at 30 s (its best setting), after at 10 s and at 30 s."""
+    """Teachers and ensemble at the context they teach from (`data.teacher_frames`, 10 s;
+    evaluate falls back to 30 s for longer utterances), which costs base nothing on this corpus
+    (BUILD_NOTES) at a third of the 30 s decoding time; the student before (zero-shot) at 30 s,
+    its best setting, and after at its training context (and at 30 s too when that differs)."""
     base = functools.cache(lambda: _member("base", cfg))
     ft = functools.cache(lambda: _member(str(ft_merged), cfg))
     before = functools.cache(lambda: _member(cfg.student.checkpoint, cfg))
     after = functools.cache(lambda: _trained_member(run_dir, cfg))
-    s, full, ctx = cfg.student.checkpoint, FULL_FRAMES, cfg.data.n_frames
+    s, full, ctx = cfg.student.checkpoint, FULL_FRAMES, cfg.data.teacher_frames or cfg.data.n_frames
     systems = [
         _System("teacher base", "base", ctx, lambda: [base()]),
         _System("teacher base_ft", "base_ft", ctx, lambda: [ft()]),

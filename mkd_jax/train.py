@@ -41,25 +41,41 @@ def _device_batch(batch: dict, shardings: dict) -> dict:
     }
 
 
-def _wer(cfg, roles, merged, utts, split, max_batches) -> dict:
-    from mkd_jax import decode
+def _wer(cfg, roles, merged, utts, split, max_batches, *, zero_shot: bool = False) -> dict:
+    """WER of `merged` on a split. `zero_shot=True` (the untrained student, the same in every
+    run of a checkpoint) decodes once and caches the transcripts in the asset cache, so
+    reruns, seeds and ablation rows reuse them."""
+    from mkd_jax import agreement, decode
     from mkd_jax.evaluate import score, transcribe_utts
 
     student, _, tok, folder = roles["student"]
     spec = decode.spec_from_folder(
         folder, tok, max_new_tokens=cfg.eval.max_new_tokens, beam_size=cfg.eval.beam_size
     )
-    tr = transcribe_utts(
-        student,
-        merged,
-        tok,
-        spec,
-        utts,
-        batch_size=cfg.data.eval_batch_size,
-        n_frames=cfg.data.n_frames,
-        max_batches=max_batches,
-        desc=f"decode {split}",
-    )
+
+    def transcribe(u):
+        return transcribe_utts(
+            student,
+            merged,
+            tok,
+            spec,
+            u,
+            batch_size=cfg.data.eval_batch_size,
+            n_frames=cfg.data.n_frames,
+            max_batches=max_batches,
+            desc=f"decode {split}",
+        )
+
+    if zero_shot and cfg.student.checkpoint and max_batches == 0:
+        settings = {"max_new_tokens": cfg.eval.max_new_tokens, "beam_size": cfg.eval.beam_size}
+        ref = agreement.reference(
+            f"{cfg.student.checkpoint} zero-shot", [folder], transcribe, utts,
+            n_frames=cfg.data.n_frames, cache=agreement.cache_dir(), split=split,
+            settings=settings,
+        )  # fmt: skip
+        tr = agreement.as_transcripts(ref)
+    else:
+        tr = transcribe(utts)
     res = score(utts, tr.ids, tr.hyps, transcripts=tr)["all"]  # n scored / total, context
     res["n_frames"] = cfg.data.n_frames
     return res
@@ -240,8 +256,9 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
     if "before" not in log.history and cfg.eval.max_batches >= 0:  # -1 skips every WER pass
         merged = merge_fn(state["trainable"], frozen)
         log.history["before"] = _wer(
-            cfg, roles, merged, eval_utts, cfg.data.eval_split, cfg.eval.max_batches
-        )
+            cfg, roles, merged, eval_utts, cfg.data.eval_split, cfg.eval.max_batches,
+            zero_shot=True,
+        )  # fmt: skip
         logging.info(
             "%s WER before training: %.2f%%", cfg.data.eval_split, log.history["before"]["wer"]
         )

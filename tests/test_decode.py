@@ -212,3 +212,19 @@ def test_ensemble_rejects_bad_settings(toy):
         make_ensemble_generate_fn([m_en, m_multi], [beam, s_multi], [en, multi])
     with pytest.raises(ValueError, match="logits"):
         make_ensemble_generate_fn([m_en, m_multi], [s_en, s_multi], [multi, en])
+
+
+def test_generate_fn_is_built_once_per_model_and_spec():
+    """WER passes reuse one jitted decoder (and its traces) instead of re-tracing every time."""
+    from mkd_jax import decode
+    from mkd_jax.models.whisper import Whisper
+
+    spec = decode.DecodeSpec(prompt=(1, 2), eot=3, max_new_tokens=4)
+    model = Whisper(vocab_size=8, d_model=8, encoder_layers=1, decoder_layers=1,
+                    encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=8,
+                    decoder_ffn_dim=8, max_source_positions=4, max_target_positions=16)  # fmt: skip
+    assert decode.make_generate_fn(model, spec) is decode.make_generate_fn(model, spec)
+    other = decode.DecodeSpec(
+        prompt=(1, 2), eot=3, max_new_tokens=5, suppress=(), begin_suppress=()
+    )
+    assert decode.make_generate_fn(model, other) is not decode.make_generate_fn(model, spec)

@@ -137,7 +137,8 @@ def _systems(cfg, ft_merged: Path, run_dir: Path) -> list[_System]:
     ft = functools.cache(lambda: _member(str(ft_merged), cfg))
     before = functools.cache(lambda: _member(cfg.student.checkpoint, cfg))
     after = functools.cache(lambda: _trained_member(run_dir, cfg))
-    s, full, ctx = cfg.student.checkpoint, FULL_FRAMES, cfg.data.teacher_frames or cfg.data.n_frames
+    ctx = cfg.data.get("teacher_frames", 0) or cfg.data.n_frames
+    s, full = cfg.student.checkpoint, FULL_FRAMES
     systems = [
         _System("teacher base", "base", ctx, lambda: [base()]),
         _System("teacher base_ft", "base_ft", ctx, lambda: [ft()]),

@@ -105,9 +105,9 @@ def test_unmerged_lora_equals_merged(parts):
     trainable = jax.tree.map(lambda x: x + 0.02, trainable)  # b off zero: LoRA changes outputs
     merged = dataclasses.replace(setup, lora_merged=True)
 
-    def grads(s):
-        fn = jax.value_and_grad(lambda t: distill.loss_fn(t, frozen, batch, None, 0, setup=s)[0])
-        return jax.jit(fn)(trainable)
+    def grads(s):  # weights and batch as arguments: closed over, XLA would constant-fold them
+        fn = jax.value_and_grad(lambda t, f, b: distill.loss_fn(t, f, b, None, 0, setup=s)[0])
+        return jax.jit(fn)(trainable, frozen, batch)
 
     (l_u, g_u), (l_m, g_m) = grads(setup), grads(merged)
     np.testing.assert_allclose(l_u, l_m, rtol=1e-5)
@@ -115,5 +115,5 @@ def test_unmerged_lora_equals_merged(parts):
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-6)
     # Dropout drops the adapter's input per token: it changes the loss only when an rng is given.
     drop = dataclasses.replace(setup, lora_dropout=0.5)
-    loss = jax.jit(lambda t, r: distill.loss_fn(t, frozen, batch, r, 0, setup=drop)[0])
-    assert float(loss(trainable, jax.random.PRNGKey(0))) != float(l_u)
+    loss = jax.jit(lambda t, f, b, r: distill.loss_fn(t, f, b, r, 0, setup=drop)[0])
+    assert float(loss(trainable, frozen, batch, jax.random.PRNGKey(0))) != float(l_u)

@@ -287,7 +287,7 @@ def _notes(label: str, n_frames: int, where: str, r: dict) -> list[str]:
 
 def format_demo(results: dict) -> list[str]:
     """Markdown lines of `evaluate_demo`'s results."""
-    from mkd_jax.report import format_change
+    from mkd_jax.report import format_change, format_spread
 
     splits = results["splits"]
     lines = [
@@ -317,6 +317,7 @@ def format_demo(results: dict) -> list[str]:
     for ch in results["changes"]:
         cells = [format_change(ch["results"][sp]) for sp in splits]
         lines.append(f"| {ch['label']} | " + " | ".join(cells) + " |")
+        notes += [f"- {ch['label']}, {sp}: {format_spread(ch['results'][sp])}" for sp in splits]
     agree = results.get("agreement")
     if agree:
         refs = list(agree["references"])
@@ -346,6 +347,10 @@ def format_demo(results: dict) -> list[str]:
         for ch in agree["changes"]:
             cells = [format_change(ch["results"][r]) for r in refs]
             lines.append(f"| change: {ch['label']} | | " + " | ".join(cells) + " |")
+            notes += [
+                f"- {ch['label']}, {agree['split']} vs {r}: {format_spread(ch['results'][r])}"
+                for r in refs
+            ]
         for r, info in agree["references"].items():
             if info["failures"]:
                 notes.append(f"- reference {r}: {info['failures']} clip(s) failed to decode")

@@ -155,6 +155,16 @@ def format_change(c: dict | None) -> str:
     return f"{c['diff']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
 
 
+def format_spread(c: dict) -> str:
+    """`9 better, 12 worse; largest one +29 words`: how the utterances moved under a change."""
+    if "n_better" not in c:
+        return ""
+    return (
+        f"{c['n_better']} better, {c['n_worse']} worse; "
+        f"largest single change {c['max_utt_diff']:+d} words of {c['n_words']}"
+    )
+
+
 def _secs(frames) -> str:
     return f"{frames / 100:g} s" if frames else "?"
 
@@ -247,7 +257,8 @@ def write_report(
     if change:
         lines.append(
             f"| {cfg.data.eval_split} WER change, after - before (95% CI) | "
-            f"{format_change(change)} points over {change['n_utts']} utterances |"
+            f"{format_change(change)} points over {change['n_utts']} utterances "
+            f"({format_spread(change)}) |"
         )
     if agreement:
         ref_context = (agreement.get("after") or agreement["before"])["reference_context"]
@@ -261,7 +272,7 @@ def write_report(
         if agree_change:
             lines.append(
                 f"| {where}, change (95% CI) | {format_change(agree_change)} points over "
-                f"{agree_change['n_utts']} clips |"
+                f"{agree_change['n_utts']} clips ({format_spread(agree_change)}) |"
             )
     for k, v in diagnostics.items():
         lines.append(f"| {k} (first -> last interval) | {v['first']:.4f} -> {v['last']:.4f} |")

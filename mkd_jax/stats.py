@@ -93,7 +93,11 @@ def paired_bootstrap(
 
     Returns:
       `{"wer_a", "wer_b", "diff", "low", "high", "confidence", "n_utts", "n_words",
-      "n_resamples", "seed"}`, rates in %. Identical systems give `diff = low = high = 0`.
+      "n_resamples", "seed", "n_better", "n_worse", "max_utt_diff"}`, rates in %; `n_better`
+      and `n_worse` count the utterances where b has fewer or more word edits than a, and
+      `max_utt_diff` is the largest single-utterance change in word edits, signed (one runaway
+      repetition can carry a corpus WER difference: this says when it does). Identical systems
+      give `diff = low = high = 0`.
     """
     a, b, w = _check_counts(errs_a, errs_b, n_words)
     if not 0 < confidence < 1:
@@ -124,4 +128,7 @@ def paired_bootstrap(
         "n_words": int(w.sum()),
         "n_resamples": n_resamples,
         "seed": seed,
+        "n_better": int((d < 0).sum()),
+        "n_worse": int((d > 0).sum()),
+        "max_utt_diff": int(d[np.argmax(np.abs(d))]) if n else 0,
     }

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mkd_jax import stats
+from mkd_jax import report, stats
 from mkd_jax.data import text
 
 REFS = ["The cat sat on the mat.", "Hello, world!", "Um.", "It's 5 o'clock now"]
@@ -89,3 +89,14 @@ def test_pairing_narrows_the_interval():
 def test_bad_inputs_are_refused(args, match):
     with pytest.raises(ValueError, match=match):
         stats.paired_bootstrap(*args)
+
+
+def test_per_utterance_spread_names_a_runaway():
+    """Hand-made: one utterance gains 29 edits (a repetition loop), two lose one each."""
+    a = np.array([3, 2, 1, 0, 4])
+    b = np.array([32, 1, 0, 0, 4])
+    w = np.array([1, 5, 5, 5, 6])
+    ci = stats.paired_bootstrap(a, b, w, n_resamples=200)
+    assert (ci["n_better"], ci["n_worse"], ci["max_utt_diff"]) == (2, 1, 29)
+    assert ci["diff"] == pytest.approx(100 * 27 / 22)
+    assert report.format_spread(ci) == "2 better, 1 worse; largest single change +29 words of 22"

@@ -4,6 +4,7 @@
     python -m mkd_jax.bench features
     python -m mkd_jax.bench distill [--rounds=3]      # see bench_distill.py
     python -m mkd_jax.bench distill_kd_gap            # the KD term from a top-k cache vs exact
+    python -m mkd_jax.bench longform --source=disk:CORPUS --split=test_ood [--minutes=3]
 
 `features`: log-mel speed (x real time) on batches of 16 x 30 s clips, alone and through the
 whole batching pipeline (FLAC decode, resample, log-mel, tokens).
@@ -35,6 +36,9 @@ flags.DEFINE_string("audio", None, "Glob of audio files to use instead of synthe
 flags.DEFINE_integer("max_new_tokens", 96, "Token limit per clip.")
 flags.DEFINE_boolean("torch", True, "Also time transformers' PyTorch generate.")
 flags.DEFINE_integer("rounds", 3, "distill: alternating timed rounds (the median is shown).")
+flags.DEFINE_string("source", None, "longform: KIND:PATH of a corpus (see mkd_jax.evaluate).")
+flags.DEFINE_string("split", "test_ood", "longform: the split whose utterances are joined.")
+flags.DEFINE_float("minutes", 3.0, "longform: minimum length of each joined recording.")
 
 SENTENCES = HARVARD[:16]
 VOICES = ["kokoro:af_heart", "kokoro:am_michael", "kokoro:bf_emma", "kokoro:bm_george"]
@@ -179,7 +183,7 @@ def bench_features():
 
 
 def main(argv):
-    kinds = ("decode", "features", "distill", "distill_kd_gap")
+    kinds = ("decode", "features", "distill", "distill_kd_gap", "longform")
     if len(argv) != 2 or argv[1] not in kinds:
         raise app.UsageError(f"usage: python -m mkd_jax.bench {'|'.join(kinds)} [flags]")
     if argv[1] == "distill":
@@ -190,6 +194,13 @@ def main(argv):
         from mkd_jax.bench_distill import kd_gap_only
 
         kd_gap_only(_clips)
+    elif argv[1] == "longform":
+        from mkd_jax.bench_longform import bench_longform
+        from mkd_jax.evaluate import parse_source
+
+        if not FLAGS.source:
+            raise app.UsageError("longform needs --source=KIND:PATH")
+        bench_longform(FLAGS.models[0], parse_source(FLAGS.source), FLAGS.split, FLAGS.minutes)
     else:
         bench_decode() if argv[1] == "decode" else bench_features()
 

@@ -6,6 +6,12 @@ step inside `lax.while_loop`, which stops early once every row has emitted end-o
 depend only on (batch, frames, prompt length, max_new_tokens, beam size), so a corpus compiles once
 per bucket. The suppress lists of the checkpoint's generation config are applied at every step, and
 the begin-suppress list at the first generated step, as Whisper's reference decoder does.
+
+With `DecodeSpec.timestamps` the prompt has no `<|notimestamps|>` and Whisper's timestamp rules
+constrain every step (`timestamp_rules`, in transformers' order: begin-suppress, suppress, then the
+timestamp rules): timestamps come in pairs except right before end-of-text, never decrease, the
+first token is a timestamp no later than `max_initial_timestamp` steps of 0.02 s, and a timestamp
+is forced whenever the timestamps' total probability beats every text token's.
 """
 
 from __future__ import annotations
@@ -34,9 +40,18 @@ class DecodeSpec:
     begin_suppress: tuple[int, ...] = ()
     beam_size: int = 1
     length_penalty: float = 1.0
+    timestamps: bool = False
+    no_timestamps: int = -1  # id of <|notimestamps|>; <|0.00|> is the next id
+    max_initial_timestamp: int = 50  # latest first timestamp, in 0.02 s steps (1.0 s)
+
+    @property
+    def timestamp_begin(self) -> int:
+        return self.no_timestamps + 1
 
 
-def spec_from_folder(folder, tokenizer, *, max_new_tokens=128, beam_size=1, language="en"):
+def spec_from_folder(
+    folder, tokenizer, *, max_new_tokens=128, beam_size=1, language="en", timestamps=False
+):
     """DecodeSpec from a checkpoint folder's `generation_config.json` and its tokenizer.
 
     Without that file (or without its suppress keys) the tokenizer family's standard Whisper
@@ -47,7 +62,9 @@ def spec_from_folder(folder, tokenizer, *, max_new_tokens=128, beam_size=1, lang
     """
     suppress, begin_suppress = hf_io.suppress_lists(folder, tokenizer.model_vocab_size)
     # An English-only vocabulary has no language token; its prompt is always English.
-    prompt = tokenizer.prompt_ids(language=language if tokenizer.is_multilingual else "en")
+    prompt = tokenizer.prompt_ids(
+        language=language if tokenizer.is_multilingual else "en", timestamps=timestamps
+    )
     return DecodeSpec(
         prompt=tuple(int(t) for t in prompt),
         eot=int(tokenizer.eot),
@@ -55,6 +72,9 @@ def spec_from_folder(folder, tokenizer, *, max_new_tokens=128, beam_size=1, lang
         suppress=tuple(int(t) for t in suppress),
         begin_suppress=tuple(int(t) for t in begin_suppress),
         beam_size=beam_size,
+        timestamps=timestamps,
+        no_timestamps=int(tokenizer.no_timestamps),
+        max_initial_timestamp=hf_io.max_initial_timestamp(folder),
     )
 
 
@@ -78,10 +98,49 @@ def _start(model: Whisper, params, mel, spec: DecodeSpec, copies: int):
     return cross, cache, logits[:, -1]
 
 
-def _masked_logprobs(logits, step, spec: DecodeSpec, vocab: int):
-    logits = jnp.where(_id_mask(vocab, spec.suppress), NEG_INF, logits)
+def timestamp_rules(logits, tokens, step, spec: DecodeSpec):
+    """Whisper's timestamp constraints on next-token logits `[R, V]`.
+
+    Args:
+      tokens: `[R, N]` tokens generated so far; only the first `step` columns are read.
+      step: index of the token being chosen (0 = the first after the prompt).
+
+    Returns:
+      The logits with forbidden ids set to NEG_INF.
+    """
+    vocab = logits.shape[-1]
+    ids = jnp.arange(vocab)
+    tb, eot = spec.timestamp_begin, spec.eot
+    is_ts = ids >= tb
+    n = tokens.shape[1]
+    pos = jnp.arange(n)
+    seen = pos[None, :] < step
+    prev = lambda k: jnp.take(tokens, jnp.clip(step - k, 0, n - 1), axis=1)  # noqa: E731
+    last_ts = (step >= 1) & (prev(1) >= tb)
+    penult_ts = (step < 2) | (prev(2) >= tb)
+    ban = (ids == spec.no_timestamps)[None, :]
+    ban = ban | ((last_ts & penult_ts)[:, None] & is_ts[None, :])  # a pair closed: text next
+    ban = ban | ((last_ts & ~penult_ts)[:, None] & (ids < eot)[None, :])  # an open one: close it
+    ts_seen = jnp.where(seen & (tokens >= tb), tokens, -1).max(axis=1)  # they never decrease
+    floor = jnp.where(ts_seen < 0, tb, jnp.where(last_ts & ~penult_ts, ts_seen, ts_seen + 1))
+    ban = ban | (is_ts[None, :] & (ids[None, :] < floor[:, None]))
+    first = (ids < tb) | (ids > tb + spec.max_initial_timestamp)
+    ban = ban | ((step == 0) & first)[None, :]
+    logits = jnp.where(ban, NEG_INF, logits)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    ts_mass = jax.nn.logsumexp(jnp.where(is_ts, logp, -jnp.inf), axis=-1)
+    best_text = jnp.where(is_ts, -jnp.inf, logp).max(axis=-1)
+    force = (ts_mass > best_text)[:, None] & ~is_ts[None, :]
+    return jnp.where(force, NEG_INF, logits)
+
+
+def _masked_logprobs(logits, step, spec: DecodeSpec, vocab: int, tokens=None):
     begin = _id_mask(vocab, spec.begin_suppress) & (step == 0)
-    return jax.nn.log_softmax(jnp.where(begin, NEG_INF, logits), axis=-1)
+    logits = jnp.where(begin, NEG_INF, logits)
+    logits = jnp.where(_id_mask(vocab, spec.suppress), NEG_INF, logits)
+    if spec.timestamps:
+        logits = timestamp_rules(logits, tokens, step, spec)
+    return jax.nn.log_softmax(logits, axis=-1)
 
 
 def greedy(params, mel, *, model: Whisper, spec: DecodeSpec) -> jax.Array:
@@ -96,7 +155,7 @@ def greedy(params, mel, *, model: Whisper, spec: DecodeSpec) -> jax.Array:
 
     def body(state):
         i, last, cache, tokens, done = state
-        tok = jnp.argmax(_masked_logprobs(last, i, spec, model.vocab_size), axis=-1)
+        tok = jnp.argmax(_masked_logprobs(last, i, spec, model.vocab_size, tokens), axis=-1)
         tok = jnp.where(done, spec.eot, tok).astype(jnp.int32)
         tokens = tokens.at[:, i].set(tok)
         logits, cache = model.apply(
@@ -129,7 +188,7 @@ def beam_search(params, mel, *, model: Whisper, spec: DecodeSpec) -> jax.Array:
 
     def body(state):
         i, last, cache, seqs, logp, fin_seqs, fin_score, done = state
-        lp = _masked_logprobs(last, i, spec, v).reshape(b, k, v)
+        lp = _masked_logprobs(last, i, spec, v, seqs.reshape(b * k, n)).reshape(b, k, v)
         cand = (logp[:, :, None] + lp).reshape(b, k * v)
         top_lp, top_idx = jax.lax.top_k(cand, 2 * k)  # [B, 2K]
         beam, tok = top_idx // v, (top_idx % v).astype(jnp.int32)

@@ -486,7 +486,7 @@ def format_systems(
 # ----- command line -----
 
 
-def _parse_source(spec: str) -> dict:
+def parse_source(spec: str) -> dict:
     kind, _, path = spec.partition(":")
     if kind not in loaders.KINDS or not path:
         raise app.UsageError(f"--source={spec!r}: use KIND:PATH with KIND in {loaders.KINDS}")
@@ -593,7 +593,7 @@ def main(argv):
     elif FLAGS.zero_shot:
         raise app.UsageError("--zero_shot needs --workdir")
     if FLAGS.source:
-        source = _parse_source(FLAGS.source)
+        source = parse_source(FLAGS.source)
     elif restored is not None:
         from mkd_jax.roles import resolve_source
 

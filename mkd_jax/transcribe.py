@@ -1,34 +1,40 @@
-"""Transcribe audio files with any Whisper checkpoint.
+"""Transcribe audio files or folders of any length with any Whisper checkpoint, with timestamps.
 
-    python -m mkd_jax.transcribe --model tiny.en clip1.wav clip2.flac
-    python -m mkd_jax.transcribe --model /path/to/hf_or_ct2_folder --beam_size 4 *.wav
+    python -m mkd_jax.transcribe --model tiny.en clip1.wav talk.flac
+    python -m mkd_jax.transcribe --model base --format srt --output_dir subs/ recordings/
+    python -m mkd_jax.transcribe --model /path/to/hf_or_ct2_folder --long_form chunked *.wav
 
-Prints one `name<TAB>text` line per file on stdout, in input order. Files longer than 30 s are cut
-into consecutive 30 s windows whose transcripts are joined. A file that cannot be used (missing,
-corrupt, a header out of range, NaN or absurd samples, longer than `--max_seconds`, ...) gets one
-`FAILED name: reason` line on stderr and is skipped; the other files are all transcribed. The run
-ends with `N transcribed, M failed` on stderr and exits 1 if any file failed. Names are shown with
+Decoding always predicts Whisper's timestamp tokens (`decode.timestamp_rules`), and audio longer
+than 30 s is transcribed long-form (`longform`): `--long_form sequential` (the default, Whisper's
+reference algorithm: each window starts at the last complete timestamp of the one before) or
+`--long_form chunked` (overlapping `--chunk_s` windows every `chunk_s - 2 * stride_s` seconds,
+decoded in parallel and stitched at the overlaps). Windows of several files are batched together.
+
+Output (`--format`): `txt` prints one `name<TAB>text` line per file on stdout, in input order;
+`json` prints one JSON object per file (text and timed segments); with `--output_dir` each file
+gets `<output_dir>/<stem>.<format>` instead (`srt` and `vtt` need it). A folder argument stands for
+the audio files under it (sorted). A file that cannot be used (missing, corrupt, a header out of
+range, NaN or absurd samples, longer than `--max_seconds`, ...) gets one `FAILED name: reason`
+line on stderr and is skipped; the other files are all transcribed. The run ends with
+`N transcribed, M failed` on stderr and exits 1 if any file failed. Names are shown with
 undecodable bytes as `\\xNN` and control characters escaped (`audio.display_name`), so any file
 name prints on one line.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import os
 import sys
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 from absl import app, flags
-from tqdm import tqdm
 
-from mkd_jax import cli, decode
-from mkd_jax.data import features
+from mkd_jax import cli, longform, subtitles
 from mkd_jax.data.audio import MAX_SECONDS, AudioError, display_name, read_audio
-from mkd_jax.data.tokenizers import load_tokenizer
-from mkd_jax.models.whisper import load
+from mkd_jax.transcriber import STRATEGIES, Transcriber
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -36,112 +42,35 @@ flags.DEFINE_string(
 )
 flags.DEFINE_integer("batch_size", 16, "Windows decoded together.")
 flags.DEFINE_integer("beam_size", 1, "1 = greedy.")
-flags.DEFINE_integer("max_new_tokens", 128, "Token limit per 30 s window.")
+flags.DEFINE_integer("max_new_tokens", 224, "Token limit per 30 s window (timestamps included).")
 flags.DEFINE_string("language", "en", "Language code for multilingual checkpoints.")
 flags.DEFINE_float(
     "max_seconds", MAX_SECONDS, "Files longer than this fail (checked before decoding)."
 )
+flags.DEFINE_enum("long_form", "sequential", STRATEGIES,
+                  "How audio longer than one window is transcribed.")  # fmt: skip
+flags.DEFINE_float("chunk_s", 30.0, "Chunked mode: window length in seconds (at most 30).")
+flags.DEFINE_float("stride_s", 5.0, "Chunked mode: overlap on each side of a window, seconds.")
+flags.DEFINE_enum("format", "txt", subtitles.FORMATS, "Output format.")
+flags.DEFINE_string("output_dir", "", "Write <stem>.<format> per file here instead of stdout.")
 
-WINDOW = features.N_FRAMES * features.HOP
-
-
-@dataclasses.dataclass
-class _Job:
-    """One clip on its way through the batches."""
-
-    key: object
-    parts: list  # text of each window, filled as batches finish
-    left: int  # windows not yet decoded
-    error: str | None = None
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
 
 
-class Transcriber:
-    """A loaded model plus its jitted decoder; maps 16 kHz clips to text."""
-
-    def __init__(
-        self, model_name: str, *, beam_size=1, max_new_tokens=128, language="en", batch_size=16
-    ):
-        self.model, self.params, config = load(model_name)
-        folder = config["_folder"]
-        self.tokenizer = load_tokenizer(folder, model_vocab_size=self.model.vocab_size)
-        self.spec = decode.spec_from_folder(
-            folder,
-            self.tokenizer,
-            max_new_tokens=max_new_tokens,
-            beam_size=beam_size,
-            language=language,
-        )
-        self.generate = decode.make_generate_fn(self.model, self.spec)
-        self.batch_size = batch_size
-
-    def __call__(self, clips: Sequence[np.ndarray], progress: bool = False) -> list[str]:
-        """Texts of `clips`; raises ValueError naming the first clip whose features fail."""
-        texts = []
-        for i, text, error in self.stream(enumerate(clips), progress=progress):
-            if error is not None:
-                raise ValueError(f"clip {i}: {error}")
-            texts.append(text)
-        return texts
-
-    def stream(
-        self, clips: Iterable[tuple[object, np.ndarray]], progress: bool = False
-    ) -> Iterator[tuple[object, str | None, str | None]]:
-        """`(key, text, None)` or `(key, None, error)` per `(key, clip)`, in input order.
-
-        Clips are read from `clips` only as batches need them, so a long list of files is never
-        all in memory; a clip whose features cannot be computed fails alone.
-        """
-        jobs: deque[_Job] = deque()
-        windows: list[tuple[_Job, int, np.ndarray]] = []
-        bar = tqdm(disable=not progress, desc="decoding", unit="window")
-        for key, clip in clips:
-            starts = range(0, max(len(clip), 1), WINDOW)
-            job = _Job(key, [""] * len(starts), len(starts))
-            jobs.append(job)
-            windows += [(job, k, clip[s : s + WINDOW]) for k, s in enumerate(starts)]
-            while len(windows) >= self.batch_size:
-                self._run(windows[: self.batch_size])
-                bar.update(self.batch_size)
-                del windows[: self.batch_size]
-                yield from self._finished(jobs)
-        if windows:
-            self._run(windows)
-            bar.update(len(windows))
-        yield from self._finished(jobs)
-        bar.close()
-
-    @staticmethod
-    def _finished(jobs: deque[_Job]) -> Iterator[tuple[object, str | None, str | None]]:
-        while jobs and jobs[0].left == 0:
-            job = jobs.popleft()
-            text = " ".join(t for t in job.parts if t) if job.error is None else None
-            yield job.key, text, job.error
-
-    def _mel(self, batch: list[np.ndarray], jobs: list[_Job]) -> np.ndarray:
-        try:
-            return features.log_mel(batch, n_mels=self.model.num_mel_bins)
-        except ValueError:
-            pass
-        # Rare (read_audio checks samples already): find the windows at fault and blank them.
-        for j, (clip, job) in enumerate(zip(batch, jobs, strict=True)):
-            try:
-                features.log_mel([clip], n_mels=self.model.num_mel_bins)
-            except ValueError as e:
-                job.error = job.error or f"features: {e}"
-                batch[j] = np.zeros(1, np.float32)
-        return features.log_mel(batch, n_mels=self.model.num_mel_bins)
-
-    def _run(self, windows: list[tuple[_Job, int, np.ndarray]]) -> None:
-        """Decodes one batch of windows into their jobs' `parts`."""
-        batch = [w for _, _, w in windows]
-        jobs = [job for job, _, _ in windows]
-        # Pad the last batch to the static batch size so it reuses the compiled program.
-        pad = self.batch_size - len(batch)
-        mel = self._mel(batch + [np.zeros(1, np.float32)] * pad, jobs + [_Job(None, [], 0)] * pad)
-        tokens = decode.strip(np.asarray(self.generate(self.params, mel)), self.spec.eot)
-        for (job, k, _), row in zip(windows, tokens, strict=False):
-            job.parts[k] = self.tokenizer.decode(row).strip()
-            job.left -= 1
+def audio_paths(args: Sequence[str]) -> Iterator[str]:
+    """Each argument, or for a folder the audio files under it (sorted, by suffix)."""
+    for arg in args:
+        if os.path.isdir(arg):
+            found = sorted(
+                str(p) for p in Path(arg).rglob("*")
+                if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
+            )  # fmt: skip
+            if not found:
+                print(f"FAILED {display_name(arg)}: folder has no audio files "
+                      f"({', '.join(AUDIO_SUFFIXES)})", file=sys.stderr, flush=True)  # fmt: skip
+            yield from found
+        else:
+            yield arg
 
 
 def transcribe_files(
@@ -152,14 +81,29 @@ def transcribe_files(
     out: TextIO | None = None,
     err: TextIO | None = None,
     progress: bool = False,
+    fmt: str = "txt",
+    output_dir: str | Path | None = None,
 ) -> tuple[int, int]:
-    """Writes `name<TAB>text` to `out` per usable file and `FAILED name: reason` to `err` per other.
+    """Transcribes every file; `FAILED name: reason` to `err` per file that cannot be used.
 
-    Every file is attempted whatever happened to the ones before it; lines are flushed as each
-    file finishes. Returns `(transcribed, failed)`.
+    Without `output_dir`: `name<TAB>text` (txt) or one JSON object per line (json) to `out`.
+    With it: `<output_dir>/<stem>.<fmt>` per file (`-2`, `-3`, ... when stems repeat), and the
+    written path to `out`. Every file is attempted whatever happened to the ones before it; output
+    is flushed as each group of files finishes. Returns `(transcribed, failed)`.
+
+    Raises:
+      ValueError: srt or vtt without `output_dir`, or an unknown format (before any decoding).
     """
     out, err = out or sys.stdout, err or sys.stderr
+    if fmt not in subtitles.FORMATS:
+        raise ValueError(f"format {fmt!r}: choose one of {', '.join(subtitles.FORMATS)}")
+    if fmt in ("srt", "vtt") and not output_dir:
+        raise ValueError(f"format {fmt!r} writes one file per input: give an output_dir")
+    if output_dir:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
     failed = 0
+    stems: dict[str, int] = {}
+    path_of: dict[str, str] = {}
 
     def fail(line: str) -> None:
         nonlocal failed
@@ -170,6 +114,7 @@ def transcribe_files(
     def clips() -> Iterator[tuple[str, np.ndarray]]:
         for path in paths:
             name = display_name(path)
+            path_of[name] = path
             try:
                 yield name, read_audio(path, max_seconds=max_seconds)
             except AudioError as e:
@@ -178,11 +123,21 @@ def transcribe_files(
                 fail(f"{name}: {type(e).__name__}: {e}")
 
     done = 0
-    for name, text, error in transcriber.stream(clips(), progress=progress):
+    for name, segments, error in transcriber.stream(clips(), progress=progress):
         if error is not None:
             fail(f"{name}: {error}")
             continue
-        print(f"{name}\t{text}", file=out, flush=True)
+        if output_dir:
+            stem = Path(os.fsdecode(path_of.get(name, name))).stem or "audio"
+            stems[stem] = stems.get(stem, 0) + 1
+            suffix = f"-{stems[stem]}" * (stems[stem] > 1)
+            target = Path(output_dir) / f"{stem}{suffix}.{fmt}"
+            target.write_text(subtitles.render(fmt, name, segments), encoding="utf-8")
+            print(display_name(str(target)), file=out, flush=True)
+        elif fmt == "json":
+            print(subtitles.as_json(name, segments), file=out, flush=True)
+        else:
+            print(f"{name}\t{longform.join_text(segments)}", file=out, flush=True)
         done += 1
     return done, failed
 
@@ -190,7 +145,9 @@ def transcribe_files(
 def main(argv):
     paths = argv[1:]
     if not paths:
-        raise app.UsageError("give one or more audio files")
+        raise app.UsageError("give one or more audio files or folders")
+    if FLAGS.format in ("srt", "vtt") and not FLAGS.output_dir:
+        raise app.UsageError(f"--format={FLAGS.format} writes one file per input: add --output_dir")
     for stream in (sys.stdout, sys.stderr):  # a transcript in an ASCII-only locale still prints
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
@@ -200,9 +157,17 @@ def main(argv):
         max_new_tokens=FLAGS.max_new_tokens,
         language=FLAGS.language,
         batch_size=FLAGS.batch_size,
+        long_form=FLAGS.long_form,
+        chunk_s=FLAGS.chunk_s,
+        stride_s=FLAGS.stride_s,
     )
     done, failed = transcribe_files(
-        paths, t, max_seconds=FLAGS.max_seconds, progress=sys.stderr.isatty()
+        audio_paths(paths),
+        t,
+        max_seconds=FLAGS.max_seconds,
+        progress=sys.stderr.isatty(),
+        fmt=FLAGS.format,
+        output_dir=FLAGS.output_dir or None,
     )
     print(f"{done} transcribed, {failed} failed", file=sys.stderr, flush=True)
     if failed:

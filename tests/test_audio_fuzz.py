@@ -452,3 +452,35 @@ def test_loader_counts_an_unexpected_error_for_one_file(tmp_path, monkeypatch):
     utts = load_split({"kind": "manifest", "path": str(tmp_path / "m.csv"),
                        "max_bad_fraction": 0.5}, "x")  # fmt: skip
     assert utts.ids == ["0", "2"] and dict(utts.report.counts) == {"unreadable": 1}
+
+
+def test_output_formats_files_and_folders(transcriber, tmp_path):
+    import srt as srt_lib
+    import webvtt
+
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    clips = [tmp_path / "in" / "x.wav", tmp_path / "in" / "sub" / "x.flac"]
+    clips[0].write_bytes(wav(_signal(16000)))
+    clips[1].write_bytes(encoded(_signal(48000)))
+    (tmp_path / "in" / "notes.txt").write_text("not audio")
+    found = list(transcribe.audio_paths([str(tmp_path / "in")]))
+    assert found == [str(tmp_path / "in" / "sub" / "x.flac"), str(clips[0])]
+    for fmt, parse in (
+        ("srt", lambda s: list(srt_lib.parse(s))),
+        ("vtt", lambda s: webvtt.from_buffer(io.StringIO(s)).captions),
+    ):
+        out = io.StringIO()
+        done, failed = transcribe.transcribe_files(
+            found, transcriber, fmt=fmt, output_dir=tmp_path / fmt, out=out, err=io.StringIO()
+        )
+        written = sorted(p.name for p in (tmp_path / fmt).iterdir())
+        assert (done, failed) == (2, 0) and written == [f"x-2.{fmt}", f"x.{fmt}"]
+        for p in (tmp_path / fmt).iterdir():
+            parse(p.read_text())  # raises on malformed output
+        assert len(out.getvalue().splitlines()) == 2
+    out = io.StringIO()
+    transcribe.transcribe_files(found, transcriber, fmt="json", out=out, err=io.StringIO())
+    docs = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [d["file"] for d in docs] == found and all("segments" in d for d in docs)
+    with pytest.raises(ValueError, match="'srt' writes one file per input: give an output_dir"):
+        transcribe.transcribe_files(found, transcriber, fmt="srt")

@@ -228,3 +228,105 @@ def test_generate_fn_is_built_once_per_model_and_spec():
         prompt=(1, 2), eot=3, max_new_tokens=5, suppress=(), begin_suppress=()
     )
     assert decode.make_generate_fn(model, other) is not decode.make_generate_fn(model, spec)
+
+
+# ----- timestamps: token-identical to transformers' generate(..., return_timestamps=True) -----
+
+
+@pytest.fixture(scope="module")
+def ts_pair(tmp_path_factory):
+    """A random English-only reference whose timestamp logits are lifted, so that timestamps,
+    pairs, text and end-of-text all occur within a few steps."""
+    ref = make_reference("mel80", seed=2)
+    ref.generation_config.no_timestamps_token_id = NO_TS
+    ref.generation_config.max_initial_timestamp_index = 50
+    with torch.no_grad():
+        ref.model.decoder.embed_tokens.weight[NO_TS + 1 :] *= 3.0
+        ref.model.decoder.embed_tokens.weight[EOT] *= 1.6
+    folder = tmp_path_factory.mktemp("ts")
+    ref.save_pretrained(folder)
+    model, params, _ = from_hf(folder)
+    return ref, model, params
+
+
+NO_TS = 50363
+
+
+def _hf_timestamp_greedy(ref, mel, prompt, max_new):
+    """Greedy decoding driven by transformers' own Whisper logits processors, in generate's
+    order (begin-suppress, suppress, timestamp rules), one full forward pass per step."""
+    from transformers.generation.logits_process import (
+        SuppressTokensAtBeginLogitsProcessor,
+        SuppressTokensLogitsProcessor,
+        WhisperTimeStampLogitsProcessor,
+    )
+
+    begin = len(prompt)
+    procs = [
+        SuppressTokensAtBeginLogitsProcessor([220, EOT], begin),
+        SuppressTokensLogitsProcessor(list(SUPPRESS)),
+        WhisperTimeStampLogitsProcessor(ref.generation_config, begin_index=begin),
+    ]
+    ids = torch.tensor([list(prompt)] * mel.shape[0])
+    with torch.no_grad():
+        for _ in range(max_new):
+            scores = ref(input_features=torch.tensor(mel), decoder_input_ids=ids).logits[:, -1]
+            for proc in procs:
+                scores = proc(ids, scores)
+            ids = torch.cat([ids, scores.argmax(-1, keepdim=True)], dim=1)
+    return strip(ids[:, begin:].numpy(), EOT)
+
+
+def test_timestamp_rules_match_transformers_processors(ts_pair):
+    ref, model, params = ts_pair
+    mel = random_mel(80, batch=4, seed=5)
+    spec = DecodeSpec(
+        prompt=PROMPT[:3],
+        eot=EOT,
+        max_new_tokens=40,
+        suppress=SUPPRESS,
+        begin_suppress=(220, EOT),
+        timestamps=True,
+        no_timestamps=NO_TS,
+        max_initial_timestamp=50,
+    )
+    ours = strip(make_generate_fn(model, spec)(params, mel), EOT)
+    assert ours == _hf_timestamp_greedy(ref, mel, PROMPT[:3], 40)
+    flat = [t for row in ours for t in row]
+    assert any(t > NO_TS for t in flat) and any(t < EOT for t in flat)  # both kinds occur
+    for row in ours:
+        ts = [t for t in row if t > NO_TS]
+        assert ts == sorted(ts) and NO_TS < row[0] <= NO_TS + 51
+
+
+@pytest.mark.slow
+def test_timestamps_on_real_speech_match_transformers():
+    """Real tiny.en weights on synthesised speech (flite voices): three sentences alone and one
+    22 s window holding several, token for token against transformers' generate."""
+    from transformers import WhisperForConditionalGeneration
+
+    from mkd_jax.assets import resolve_model
+    from mkd_jax.data import features
+    from mkd_jax.data.sentences import HARVARD
+    from mkd_jax.data.voices import synthesize
+    from mkd_jax.transcriber import Transcriber
+
+    voices = ["flite:slt", "flite:awb", "flite:rms", "flite:kal16"]
+    clips = [synthesize(HARVARD[i], voices[i % 4]) for i in range(6)]
+    pause = np.zeros(8000, np.float32)
+    joined = np.concatenate([x for c in clips for x in (c, pause)])[: 22 * 16000]
+    batch = clips[:3] + [joined]
+    tr = Transcriber("tiny.en", batch_size=4)
+    ours = tr.decode_windows(batch)
+    ref = WhisperForConditionalGeneration.from_pretrained(resolve_model("tiny.en"))
+    with torch.no_grad():
+        seqs = ref.generate(
+            torch.tensor(features.log_mel(batch)), return_timestamps=True, max_new_tokens=224
+        )
+    theirs = []
+    for row in strip(seqs.numpy(), tr.spec.eot):
+        while row and row[0] in tr.spec.prompt:
+            row = row[1:]
+        theirs.append(row)
+    assert ours == theirs
+    assert sum(t >= tr.spec.timestamp_begin for t in ours[3]) >= 6  # several segments

@@ -74,7 +74,8 @@ def _log_mel_fn(x: jax.Array, window: jax.Array, filters: jax.Array) -> jax.Arra
     return (log_spec + 4.0) / 4.0
 
 
-def _check_clip(clip: np.ndarray, where: str) -> None:
+def check_clip(clip: np.ndarray, where: str) -> None:
+    """Raises ValueError (naming `where`) unless `clip` is finite float audio within range."""
     if not np.issubdtype(clip.dtype, np.floating):
         raise ValueError(f"{where} must be float audio in [-1, 1], got dtype {clip.dtype}")
     if clip.size == 0:
@@ -99,7 +100,7 @@ def _pad_or_trim(audio: np.ndarray | Sequence[np.ndarray], n_samples: int) -> np
                 "wrap a single clip as audio[None]"
             )
         for i, row in enumerate(audio[:, :n_samples]):
-            _check_clip(row, f"audio[{i}]")
+            check_clip(row, f"audio[{i}]")
         audio = audio[:, :n_samples].astype(np.float32, copy=False)
         return np.pad(audio, ((0, 0), (0, n_samples - audio.shape[1])))
     if len(audio) == 0:
@@ -110,7 +111,7 @@ def _pad_or_trim(audio: np.ndarray | Sequence[np.ndarray], n_samples: int) -> np
         if clip.ndim != 1:
             raise ValueError(f"audio[{i}] must be a 1-D clip, got shape {clip.shape}")
         clip = clip[:n_samples]  # samples past the window never reach the features
-        _check_clip(clip, f"audio[{i}]")
+        check_clip(clip, f"audio[{i}]")
         out[i, : clip.shape[0]] = clip
     return out
 

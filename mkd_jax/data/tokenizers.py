@@ -158,10 +158,14 @@ class WhisperTokenizer:
         """Every special token id (EOT, SOT, languages, tasks, ...), excluding timestamps."""
         return self._special
 
-    def prompt_ids(self, language: str = "en", task: str = "transcribe") -> list[int]:
-        """Decoder prompt without timestamps.
+    def prompt_ids(
+        self, language: str = "en", task: str = "transcribe", timestamps: bool = False
+    ) -> list[int]:
+        """Decoder prompt.
 
         Multilingual: `[sot, language, task, notimestamps]`; English-only: `[sot, notimestamps]`.
+        With `timestamps=True` the trailing `notimestamps` is left out, so the model predicts
+        timestamp tokens.
 
         Raises:
           ValueError: for an unknown language or task, or a non-English or translate prompt for an
@@ -175,12 +179,13 @@ class WhisperTokenizer:
                     f"{self._source} is English-only: it cannot prompt language={language!r}, "
                     f"task={task!r}"
                 )
-            return [self.sot, self.no_timestamps]
+            return [self.sot] + [self.no_timestamps] * (not timestamps)
         language = _LEGACY_CODES.get(language, language)
         if language not in self._languages:
             raise ValueError(f"unknown language code {language!r} for {self._source}")
         task_id = self.transcribe if task == "transcribe" else self.translate
-        return [self.sot, self._languages[language], task_id, self.no_timestamps]
+        prompt = [self.sot, self._languages[language], task_id]
+        return prompt + [self.no_timestamps] * (not timestamps)
 
     # ----- text <-> ids -----
 

@@ -347,6 +347,25 @@ def _token_list(path: Path, gen: dict, key: str, vocab: int) -> list[int]:
     return value
 
 
+def max_initial_timestamp(folder: str | os.PathLike) -> int:
+    """`max_initial_timestamp_index` of the folder's `generation_config.json`, else 50 (1.0 s).
+
+    The latest first timestamp of a window, in 0.02 s steps; 50 is openai-whisper's 1.0 s.
+
+    Raises:
+      CheckpointError: the value is not a non-negative integer; the message names the file.
+    """
+    path = Path(folder) / GENERATION_CONFIG
+    value = read_json(path).get("max_initial_timestamp_index", 50) if path.exists() else 50
+    if value is None:
+        return N_TIMESTAMPS - 1
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise CheckpointError(
+            f"{path}: max_initial_timestamp_index must be a non-negative integer, got {value!r}"
+        )
+    return value
+
+
 def suppress_lists(folder: str | os.PathLike, vocab_size: int) -> tuple[list[int], list[int]]:
     """`(suppress_tokens, begin_suppress_tokens)` from a folder's `generation_config.json`.
 

@@ -1,0 +1,125 @@
+"""`Transcriber`: a Whisper checkpoint and its jitted timestamp decoder, from 16 kHz clips of any
+length to timed segments (`longform`). The command line is `mkd_jax.transcribe`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from mkd_jax import decode, longform
+from mkd_jax.data import features
+from mkd_jax.data.tokenizers import load_tokenizer
+from mkd_jax.models.whisper import load
+
+STRATEGIES = ("sequential", "chunked")
+GROUP_SECONDS = 16 * 30.0  # audio read ahead per group of files decoded together
+
+
+class Transcriber:
+    """A loaded model plus its jitted timestamp decoder; maps 16 kHz clips to timed segments."""
+
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        beam_size=1,
+        max_new_tokens=224,
+        language="en",
+        batch_size=16,
+        long_form="sequential",
+        chunk_s=30.0,
+        stride_s=5.0,
+    ):
+        if long_form not in STRATEGIES:
+            raise ValueError(f"long_form={long_form!r}: choose one of {', '.join(STRATEGIES)}")
+        if long_form == "chunked" and not (0 < chunk_s <= 30 and 0 <= 2 * stride_s < chunk_s):
+            raise ValueError(
+                f"chunk_s={chunk_s}, stride_s={stride_s}: need 0 < chunk_s <= 30 and "
+                "0 <= 2 * stride_s < chunk_s"
+            )
+        self.model, self.params, config = load(model_name)
+        folder = config["_folder"]
+        self.tokenizer = load_tokenizer(folder, model_vocab_size=self.model.vocab_size)
+        self.spec = decode.spec_from_folder(
+            folder,
+            self.tokenizer,
+            max_new_tokens=max_new_tokens,
+            beam_size=beam_size,
+            language=language,
+            timestamps=True,
+        )
+        self.generate = decode.make_generate_fn(self.model, self.spec)
+        self.batch_size = batch_size
+        self.long_form, self.chunk_s, self.stride_s = long_form, chunk_s, stride_s
+
+    def decode_windows(self, windows: list[np.ndarray]) -> list[list[int]]:
+        """Generated tokens (timestamps included) of each window of at most 30 s."""
+        out = []
+        for b in range(0, len(windows), self.batch_size):
+            batch = list(windows[b : b + self.batch_size])
+            # Pad the last batch to the static batch size so it reuses the compiled program.
+            pad = self.batch_size - len(batch)
+            batch = [w if len(w) else np.zeros(1, np.float32) for w in batch]
+            mel = features.log_mel(
+                batch + [np.zeros(1, np.float32)] * pad, n_mels=self.model.num_mel_bins
+            )
+            tokens = decode.strip(np.asarray(self.generate(self.params, mel)), self.spec.eot)
+            out += tokens[: len(windows[b : b + self.batch_size])]
+        return out
+
+    def segments(
+        self, clips: Sequence[np.ndarray], on_progress=None
+    ) -> list[list[longform.Segment]]:
+        """Timed segments of each clip (`longform`; checked clips only, see `stream`)."""
+        text_of = lambda ids: self.tokenizer.decode(ids)  # noqa: E731
+        common = dict(batch_size=self.batch_size, on_progress=on_progress)
+        tb = self.spec.timestamp_begin
+        if self.long_form == "chunked":
+            return longform.chunked(
+                clips, self.decode_windows, tb, text_of,
+                chunk_s=self.chunk_s, stride_s=self.stride_s, **common,
+            )  # fmt: skip
+        return longform.sequential(clips, self.decode_windows, tb, text_of, **common)
+
+    def __call__(self, clips: Sequence[np.ndarray], progress: bool = False) -> list[str]:
+        """Texts of `clips`; raises ValueError naming the first clip that cannot be used."""
+        texts = []
+        for i, segs, error in self.stream(enumerate(clips), progress=progress):
+            if error is not None:
+                raise ValueError(f"clip {i}: {error}")
+            texts.append(longform.join_text(segs))
+        return texts
+
+    def stream(
+        self, clips: Iterable[tuple[object, np.ndarray]], progress: bool = False
+    ) -> Iterator[tuple[object, list | None, str | None]]:
+        """`(key, segments, None)` or `(key, None, error)` per `(key, clip)`, in input order.
+
+        Clips are read from `clips` only as groups need them (about `GROUP_SECONDS` of audio per
+        group, decoded together), so a long list of files is never all in memory; a clip whose
+        samples cannot be used fails alone. The progress bar counts audio minutes.
+        """
+        bar = tqdm(disable=not progress, desc="transcribing", unit="audio min", unit_scale=False)
+        tick = lambda seconds: bar.update(seconds / 60)  # noqa: E731
+        group: list[tuple[object, np.ndarray | None, str | None]] = []
+        seconds = 0.0
+        for key, clip in clips:
+            try:
+                features.check_clip(np.asarray(clip), "audio")
+                group.append((key, clip, None))
+                seconds += len(clip) / features.SAMPLE_RATE
+            except ValueError as e:
+                group.append((key, None, f"features: {e}"))
+            if seconds >= GROUP_SECONDS:
+                yield from self._run(group, tick)
+                group, seconds = [], 0.0
+        yield from self._run(group, tick)
+        bar.close()
+
+    def _run(self, group, tick):
+        ok = [clip for _, clip, error in group if error is None]
+        done = iter(self.segments(ok, on_progress=tick) if ok else [])
+        for key, _, error in group:
+            yield (key, None, error) if error is not None else (key, next(done), None)

@@ -9,9 +9,11 @@
 `features`: log-mel speed (x real time) on batches of 16 x 30 s clips, alone and through the
 whole batching pipeline (FLAC decode, resample, log-mel, tokens).
 
-`decode`: greedy decoding real-time factor (wall seconds / audio seconds, lower is better) and
-generated tokens per second, for our jitted decoder and for transformers' PyTorch `generate`, on
-the same clips and the same log-mel features, in the same run. Compile time is reported apart.
+`decode`: greedy decoding real-time factor (wall seconds / audio seconds, lower is better),
+generated tokens per second and speed relative to transformers' PyTorch `generate` (its median
+time / ours), for our jitted decoder, `generate`, and CTranslate2 when the `ctranslate2` package
+is installed (converted from the same weights, float32), on the same clips and log-mel features,
+in rounds that alternate between them in one run (median shown). Warm-up (our compile) is apart.
 The clips are synthesised speech (Kokoro voices), or the files given with `--audio`.
 """
 
@@ -35,7 +37,7 @@ flags.DEFINE_integer("clips", 16, "Number of clips (a multiple of every batch si
 flags.DEFINE_string("audio", None, "Glob of audio files to use instead of synthesised speech.")
 flags.DEFINE_integer("max_new_tokens", 96, "Token limit per clip.")
 flags.DEFINE_boolean("torch", True, "Also time transformers' PyTorch generate.")
-flags.DEFINE_integer("rounds", 3, "distill: alternating timed rounds (the median is shown).")
+flags.DEFINE_integer("rounds", 3, "decode, distill: alternating timed rounds (median shown).")
 flags.DEFINE_string("source", None, "longform: KIND:PATH of a corpus (see mkd_jax.evaluate).")
 flags.DEFINE_string("split", "test_ood", "longform: the split whose utterances are joined.")
 flags.DEFINE_float("minutes", 3.0, "longform: minimum length of each joined recording.")
@@ -57,7 +59,8 @@ def _clips(n: int) -> list[np.ndarray]:
     return [synthesize(SENTENCES[i % len(SENTENCES)], VOICES[i % len(VOICES)]) for i in range(n)]
 
 
-def _ours(name, mel, batch, max_new):
+def _ours(name, max_new):
+    """`(run(mel) -> token rows, compile(mel) -> seconds)` for our jitted greedy decoder."""
     from mkd_jax import decode
     from mkd_jax.data.tokenizers import load_tokenizer
     from mkd_jax.models.whisper import load
@@ -66,74 +69,119 @@ def _ours(name, mel, batch, max_new):
     tok = load_tokenizer(config["_folder"], model_vocab_size=model.vocab_size)
     spec = decode.spec_from_folder(config["_folder"], tok, max_new_tokens=max_new)
     fn = decode.make_generate_fn(model, spec)
-    t0 = time.perf_counter()
-    np.asarray(fn(params, mel[:batch]))
-    compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    outs = [np.asarray(fn(params, mel[i : i + batch])) for i in range(0, len(mel), batch)]
-    wall = time.perf_counter() - t0
-    rows = decode.strip(np.concatenate(outs), spec.eot)
-    texts = [tok.decode(r) for r in rows]
-    return wall, sum(len(r) + 1 for r in rows), compile_s, texts
+
+    def run(mel):
+        return decode.strip(np.asarray(fn(params, mel)), spec.eot)
+
+    return run, lambda rows: [tok.decode(r) for r in rows]
 
 
-def _torch(name, mel, batch, max_new):
+def _torch(name, max_new):
     import torch
     from transformers import WhisperForConditionalGeneration
 
     from mkd_jax import assets
+    from mkd_jax.decode import strip
 
     torch.set_num_threads(os.cpu_count() or 1)
     ref = WhisperForConditionalGeneration.from_pretrained(assets.resolve_model(name)).eval()
     kwargs = dict(max_new_tokens=max_new, num_beams=1, do_sample=False)
     if ref.generation_config.is_multilingual:
         kwargs.update(language="en", task="transcribe")
-    with torch.inference_mode():
-        ref.generate(torch.tensor(mel[:batch]), **kwargs)  # warm-up
-        t0 = time.perf_counter()
-        outs = [
-            ref.generate(torch.tensor(mel[i : i + batch]), **kwargs).numpy()
-            for i in range(0, len(mel), batch)
-        ]
-        wall = time.perf_counter() - t0
     eot = ref.generation_config.eos_token_id
-    from mkd_jax.decode import strip
 
-    rows = [r for o in outs for r in strip(o, eot)]
-    return wall, sum(len(r) + 1 for r in rows)
+    def run(mel):
+        with torch.inference_mode():
+            return strip(ref.generate(torch.tensor(mel), **kwargs).numpy(), eot)
+
+    return run
+
+
+def _ct2(name, max_new):
+    """CTranslate2 (the engine behind faster-whisper) on the same weights, or None if absent."""
+    try:
+        import ctranslate2
+    except ImportError:
+        return None
+    import tempfile
+
+    from ctranslate2.converters import TransformersConverter
+
+    from mkd_jax import assets
+    from mkd_jax.data.tokenizers import load_tokenizer
+
+    folder = assets.resolve_model(name)
+    out = os.path.join(tempfile.mkdtemp(prefix="mkd_ct2_"), name)
+    TransformersConverter(str(folder)).convert(out, quantization="float32", force=True)
+    model = ctranslate2.models.Whisper(out, device="cpu", intra_threads=os.cpu_count() or 1)
+    tok = load_tokenizer(folder)
+    prompt = tok.prompt_ids()
+    eot = tok.eot
+
+    def run(mel):
+        res = model.generate(
+            ctranslate2.StorageView.from_array(np.ascontiguousarray(mel)),
+            [prompt] * len(mel),
+            beam_size=1,
+            max_length=max_new + len(prompt),
+        )
+        return [[t for t in r.sequences_ids[0] if t != eot] for r in res]
+
+    return run
 
 
 def bench_decode():
+    """Per model and batch size: each implementation warmed up once, then `--rounds` rounds that
+    alternate between them over all clips; median wall time, RTF, tokens/s and ratio to torch."""
     from mkd_jax.data import features
+    from mkd_jax.models.whisper import load
 
     batch_sizes = [int(b) for b in FLAGS.batch_sizes]
     clips = _clips(FLAGS.clips)
     audio_s = sum(len(c) for c in clips) / features.SAMPLE_RATE
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"{len(clips)} clips, {audio_s:.1f} s of audio, 30 s windows, greedy"
+        f"{len(clips)} clips, {audio_s:.1f} s of audio, 30 s windows, greedy, "
+        f"median of {FLAGS.rounds} alternating rounds"
     )
-    header = f"{'model':8} {'batch':>5} {'impl':>8} {'RTF':>7} {'tok/s':>7} {'compile s':>9}"
+    header = (
+        f"{'model':8} {'batch':>5} {'impl':>8} {'RTF':>7} {'tok/s':>7} {'x torch':>7} "
+        f"{'warm-up s':>9}"
+    )
     print(header + "\n" + "-" * len(header))
     for name in FLAGS.models:
-        from mkd_jax.models.whisper import load
-
         mel = features.log_mel(clips, n_mels=load(name)[0].num_mel_bins)
+        ours, texts_of = _ours(name, FLAGS.max_new_tokens)
+        impls = {"mkd_jax": ours}
+        if FLAGS.torch:
+            impls["torch"] = _torch(name, FLAGS.max_new_tokens)
+        ct2 = _ct2(name, FLAGS.max_new_tokens)
+        if ct2 is not None:
+            impls["ct2"] = ct2
+        else:
+            print("  (ctranslate2 not installed: no CTranslate2 column)")
         for batch in batch_sizes:
-            wall, toks, compile_s, texts = _ours(name, mel, batch, FLAGS.max_new_tokens)
-            print(
-                f"{name:8} {batch:5d} {'mkd_jax':>8} {wall / audio_s:7.3f} {toks / wall:7.1f} "
-                f"{compile_s:9.1f}",
-                flush=True,
-            )
-            if FLAGS.torch:
-                wall_t, toks_t = _torch(name, mel, batch, FLAGS.max_new_tokens)
+            chunks = [mel[i : i + batch] for i in range(0, len(mel), batch)]
+            warm, walls, tokens = {}, {k: [] for k in impls}, {}
+            for k, run in impls.items():
+                t0 = time.perf_counter()
+                run(chunks[0])
+                warm[k] = time.perf_counter() - t0
+            for _ in range(FLAGS.rounds):
+                for k, run in impls.items():
+                    t0 = time.perf_counter()
+                    rows = [r for c in chunks for r in run(c)]
+                    walls[k].append(time.perf_counter() - t0)
+                    tokens[k] = (sum(len(r) + 1 for r in rows), rows)
+            med = {k: float(np.median(v)) for k, v in walls.items()}
+            for k in impls:
+                ratio = f"{med['torch'] / med[k]:7.2f}" if "torch" in med else f"{'-':>7}"
                 print(
-                    f"{name:8} {batch:5d} {'torch':>8} {wall_t / audio_s:7.3f} "
-                    f"{toks_t / wall_t:7.1f} {'-':>9}",
+                    f"{name:8} {batch:5d} {k:>8} {med[k] / audio_s:7.3f} "
+                    f"{tokens[k][0] / med[k]:7.1f} {ratio} {warm[k]:9.1f}",
                     flush=True,
                 )
-        print(f"  sample ({name}): {texts[0]!r}")
+        print(f"  sample ({name}): {texts_of(tokens['mkd_jax'][1][:1])[0]!r}")
 
 
 def bench_features():

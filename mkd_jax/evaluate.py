@@ -7,9 +7,10 @@ bootstrap intervals of the differences between systems.
 
 No utterance is hidden from the score:
 - An utterance is decoded at `--n_frames` (a workdir's training context by default) when it fits,
-  else at the model's full context (30 s, 3000 frames). One longer than 30 s is cut into equal
-  windows of at most 30 s, each decoded on its own, and the texts are joined with a space (simple:
-  a word cut at a window edge may be misrecognised). Each result records these contexts.
+  else at the model's full context (30 s, 3000 frames). One longer than 30 s is transcribed
+  long-form, sequentially with timestamps as `transcribe` does (`longform.sequential`); an
+  ensemble, which decodes without timestamps, cuts it into equal windows of at most 30 s and joins
+  their texts. Each result records these contexts.
 - An utterance whose audio, batch or tokens fail to decode, or whose output is empty, is scored as
   all deletions (an empty hypothesis) and listed under `failures`. Output that hits the token limit
   without end-of-text is scored as decoded and listed under `flagged`.
@@ -83,6 +84,7 @@ class _Decoder:
     tokenizer: object
     eot: int
     max_new_tokens: int
+    long_form: Callable | None = None  # clips over 30 s -> texts; None: equal windows
 
 
 def _secs(frames: int) -> str:
@@ -93,8 +95,12 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'s' * (n != 1)}"
 
 
-def _plan(utts, n_frames: int, full: int, batch_size: int, max_batches: int):
-    """`(batches [(frames, [window or None] * batch_size)], selected indices, context, limit)`."""
+def _plan(
+    utts, n_frames: int, full: int, batch_size: int, max_batches: int, long_form: bool = False
+):
+    """`(batches [(frames, [window or None] * batch_size)], selected indices, context, limit,
+    long)`: `long` lists the utterances over `full` frames left to long-form decoding (with
+    `long_form`; else they are cut into equal windows in `batches`)."""
     if batch_size < 1 or max_batches < 0:
         raise ValueError(
             f"need batch_size >= 1 and max_batches >= 0, got {batch_size}, {max_batches}"
@@ -112,6 +118,7 @@ def _plan(utts, n_frames: int, full: int, batch_size: int, max_batches: int):
         )
     by_frames: dict[int, list[_Window]] = defaultdict(list)
     promoted = windowed = n_windows = 0
+    long = []
     rate = features.SAMPLE_RATE
     for i in selected:
         dur = float(utts.durations[i])
@@ -121,6 +128,8 @@ def _plan(utts, n_frames: int, full: int, batch_size: int, max_batches: int):
         elif frames <= full:
             promoted += 1
             by_frames[full].append(_Window(i, 0, 0, None))
+        elif long_form:
+            long.append(i)
         else:
             k = math.ceil(frames / full)
             size = math.ceil(math.ceil(dur * rate) / k)  # equal windows, each <= the context
@@ -136,13 +145,18 @@ def _plan(utts, n_frames: int, full: int, batch_size: int, max_batches: int):
             f"{_secs(full)} windows for {_plural(windowed, 'utterance')} over {_secs(full)} "
             f"({n_windows} windows)"
         )
+    if long:
+        context.append(
+            f"long-form (sequential, timestamps) for {_plural(len(long), 'utterance')} over "
+            f"{_secs(full)}"
+        )
     batches = []
     for frames in sorted(by_frames):
         windows = by_frames[frames]
         for s in range(0, len(windows), batch_size):
             chunk = windows[s : s + batch_size]
             batches.append((frames, chunk + [None] * (batch_size - len(chunk))))
-    return batches, selected, "; ".join(context), limit
+    return batches, selected, "; ".join(context), limit, long
 
 
 def _features(utts, frames: int, windows, n_mels: Sequence[int], cache: dict):
@@ -171,11 +185,33 @@ def _first_line(e: BaseException, limit: int = 300) -> str:
     return msg if len(msg) <= limit else msg[: limit - 3] + "..."
 
 
+def _long_form(dec: _Decoder, utts, long: list[int], pieces: dict, failed: dict, desc: str):
+    """Long-form texts of the utterances over 30 s into `pieces`; failures into `failed`."""
+    clips = {}
+    for i in long:
+        try:
+            clips[i] = utts.audio(i)
+        except AudioError as e:
+            failed.setdefault(i, f"audio failed to decode: {e}")
+    if not clips:
+        return
+    try:
+        texts = dec.long_form(list(clips.values()))
+    except Exception as e:  # scored as deletions and listed, like a failed batch
+        reason = f"long-form decoding failed: {_first_line(e)}"
+        logging.warning("%s: %s", desc, reason)
+        for i in clips:
+            failed.setdefault(i, reason)
+        return
+    for i, t in zip(clips, texts, strict=True):
+        pieces[i][0] = t
+
+
 def _transcribe(
     dec: _Decoder, utts, *, batch_size: int, n_frames: int, max_batches: int, desc: str
 ) -> Transcripts:
-    batches, selected, context, limit = _plan(
-        utts, n_frames, dec.full_frames, batch_size, max_batches
+    batches, selected, context, limit, long = _plan(
+        utts, n_frames, dec.full_frames, batch_size, max_batches, dec.long_form is not None
     )
     pieces: dict[int, dict[int, str]] = defaultdict(dict)
     failed: dict[int, str] = {}
@@ -216,6 +252,7 @@ def _transcribe(
                     )
                 except Exception as e:  # out-of-vocabulary ids and the like: garbage output
                     failed.setdefault(w.utt, f"tokens failed to decode: {_first_line(e)}")
+    _long_form(dec, utts, long, pieces, failed, desc)
     if batches and len(batch_errors) == len(batches):
         raise RuntimeError(f"{desc}: all {len(batches)} batches failed; first: {batch_errors[0]}")
     ids, hyps, failures = [], [], []
@@ -270,7 +307,13 @@ def transcribe_utts(
     Returns:
       `Transcripts`, which unpacks as `(ids, hyps)`; pass it to `score(..., transcripts=)`.
     """
+    from mkd_jax.transcriber import long_form_texts
+
     fn = decode.make_generate_fn(model, spec)
+
+    def long_form(clips):
+        return long_form_texts(model, params, tokenizer, spec, clips, batch_size=batch_size)
+
     dec = _Decoder(
         generate=lambda mels: fn(params, mels[model.num_mel_bins]),
         n_mels=(model.num_mel_bins,),
@@ -278,6 +321,10 @@ def transcribe_utts(
         tokenizer=tokenizer,
         eot=spec.eot,
         max_new_tokens=spec.max_new_tokens,
+        # Long-form windows are Whisper's 30 s; a model with another context keeps equal windows.
+        long_form=long_form
+        if spec.no_timestamps >= 0 and 2 * model.max_source_positions == features.N_FRAMES
+        else None,
     )
     return _transcribe(
         dec, utts, batch_size=batch_size, n_frames=n_frames, max_batches=max_batches, desc=desc

@@ -3,6 +3,7 @@ length to timed segments (`longform`). The command line is `mkd_jax.transcribe`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -15,6 +16,53 @@ from mkd_jax.models.whisper import load
 
 STRATEGIES = ("sequential", "chunked")
 GROUP_SECONDS = 16 * 30.0  # audio read ahead per group of files decoded together
+MIN_TIMESTAMP_TOKENS = 224  # a 30 s window with timestamps needs more tokens than plain text
+
+
+def timestamp_spec(spec: decode.DecodeSpec) -> decode.DecodeSpec:
+    """`spec` predicting timestamps: no trailing `<|notimestamps|>` in the prompt, at least
+    `MIN_TIMESTAMP_TOKENS` new tokens (within the decoder's positions)."""
+    if spec.no_timestamps < 0:
+        raise ValueError(
+            "the decode spec does not name <|notimestamps|>: build it with spec_from_folder"
+        )
+    prompt = spec.prompt[:-1] if spec.prompt[-1:] == (spec.no_timestamps,) else spec.prompt
+    return dataclasses.replace(
+        spec,
+        prompt=prompt,
+        timestamps=True,
+        max_new_tokens=max(spec.max_new_tokens, MIN_TIMESTAMP_TOKENS),
+    )
+
+
+def window_decoder(model, params, spec: decode.DecodeSpec, batch_size: int):
+    """`decode_windows(windows) -> token rows` (see `longform`): windows of at most 30 s decoded
+    in batches of `batch_size` (the last one padded, so one program serves all)."""
+    generate = decode.make_generate_fn(model, spec)
+
+    def decode_windows(windows: list[np.ndarray]) -> list[list[int]]:
+        out = []
+        for b in range(0, len(windows), batch_size):
+            batch = [w if len(w) else np.zeros(1, np.float32) for w in windows[b : b + batch_size]]
+            pad = [np.zeros(1, np.float32)] * (batch_size - len(batch))
+            mel = features.log_mel(batch + pad, n_mels=model.num_mel_bins)
+            out += decode.strip(np.asarray(generate(params, mel)), spec.eot)[: len(batch)]
+        return out
+
+    return decode_windows
+
+
+def long_form_texts(model, params, tokenizer, spec, clips, *, batch_size: int) -> list[str]:
+    """Texts of clips of any length by sequential long-form decoding with timestamps."""
+    ts = timestamp_spec(spec)
+    segments = longform.sequential(
+        clips,
+        window_decoder(model, params, ts, batch_size),
+        ts.timestamp_begin,
+        tokenizer.decode,
+        batch_size=batch_size,
+    )
+    return [longform.join_text(s) for s in segments]
 
 
 class Transcriber:
@@ -50,24 +98,9 @@ class Transcriber:
             language=language,
             timestamps=True,
         )
-        self.generate = decode.make_generate_fn(self.model, self.spec)
+        self.decode_windows = window_decoder(self.model, self.params, self.spec, batch_size)
         self.batch_size = batch_size
         self.long_form, self.chunk_s, self.stride_s = long_form, chunk_s, stride_s
-
-    def decode_windows(self, windows: list[np.ndarray]) -> list[list[int]]:
-        """Generated tokens (timestamps included) of each window of at most 30 s."""
-        out = []
-        for b in range(0, len(windows), self.batch_size):
-            batch = list(windows[b : b + self.batch_size])
-            # Pad the last batch to the static batch size so it reuses the compiled program.
-            pad = self.batch_size - len(batch)
-            batch = [w if len(w) else np.zeros(1, np.float32) for w in batch]
-            mel = features.log_mel(
-                batch + [np.zeros(1, np.float32)] * pad, n_mels=self.model.num_mel_bins
-            )
-            tokens = decode.strip(np.asarray(self.generate(self.params, mel)), self.spec.eot)
-            out += tokens[: len(windows[b : b + self.batch_size])]
-        return out
 
     def segments(
         self, clips: Sequence[np.ndarray], on_progress=None

@@ -314,3 +314,27 @@ def test_real_models_and_the_command_line(tmp_path):
         assert res["all"]["n_scored"] == res["all"]["n_total"] == 5
         assert res["all"]["context"] == single.context
     assert set(report["hypotheses"][str(tmp_path / "en")]) == set(utts.ids)
+
+
+def test_utterances_over_30_s_go_long_form(monkeypatch, tmp_path):
+    """A Whisper-sized context and a spec that knows <|notimestamps|>: a 70 s utterance is
+    decoded by the sequential long-form path (three 30 s windows; the fake emits no timestamp,
+    so each window is one segment and the seek moves a whole window)."""
+
+    class _Whisper(_Model):
+        max_source_positions = 1500
+
+    source = _write_corpus(tmp_path, [(2.0, "alpha"), (70.0, "alpha alpha alpha")])
+    source["max_seconds"] = 120.0
+    long_utts = loaders.load_split(source, "test")
+    fake = _Fake()
+    monkeypatch.setattr(decode, "make_generate_fn", fake.make)
+    spec = decode.DecodeSpec(prompt=(1, 2), eot=EOT, max_new_tokens=4, no_timestamps=2)
+    tr = evaluate.transcribe_utts(
+        _Whisper(), None, _Tok(), spec, long_utts, batch_size=2, n_frames=3000
+    )
+    assert tr.hyps == ["alpha", "alpha alpha alpha"]
+    assert tr.context == (
+        "30 s (3000 frames); long-form (sequential, timestamps) for 1 utterance over 30 s"
+    )
+    assert fake.frames == [3000] * 4  # one short batch, then windows at 0, 30 and 60 s

@@ -167,17 +167,20 @@ def greedy(params, mel, *, model: Whisper, spec: DecodeSpec) -> jax.Array:
     return jax.lax.while_loop(cond, body, state)[3]
 
 
-def beam_search(params, mel, *, model: Whisper, spec: DecodeSpec) -> jax.Array:
-    """Beam search with `spec.beam_size` beams. Returns the best hypothesis [B, max_new_tokens].
+def _beam_core(b: int, spec: DecodeSpec, vocab: int, last, caches, logprobs, extend):
+    """Beam search over `b` rows of `spec.beam_size` beams each, whatever computes the scores.
+
+    Args:
+      last: next-token inputs of the `b * K` beams after the prompt (whatever `logprobs` reads).
+      caches: a pytree of per-beam decoder state, leading axis `b * K`.
+      logprobs: `(last, step, tokens [b * K, N]) -> [b * K, vocab]` log-probabilities.
+      extend: `(caches, tokens [b * K], step) -> (last, caches)`, feeding the chosen tokens.
 
     A finished hypothesis is scored `sum_logprob / generated_len ** length_penalty`. Each step keeps
-    the best `beam_size` unfinished beams among `2 * beam_size` candidates, so finishing never
-    starves the live set. A row stops once its worst kept finished score beats the best live beam's
-    score at the current length.
+    the best `K` unfinished beams among `2K` candidates, so finishing never starves the live set.
+    A row stops once its worst kept finished score beats the best live beam's at the current length.
     """
-    k, n, v = spec.beam_size, spec.max_new_tokens, model.vocab_size
-    b, p = mel.shape[0], len(spec.prompt)
-    cross, cache, last = _start(model, params, mel, spec, k)
+    k, n, v = spec.beam_size, spec.max_new_tokens, vocab
 
     def length_norm(logp, length):
         return logp / jnp.asarray(length, jnp.float32) ** spec.length_penalty
@@ -187,8 +190,8 @@ def beam_search(params, mel, *, model: Whisper, spec: DecodeSpec) -> jax.Array:
         return (i < n) & ~jnp.all(done)
 
     def body(state):
-        i, last, cache, seqs, logp, fin_seqs, fin_score, done = state
-        lp = _masked_logprobs(last, i, spec, v, seqs.reshape(b * k, n)).reshape(b, k, v)
+        i, last, caches, seqs, logp, fin_seqs, fin_score, done = state
+        lp = logprobs(last, i, seqs.reshape(b * k, n)).reshape(b, k, v)
         cand = (logp[:, :, None] + lp).reshape(b, k * v)
         top_lp, top_idx = jax.lax.top_k(cand, 2 * k)  # [B, 2K]
         beam, tok = top_idx // v, (top_idx % v).astype(jnp.int32)
@@ -205,21 +208,19 @@ def beam_search(params, mel, *, model: Whisper, spec: DecodeSpec) -> jax.Array:
         seqs = jnp.take_along_axis(cand_seqs, keep[:, :, None], axis=1)
         src = jnp.take_along_axis(beam, keep, axis=1)  # [B, K] parent beam of each live beam
         flat_src = (jnp.arange(b)[:, None] * k + src).reshape(-1)
-        cache = jax.tree.map(lambda c: c[flat_src], cache)
+        caches = jax.tree.map(lambda c: c[flat_src], caches)
         step_tok = jnp.take_along_axis(tok, keep, axis=1).reshape(-1)
-        logits, cache = model.apply(
-            {"params": params}, step_tok[:, None], cross, cache, p + i, method=Whisper.decode_step
-        )
+        last, caches = extend(caches, step_tok, i)
         best_live = length_norm(live_lp[:, 0], i + 1)
         done = done | (fin_score[:, -1] > NEG_INF / 2) & (fin_score[:, -1] >= best_live)
-        return i + 1, logits[:, 0], cache, seqs, live_lp, fin_seqs, fin_score, done
+        return i + 1, last, caches, seqs, live_lp, fin_seqs, fin_score, done
 
     seqs = jnp.full((b, k, n), spec.eot, jnp.int32)
     logp = jnp.tile(jnp.asarray([0.0] + [NEG_INF] * (k - 1), jnp.float32), (b, 1))
     state = (
         jnp.int32(0),
         last,
-        cache,
+        caches,
         seqs,
         logp,
         seqs,
@@ -233,6 +234,24 @@ def beam_search(params, mel, *, model: Whisper, spec: DecodeSpec) -> jax.Array:
     pool_seqs = jnp.concatenate([fin_seqs, seqs], axis=1)
     best = jnp.argmax(pool_score, axis=1)
     return jnp.take_along_axis(pool_seqs, best[:, None, None], axis=1)[:, 0]
+
+
+def beam_search(params, mel, *, model: Whisper, spec: DecodeSpec) -> jax.Array:
+    """Beam search with `spec.beam_size` beams (`_beam_core`). Returns the best hypothesis
+    [B, max_new_tokens]."""
+    p, v = len(spec.prompt), model.vocab_size
+    cross, cache, last = _start(model, params, mel, spec, spec.beam_size)
+
+    def logprobs(last, i, tokens):
+        return _masked_logprobs(last, i, spec, v, tokens)
+
+    def extend(cache, tok, i):
+        logits, cache = model.apply(
+            {"params": params}, tok[:, None], cross, cache, p + i, method=Whisper.decode_step
+        )
+        return logits[:, 0], cache
+
+    return _beam_core(mel.shape[0], spec, v, last, cache, logprobs, extend)
 
 
 @functools.lru_cache(maxsize=64)
@@ -303,26 +322,21 @@ def ensemble_allowed(index, specs, models) -> tuple[np.ndarray, np.ndarray]:
     return allowed, first
 
 
-def ensemble_greedy(params, mels, weights, *, models, specs, index) -> jax.Array:
-    """Greedy decoding from the weighted mean of the members' next-token distributions.
+def _ensemble_parts(params, mels, weights, models, specs, index, copies: int):
+    """Shared by greedy and beam ensemble decoding: `(lasts, caches, mean_probs, extend)`.
 
-    Args:
-      params: per-member parameter trees (a tuple).
-      mels: per-member log-mel `[B, n_mels_k, F]` (members may differ in mel bins).
-      weights: `[K]` member weights summing to 1 (traced, so changing them does not recompile).
-      models, specs: per-member `Whisper` and `DecodeSpec` (each in its own ids; greedy).
-      index: `ensemble_index` output.
-
-    Returns:
-      New tokens `[B, max_new_tokens]` in member 0's ids, padded with its EOT after EOT.
+    `mean_probs(lasts, step) -> [R, V_0]` mixture over the allowed tokens (-1 elsewhere);
+    `extend(caches, tokens [R] in member 0's ids, step) -> (lasts, caches)` feeds each member its
+    own id of each token. `R` is the batch times `copies` (beams).
     """
     allowed_np, first_np = ensemble_allowed(index, specs, models)
     allowed, first = jnp.asarray(allowed_np), jnp.asarray(first_np)
     gather = [jnp.asarray(np.maximum(ix, 0)) for ix in index]
     to_member = [jnp.asarray(ix) for ix in index]
-    n, eot = specs[0].max_new_tokens, specs[0].eot
-    rows = mels[0].shape[0]
-    starts = [_start(m, p, x, s, 1) for m, p, x, s in zip(models, params, mels, specs, strict=True)]
+    rows = mels[0].shape[0] * copies
+    starts = [
+        _start(m, p, x, s, copies) for m, p, x, s in zip(models, params, mels, specs, strict=True)
+    ]
     cross = tuple(s[0] for s in starts)
 
     def mean_probs(lasts, i):
@@ -333,16 +347,8 @@ def ensemble_greedy(params, mels, weights, *, models, specs, index) -> jax.Array
             mean = mean + weights[k] * jax.nn.softmax(logits, axis=-1)
         return jnp.where(ok, mean, -1.0)
 
-    def cond(state):
-        i, _, _, _, done = state
-        return (i < n) & ~jnp.all(done)
-
-    def body(state):
-        i, lasts, caches, tokens, done = state
-        tok = jnp.argmax(mean_probs(lasts, i), axis=-1)
-        tok = jnp.where(done, eot, tok).astype(jnp.int32)
-        tokens = tokens.at[:, i].set(tok)
-        new_lasts, new_caches = [], []
+    def extend(caches, tok, i):
+        lasts, new_caches = [], []
         for k, model in enumerate(models):
             logits, cache = model.apply(
                 {"params": params[k]},
@@ -352,18 +358,68 @@ def ensemble_greedy(params, mels, weights, *, models, specs, index) -> jax.Array
                 len(specs[k].prompt) + i,
                 method=Whisper.decode_step,
             )
-            new_lasts.append(logits[:, 0])
+            lasts.append(logits[:, 0])
             new_caches.append(cache)
-        return i + 1, tuple(new_lasts), tuple(new_caches), tokens, done | (tok == eot)
+        return tuple(lasts), tuple(new_caches)
+
+    return tuple(s[2] for s in starts), tuple(s[1] for s in starts), mean_probs, extend
+
+
+def ensemble_greedy(params, mels, weights, *, models, specs, index) -> jax.Array:
+    """Greedy decoding from the weighted mean of the members' next-token distributions.
+
+    Args:
+      params: per-member parameter trees (a tuple).
+      mels: per-member log-mel `[B, n_mels_k, F]` (members may differ in mel bins).
+      weights: `[K]` member weights summing to 1 (traced, so changing them does not recompile).
+      models, specs: per-member `Whisper` and `DecodeSpec` (each in its own ids).
+      index: `ensemble_index` output.
+
+    Returns:
+      New tokens `[B, max_new_tokens]` in member 0's ids, padded with its EOT after EOT.
+    """
+    lasts, caches, mean_probs, extend = _ensemble_parts(
+        params, mels, weights, models, specs, index, 1
+    )
+    n, eot = specs[0].max_new_tokens, specs[0].eot
+    rows = mels[0].shape[0]
+
+    def cond(state):
+        i, _, _, _, done = state
+        return (i < n) & ~jnp.all(done)
+
+    def body(state):
+        i, lasts, caches, tokens, done = state
+        tok = jnp.argmax(mean_probs(lasts, i), axis=-1)
+        tok = jnp.where(done, eot, tok).astype(jnp.int32)
+        tokens = tokens.at[:, i].set(tok)
+        lasts, caches = extend(caches, tok, i)
+        return i + 1, lasts, caches, tokens, done | (tok == eot)
 
     state = (
         jnp.int32(0),
-        tuple(s[2] for s in starts),
-        tuple(s[1] for s in starts),
+        lasts,
+        caches,
         jnp.full((rows, n), eot, jnp.int32),
-        jnp.zeros((rows,), bool),
+        jnp.zeros(rows, bool),
     )
     return jax.lax.while_loop(cond, body, state)[3]
+
+
+def ensemble_beam(params, mels, weights, *, models, specs, index) -> jax.Array:
+    """Beam search (`specs[0].beam_size` beams, `_beam_core`) on the log of the weighted mean of
+    the members' next-token distributions; arguments and result as `ensemble_greedy`."""
+    k = specs[0].beam_size
+    lasts, caches, mean_probs, extend = _ensemble_parts(
+        params, mels, weights, models, specs, index, k
+    )
+
+    def logprobs(lasts, i, tokens):
+        mean = mean_probs(lasts, i)
+        return jnp.where(mean >= 0, jnp.log(jnp.maximum(mean, 1e-30)), NEG_INF)
+
+    vocab = len(index[0])
+    return _beam_core(mels[0].shape[0], specs[0], vocab, lasts, caches, logprobs, extend)
 
 
 def _ensemble_weights(weights, k: int) -> np.ndarray:
@@ -376,7 +432,8 @@ def _ensemble_weights(weights, k: int) -> np.ndarray:
 def make_ensemble_generate_fn(models, specs, tokenizers, weights=None):
     """`fn(params_tuple, mels_tuple, weights=None) -> tokens [B, max_new_tokens]` in member 0's ids.
 
-    Member 0's spec sets the token limit; each member's prompt, suppress lists and EOT are its own.
+    Member 0's spec sets the token limit and the beam size (1: greedy); each member's prompt,
+    suppress lists and EOT are its own.
     `weights` (here or per call, which does not recompile) default to equal and are normalised to
     sum to 1. `fn.jitted` is the compiled function.
     """
@@ -387,11 +444,11 @@ def make_ensemble_generate_fn(models, specs, tokenizers, weights=None):
             f"{len(specs)} specs, {len(tokenizers)} tokenizers"
         )
     default = _ensemble_weights(weights, len(models))
-    n = specs[0].max_new_tokens
-    specs = tuple(dataclasses.replace(s, max_new_tokens=n) for s in specs)
+    n, beams = specs[0].max_new_tokens, specs[0].beam_size
+    specs = tuple(dataclasses.replace(s, max_new_tokens=n, beam_size=beams) for s in specs)
     for k, (model, spec) in enumerate(zip(models, specs, strict=True)):
-        if spec.beam_size != 1:
-            raise ValueError(f"ensemble member {k}: ensemble decoding is greedy (beam_size 1)")
+        if spec.timestamps:
+            raise ValueError(f"ensemble member {k}: ensemble decoding has no timestamp mode")
         if n + len(spec.prompt) > model.max_target_positions:
             raise ValueError(
                 f"ensemble member {k}: prompt ({len(spec.prompt)}) + max_new_tokens ({n}) "
@@ -405,7 +462,8 @@ def make_ensemble_generate_fn(models, specs, tokenizers, weights=None):
     for k, (ix, spec) in enumerate(zip(index, specs, strict=True)):
         if ix[eot] != spec.eot:
             raise ValueError(f"ensemble member {k}: end-of-text maps to {ix[eot]}, not {spec.eot}")
-    jitted = jax.jit(functools.partial(ensemble_greedy, models=models, specs=specs, index=index))
+    step = ensemble_greedy if beams == 1 else ensemble_beam
+    jitted = jax.jit(functools.partial(step, models=models, specs=specs, index=index))
 
     def generate(params, mels, weights=None):
         w = default if weights is None else _ensemble_weights(weights, len(models))

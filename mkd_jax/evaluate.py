@@ -4,6 +4,7 @@ bootstrap intervals of the differences between systems.
     python -m mkd_jax.evaluate --model tiny.en,base --source disk:/path/to/corpus --split test
     python -m mkd_jax.evaluate --workdir /tmp/run --zero_shot --split test --group_by engine
     python -m mkd_jax.evaluate --ensemble base,tiny.en --ensemble_weights 2,1 --source KIND:PATH
+    python -m mkd_jax.evaluate --ensemble base,tiny.en --beam_size 4 --source KIND:PATH
 
 No utterance is hidden from the score:
 - An utterance is decoded at `--n_frames` (a workdir's training context by default) when it fits,
@@ -341,7 +342,8 @@ def transcribe_ensemble(
     max_batches: int = 0,
     desc: str = "ensemble",
 ) -> Transcripts:
-    """As `transcribe_utts`, decoding greedily from an ensemble's mean next-token distribution.
+    """As `transcribe_utts`, decoding from an ensemble's mean next-token distribution (greedy, or
+    beam search when the first member's spec has `beam_size > 1`).
 
     Args:
       members: `[(model, params, tokenizer, spec), ...]`; the first member's vocabulary is the
@@ -610,7 +612,7 @@ def _systems(restored) -> list[tuple[str, Callable]]:
         label = f"ensemble({', '.join(parts)})"
 
         def run_ensemble(utts):
-            members = [_model_member(n, 1) for n in names]
+            members = [_model_member(n, FLAGS.beam_size) for n in names]
             kwargs = _decode_kwargs(FLAGS.n_frames, label)
             return transcribe_ensemble(members, utts, weights=weights, **kwargs)
 
@@ -693,7 +695,7 @@ if __name__ == "__main__":
     flags.DEFINE_integer("batch_size", 16, "Decoding batch size.")
     flags.DEFINE_integer("n_frames", 0, "Mel frames per window (0: training's, or 3000).")
     flags.DEFINE_integer("max_new_tokens", 128, "Token limit.")
-    flags.DEFINE_integer("beam_size", 1, "1 = greedy (ensembles are always greedy).")
+    flags.DEFINE_integer("beam_size", 1, "1 = greedy; ensembles too (beams on the mixture).")
     flags.DEFINE_integer("max_batches", 0, "Score only the first max_batches * batch_size.")
     flags.DEFINE_float("max_bad_fraction", 0.01, "Loader: fail if more inputs are bad.")
     flags.DEFINE_integer("n_resamples", 10_000, "Bootstrap resamples for comparisons.")

@@ -158,6 +158,21 @@ def test_ensemble_of_identical_members_equals_single_greedy(toy):
     assert toy["same"].jitted._cache_size() == 1  # new weights did not recompile
 
 
+def test_ensemble_beam_of_identical_members_equals_single_beam_search(toy):
+    import dataclasses
+
+    from mkd_jax.decode import make_ensemble_generate_fn
+
+    en, m_en, params, s_en = toy["en"]
+    beams = dataclasses.replace(s_en, beam_size=3)
+    mel = _mel(80, seed=4)
+    single = np.asarray(make_generate_fn(m_en, beams)(params, mel))
+    ens = make_ensemble_generate_fn([m_en, m_en], [beams, s_en], [en, en], (0.4, 0.6))
+    np.testing.assert_array_equal(np.asarray(ens((params, params), (mel, mel))), single)
+    greedy = np.asarray(toy["greedy_en"](params, mel))
+    assert (single != greedy).any()  # the beams found something greedy did not
+
+
 def test_ensemble_across_vocabularies_emits_only_shared_tokens(toy):
     from mkd_jax import token_align
     from mkd_jax.decode import ensemble_allowed, ensemble_index
@@ -207,9 +222,9 @@ def test_ensemble_rejects_bad_settings(toy):
         make_ensemble_generate_fn([m_en, m_multi], [s_en, s_multi], [en, multi], (1.0,))
     with pytest.raises(ValueError, match="weights"):
         toy["same"]((p_en, p_en), (_mel(80), _mel(80)), (0.0, 0.0))
-    with pytest.raises(ValueError, match="greedy"):
-        beam = DecodeSpec(prompt=s_en.prompt, eot=en.eot, beam_size=2)
-        make_ensemble_generate_fn([m_en, m_multi], [beam, s_multi], [en, multi])
+    with pytest.raises(ValueError, match="no timestamp mode"):
+        stamped = DecodeSpec(prompt=s_en.prompt, eot=en.eot, timestamps=True)
+        make_ensemble_generate_fn([m_en, m_multi], [stamped, s_multi], [en, multi])
     with pytest.raises(ValueError, match="logits"):
         make_ensemble_generate_fn([m_en, m_multi], [s_en, s_multi], [multi, en])
 

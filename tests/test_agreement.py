@@ -299,3 +299,21 @@ def test_ablation_table_has_n_test_ood_and_intervals_against_row_2():
     # Row 6: seed-mean errors 0.5 per utterance vs row 2's 1: -12.5 points.
     assert row6.count("-12.50 [-12.50, -12.50]") == 2 and "37.50 vs base (10 / 11)" in row6
     assert [p[3] is None for p in plot] == [True, False, False]
+
+
+def test_demo_reuses_the_students_scores_from_trains_report(monkeypatch, tmp_path):
+    import json
+
+    demo, cfg, source, fake = _fake_demo_inputs(monkeypatch, tmp_path)
+    cfg.eval.beam_size = 1
+    first = demo.evaluate_demo(tmp_path / "w1", cfg, source, tmp_path / "ft", tmp_path / "run")
+    scored = {sp: first["rows"][4]["results"][sp] for sp in first["splits"]}
+    marked = {sp: dict(r, wer=r["wer"] + 50, n_frames=100) for sp, r in scored.items()}  # marked
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "report.json").write_text(json.dumps({"after": marked}))
+    calls = fake.calls
+    second = demo.evaluate_demo(tmp_path / "w2", cfg, source, tmp_path / "ft", tmp_path / "run")
+    assert second["rows"][4]["results"] == marked  # the 1 s student row came from the report
+    assert second["rows"][5]["results"] == first["rows"][5]["results"]  # 3 s: decoded, not read
+    decoded_again = fake.calls - calls
+    assert 0 < decoded_again < calls

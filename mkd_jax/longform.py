@@ -13,7 +13,11 @@ decoded together by one jitted decoder with Whisper's timestamp rules, `decode.t
   timestamp but the audio after it still holds speech (`has_speech`: at least `SPEECH_MIN_S` of
   frames within `SPEECH_DB` of the clip's loud frames), the seek goes to that timestamp instead of
   past the window. tiny.en often stops early in a window whose last seconds are speech; the
-  reference skips that speech (measured: a 73 s recording lost its last 10 s).
+  reference skips that speech (measured: a 73 s recording lost its last 10 s). And a second:
+  a segment that claims far more time than its words need (over `LONG_SEGMENT_S`, under
+  `MIN_WORDS_PER_S`: "<|0.00|> slow lane of traffic.<|21.92|>" over 20 s of speech) ends the
+  window at the first pause after its words, and the next window starts there
+  (`_cut_implausible`).
 - `chunked`: windows of `chunk_s` seconds every `chunk_s - 2 * stride_s` seconds, each transcribed
   as a clip of its own by `sequential` (so an early stop inside a chunk is resumed the same way),
   all chunks batched together; the last window ends at the audio's end (a full chunk, sharing
@@ -44,6 +48,10 @@ TIME_STEP_S = 0.02  # one timestamp step = 2 mel frames (the encoder's stride)
 SPEECH_DB = (
     30.0  # a frame within this many dB of the clip's loud frames (95th percentile) is speech
 )
+LONG_SEGMENT_S = 5.0  # a segment longer than this with fewer than
+MIN_WORDS_PER_S = 0.7  # ... words a second skipped speech (`_cut_implausible`)
+MIN_WORD_S, WORD_S = 0.25, 0.6  # shortest and typical time a word takes
+PAUSE_MIN_S = 0.3  # a pause between phrases
 SPEECH_MIN_S = 1.0  # this much of such frames after a window's last timestamp means more speech
 
 # `decode_windows(list of 16 kHz windows) -> token ids per window` (generated tokens, no prompt,
@@ -148,10 +156,14 @@ def sequential(
                     offset_s=seeks[k] * FRAME_S,
                     window_frames=frames,
                 )
+                start = seeks[k] * hop
+                segs, advance = _cut_implausible(
+                    segs, advance, clips[k][start:], seeks[k] * FRAME_S, loud[k]
+                )
                 out[k] += segs
                 stop = _single_ending_frames(toks, timestamp_begin)
                 if stop is not None and 0 < stop < advance:
-                    rest = clips[k][(seeks[k] + stop) * hop : (seeks[k] + advance) * hop]
+                    rest = clips[k][start + stop * hop : start + advance * hop]
                     if has_speech(rest, loud[k]):
                         advance = stop
                 seeks[k] += advance
@@ -175,6 +187,39 @@ def has_speech(x: np.ndarray, loud_db: float) -> bool:
     """At least `SPEECH_MIN_S` of 20 ms frames within `SPEECH_DB` of `loud_db`."""
     db = _frame_db(x)
     return bool(np.sum(db > loud_db - SPEECH_DB) * 0.02 >= SPEECH_MIN_S)
+
+
+def _pause_after(x: np.ndarray, loud_db: float, after_s: float) -> float | None:
+    """Start (s) of the first pause of at least `PAUSE_MIN_S` in `x` after `after_s`, or None."""
+    quiet = _frame_db(x) <= loud_db - SPEECH_DB
+    need = round(PAUSE_MIN_S / 0.02)
+    for i in range(round(after_s / 0.02), len(quiet) - need + 1):
+        if quiet[i : i + need].all():
+            return i * 0.02
+    return None
+
+
+def _cut_implausible(
+    segs: list[Segment], advance: int, audio: np.ndarray, offset_s: float, loud_db: float
+) -> tuple[list[Segment], int]:
+    """Ends a window at its first implausible segment: longer than `LONG_SEGMENT_S` with fewer
+    than `MIN_WORDS_PER_S` words a second (the model jumped over speech it did not transcribe).
+    That segment ends at the first pause after its words could have been said (or at
+    `WORD_S` a word), the window's later segments are dropped, and the seek goes there, so the
+    skipped audio is decoded again from a new window. `audio` starts at the window."""
+    for i, seg in enumerate(segs):
+        dur, words = seg.end - seg.start, len(seg.text.split())
+        if dur <= LONG_SEGMENT_S or words >= MIN_WORDS_PER_S * dur:
+            continue
+        rel = seg.start - offset_s
+        part = audio[round(rel * SR) : round((rel + dur) * SR)]
+        pause = _pause_after(part, loud_db, MIN_WORD_S * words)
+        spoken = pause if pause is not None else min(dur, WORD_S * words + 0.4)
+        cut = rel + spoken
+        return segs[:i] + [Segment(seg.start, seg.start + spoken, seg.text)], max(
+            1, min(advance, round(cut / FRAME_S))
+        )
+    return segs, advance
 
 
 def _single_ending_frames(tokens: Sequence[int], timestamp_begin: int) -> int | None:

@@ -55,15 +55,24 @@ def _recording():
     return np.arange(round(SECONDS * SR), dtype=np.float64) / 1e7
 
 
-def _scripted(stop_after=None, calls=None):
+def _scripted(stop_after=None, calls=None, jump_at=None):
     """A decoder that emits `<|s|> word <|e|>` for each word starting inside the window (no
-    closing timestamp if the word runs past the window's end), optionally ending early."""
+    closing timestamp if the word runs past the window's end), optionally ending early, or, in
+    the window starting at `jump_at`, saying one word and closing its segment 20 s later."""
 
     def decode_windows(windows):
         out = []
         for w in windows:
             t0 = round(w[0] * 1e7) / SR
             t1 = t0 + len(w) / SR
+            if calls is not None:
+                calls.append((t0, t1))
+            if jump_at is not None and abs(t0 - jump_at) < 0.01:
+                k = next(k for k, s in enumerate(STARTS) if s >= t0)
+                out.append(
+                    [ts(STARTS[k] - t0), k, ts(STARTS[k] - t0 + 20), ts(STARTS[k] - t0 + 20)]
+                )
+                continue
             toks = []
             for k, (s, e) in enumerate(zip(STARTS, ENDS, strict=True)):
                 if not t0 <= s < t1:
@@ -75,8 +84,6 @@ def _scripted(stop_after=None, calls=None):
                     break  # cut by the window's end: no closing timestamp
                 toks.append(ts(e - t0))
             out.append(toks)
-            if calls is not None:
-                calls.append((t0, t1))
         return out
 
     return decode_windows
@@ -106,6 +113,17 @@ def test_sequential_resumes_a_window_that_stopped_early_only_before_speech():
     quiet[8 * SR :] *= 1e-4
     assert not longform.has_speech(quiet[9 * SR : 12 * SR], longform._loud_level(quiet))
     assert longform.has_speech(clip[9 * SR : 12 * SR], longform._loud_level(clip))
+
+
+def test_sequential_decodes_again_what_an_implausible_segment_skipped():
+    calls = []
+    segs = longform.sequential([_recording()], _scripted(calls=calls, jump_at=0.0), TB, text_of)[0]
+    assert _words(segs) == [f"w{k}" for k in range(N_WORDS)]
+    assert segs[0].end - segs[0].start < 2.0  # the 20 s claim was cut to what one word takes
+    assert calls[1][0] < 2.0  # and the next window started right after it
+    # A long segment with enough words is left alone.
+    ok = [Segment(0.0, 8.0, " ".join(["w"] * 8))]
+    assert longform._cut_implausible(ok, 3000, _recording(), 0.0, 0.0) == (ok, 3000)
 
 
 @pytest.mark.parametrize("chunk_s,stride_s", [(30.0, 5.0), (10.0, 2.0), (7.0, 1.5)])

@@ -120,7 +120,7 @@ def _ct2(name, max_new):
 
     def run(mel):
         res = model.generate(
-            ctranslate2.StorageView.from_array(np.ascontiguousarray(mel)),
+            ctranslate2.StorageView.from_array(np.array(mel, dtype=np.float32, order="C")),
             [prompt] * len(mel),
             beam_size=1,
             max_length=max_new + len(prompt),

@@ -17,7 +17,8 @@ decoded together by one jitted decoder with Whisper's timestamp rules, `decode.t
   a segment that claims far more time than its words need (over `LONG_SEGMENT_S`, under
   `MIN_WORDS_PER_S`: "<|0.00|> slow lane of traffic.<|21.92|>" over 20 s of speech) ends the
   window at the first pause after its words, and the next window starts there
-  (`_cut_implausible`).
+  (`_cut_implausible`; only for windows with at least two timestamps, i.e. segment ends the
+  model itself placed).
 - `chunked`: windows of `chunk_s` seconds every `chunk_s - 2 * stride_s` seconds, each transcribed
   as a clip of its own by `sequential` (so an early stop inside a chunk is resumed the same way),
   all chunks batched together; the last window ends at the audio's end (a full chunk, sharing
@@ -157,9 +158,10 @@ def sequential(
                     window_frames=frames,
                 )
                 start = seeks[k] * hop
-                segs, advance = _cut_implausible(
-                    segs, advance, clips[k][start:], seeks[k] * FRAME_S, loud[k]
-                )
+                if sum(t >= timestamp_begin for t in toks) >= 2:  # segment ends the model timed
+                    segs, advance = _cut_implausible(
+                        segs, advance, clips[k][start:], seeks[k] * FRAME_S, loud[k]
+                    )
                 out[k] += segs
                 stop = _single_ending_frames(toks, timestamp_begin)
                 if stop is not None and 0 < stop < advance:

@@ -66,14 +66,7 @@ def load_split_if_present(
         return None
     if max_utts and len(utts) > max_utts:
         keep = np.linspace(0, len(utts) - 1, max_utts).round().astype(int)
-        utts = dataclasses.replace(
-            utts,
-            ids=[utts.ids[i] for i in keep],
-            texts=[utts.texts[i] for i in keep],
-            durations=utts.durations[keep],
-            extras={k: [v[i] for i in keep] for k, v in utts.extras.items()},
-            _rows=utts._rows[keep],
-        )
+        utts = utts.select(keep)
     return utts
 
 

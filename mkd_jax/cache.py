@@ -29,7 +29,7 @@ def build(cfg) -> dict:
 
     from mkd_jax import assets, sharding, teacher_cache
     from mkd_jax.data import batching, loaders
-    from mkd_jax.roles import build_roles, resolve_source
+    from mkd_jax.roles import build_roles, train_source
     from mkd_jax.state import make_setup
 
     jax.config.update("jax_compilation_cache_dir", str(assets.cache_dir() / "xla"))
@@ -37,7 +37,7 @@ def build(cfg) -> dict:
     rules = tuple(tuple(r) for r in cfg.sharding_rules)
     roles = build_roles(cfg)
     setup = make_setup(cfg, roles)
-    source = resolve_source(cfg.data.source)
+    source = train_source(cfg)
     utts = loaders.load_split(source, cfg.data.train_split)
     tokenizers = {batching.STUDENT: roles["student"][2]}
     tokenizers.update(

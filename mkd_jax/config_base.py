@@ -154,6 +154,9 @@ def base_config() -> ConfigDict:
             batch_size=8,
             eval_batch_size=8,
             prefetch=2,
+            # A folder written by `python -m mkd_jax.pseudolabel`: train on its teacher labels
+            # (column `label`) instead of the train split's transcripts; "" for the transcripts.
+            train_labels="",
         )
     )
     c.student = role()

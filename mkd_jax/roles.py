@@ -135,3 +135,28 @@ def resolve_source(source) -> dict:
         if synth.build(path, synth.Config(hours=hours)) is None:
             raise RuntimeError(f"corpus build at {path} stopped early; rerun to resume it")
     return dict(src, kind="disk", path=str(path))
+
+
+def train_source(cfg) -> dict:
+    """The loader config of the training input: `data.source` (resolved), or, with
+    `data.train_labels` set, the pseudo-labelled manifest `mkd_jax.pseudolabel` wrote there, whose
+    `label` column is the target (the split keeps its name, `data.train_split`; evaluation splits
+    still come from `data.source`, with their true transcripts)."""
+    source = resolve_source(cfg.data.source)
+    labels = cfg.data.get("train_labels", "")
+    if not labels:
+        return source
+    manifest = Path(labels) / f"{cfg.data.train_split}.jsonl"
+    if not manifest.is_file():
+        raise FileNotFoundError(
+            f"data.train_labels={labels!r} has no {manifest.name}; label the "
+            f"{cfg.data.train_split!r} split with `python -m mkd_jax.pseudolabel --out {labels}`"
+        )
+    keep = ("min_seconds", "max_seconds", "max_bad_fraction", "limit")
+    return dict(
+        {k: source[k] for k in keep if k in source},
+        kind="manifest",
+        path=str(labels),
+        text_column="label",
+        id_column="id",
+    )

@@ -158,7 +158,7 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
     from mkd_jax.distill import merged_student, nonfinite_terms
     from mkd_jax.evaluate import load_scoring_split
     from mkd_jax.report import RunLog, write_report
-    from mkd_jax.roles import build_roles, resolve_source
+    from mkd_jax.roles import build_roles, resolve_source, train_source
     from mkd_jax.state import (
         abstract_batch,
         init_state,
@@ -191,7 +191,8 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
     student, params_s, tok_s, _ = roles["student"]
     setup = make_setup(cfg, roles)
     source = resolve_source(cfg.data.source)
-    train_utts = loaders.load_split(source, cfg.data.train_split)
+    train_src = train_source(cfg)
+    train_utts = loaders.load_split(train_src, cfg.data.train_split)
     eval_utts = load_scoring_split(source, cfg.data.eval_split)
     tokenizers = {batching.STUDENT: tok_s}
     tokenizers.update(
@@ -205,7 +206,7 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
         from mkd_jax import teacher_cache
 
         cache_folder = teacher_cache.ensure(
-            cfg, roles, setup, train_utts, tokenizers, buckets, source, mesh=mesh, rules=rules
+            cfg, roles, setup, train_utts, tokenizers, buckets, train_src, mesh=mesh, rules=rules
         )
     train_iter = batching.BatchIterator(
         train_utts,

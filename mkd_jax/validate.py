@@ -148,6 +148,15 @@ def _check_data(cfg, dims) -> None:
     n = _int(cfg, "data.n_frames", 2, MAX_MEL_FRAMES)
     if n % 2:
         raise ConfigError("data.n_frames", n, "must be even (the encoder halves it)")
+    labels = d.get("train_labels", "")
+    if labels and not (Path(labels) / f"{d.train_split}.jsonl").is_file():
+        raise ConfigError(
+            "data.train_labels",
+            labels,
+            f"has no {d.train_split}.jsonl",
+            f"label the split first: python -m mkd_jax.pseudolabel --split {d.train_split} "
+            f"--out {labels}",
+        )
     if "teacher_frames" in d:
         t = _int(cfg, "data.teacher_frames", 0, n)
         if t % 2:

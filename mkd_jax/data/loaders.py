@@ -20,6 +20,7 @@ towards that fraction. Samples are checked only when decoded: `Utterances.audio(
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -265,6 +266,25 @@ class Utterances:
     def where(self, i: int) -> str:
         return f"id {self.ids[i]!r} ({self._audio.where(int(self._rows[i]))})"
 
+    def file(self, i: int) -> str | None:
+        """The audio file utterance `i` is read from, or None when its audio is embedded."""
+        row = int(self._rows[i])
+        if self._audio.kind == "array" or self._audio._blob(row) is not None:
+            return None
+        return self._audio.paths[row]
+
+    def select(self, indices) -> Utterances:
+        """The utterances at `indices` (in that order), sharing this split's audio and report."""
+        idx = np.asarray(indices, np.int64)
+        return dataclasses.replace(
+            self,
+            ids=[self.ids[i] for i in idx],
+            texts=[self.texts[i] for i in idx],
+            durations=self.durations[idx],
+            extras={k: [v[i] for i in idx] for k, v in self.extras.items()},
+            _rows=self._rows[idx],
+        )
+
 
 def _config(source: Mapping) -> dict:
     cfg = dict(DEFAULTS)
@@ -326,8 +346,10 @@ def _manifest(cfg: dict, split: str) -> tuple[str, _Candidates]:
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
             rows = list(reader)
-        if "text" not in header or not {"path", "audio_filepath"} & set(header):
-            raise ValueError(f"{file}: CSV header needs 'path' and 'text', got {header}")
+        if cfg["text_column"] not in header or not {"path", "audio_filepath"} & set(header):
+            raise ValueError(
+                f"{file}: CSV header needs 'path' and {cfg['text_column']!r}, got {header}"
+            )
     else:
         rows = []
         for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
@@ -345,9 +367,9 @@ def _manifest(cfg: dict, split: str) -> tuple[str, _Candidates]:
         ids.append(
             str(row[cfg["id_column"]]) if row.get(cfg["id_column"]) else os.path.splitext(p)[0]
         )
-    for key in {k for row in rows for k in row} - {"path", "audio_filepath", "text"}:
+    for key in {k for row in rows for k in row} - {"path", "audio_filepath", cfg["text_column"]}:
         extras[key] = [row.get(key) for row in rows]
-    texts = [row.get("text") for row in rows]
+    texts = [row.get(cfg["text_column"]) for row in rows]
     rates = extras.get(cfg["rate_column"])
     return str(file), _Candidates(ids, texts, _Audio(paths), rates, extras)
 

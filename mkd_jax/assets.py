@@ -265,6 +265,15 @@ def _ct2_folder_key(src: Path) -> tuple[str, dict]:
     return hashlib.sha256(str(src).encode()).hexdigest()[:16], stamp
 
 
+def load_model(name_or_path: str | os.PathLike, *, dtype=None):
+    """`(model, params, config)` of a known name, an HF folder or a CTranslate2 folder
+    (`resolve_model`, then `models.whisper.load`); `config["_folder"]` is the HF folder."""
+    from mkd_jax.models.whisper import load
+
+    folder = resolve_model(name_or_path)
+    return load(folder) if dtype is None else load(folder, dtype=dtype)
+
+
 def resolve_model(name_or_path: str | os.PathLike) -> Path:
     """Turns a model name or folder into an HF Whisper folder.
 

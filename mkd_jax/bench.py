@@ -28,7 +28,7 @@ import numpy as np
 from absl import app, flags
 
 from mkd_jax import cli
-from mkd_jax.data.sentences import HARVARD
+from mkd_jax.corpus.sentences import HARVARD
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["tiny.en", "base"], "Models to benchmark.")
@@ -54,7 +54,7 @@ def _clips(n: int) -> list[np.ndarray]:
         if len(paths) < n:
             raise app.UsageError(f"--audio={FLAGS.audio!r} matched {len(paths)} files, need {n}")
         return [read_audio(p) for p in paths]
-    from mkd_jax.data.voices import synthesize
+    from mkd_jax.corpus.voices import synthesize
 
     return [synthesize(SENTENCES[i % len(SENTENCES)], VOICES[i % len(VOICES)]) for i in range(n)]
 
@@ -62,10 +62,10 @@ def _clips(n: int) -> list[np.ndarray]:
 def _ours(name, max_new):
     """`(run(mel) -> token rows, compile(mel) -> seconds)` for our jitted greedy decoder."""
     from mkd_jax import decode
+    from mkd_jax.assets import load_model
     from mkd_jax.data.tokenizers import load_tokenizer
-    from mkd_jax.models.whisper import load
 
-    model, params, config = load(name)
+    model, params, config = load_model(name)
     tok = load_tokenizer(config["_folder"], model_vocab_size=model.vocab_size)
     spec = decode.spec_from_folder(config["_folder"], tok, max_new_tokens=max_new)
     fn = decode.make_generate_fn(model, spec)
@@ -133,8 +133,8 @@ def _ct2(name, max_new):
 def bench_decode():
     """Per model and batch size: each implementation warmed up once, then `--rounds` rounds that
     alternate between them over all clips; median wall time, RTF, tokens/s and ratio to torch."""
+    from mkd_jax.assets import load_model
     from mkd_jax.data import features
-    from mkd_jax.models.whisper import load
 
     batch_sizes = [int(b) for b in FLAGS.batch_sizes]
     clips = _clips(FLAGS.clips)
@@ -150,7 +150,7 @@ def bench_decode():
     )
     print(header + "\n" + "-" * len(header))
     for name in FLAGS.models:
-        mel = features.log_mel(clips, n_mels=load(name)[0].num_mel_bins)
+        mel = features.log_mel(clips, n_mels=load_model(name)[0].num_mel_bins)
         ours, texts_of = _ours(name, FLAGS.max_new_tokens)
         impls = {"mkd_jax": ours}
         if FLAGS.torch:

@@ -61,8 +61,8 @@ def _batch(roles, setup, make_clips):
 
     import soundfile as sf
 
+    from mkd_jax.corpus.sentences import HARVARD
     from mkd_jax.data import batching, features, loaders
-    from mkd_jax.data.sentences import HARVARD
 
     clips = make_clips(BATCH)
     folder = Path(tempfile.mkdtemp(prefix="mkd_bench_")) / "bench" / "19" / "198"

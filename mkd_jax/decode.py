@@ -287,7 +287,7 @@ def ensemble_index(tokenizers, models) -> tuple[np.ndarray, ...]:
     Raises:
       ValueError: if a tokenizer does not fit its model's logits.
     """
-    from mkd_jax import token_align
+    from mkd_jax.data import token_align
 
     if len(tokenizers) != len(models) or not models:
         raise ValueError(f"{len(tokenizers)} tokenizers for {len(models)} ensemble members")

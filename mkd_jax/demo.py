@@ -42,9 +42,8 @@ def _member(checkpoint: str, cfg) -> tuple:
     """`(model, params, tokenizer, spec)` of a checkpoint, greedy at the run's token limit."""
     from mkd_jax import decode
     from mkd_jax.data.tokenizers import load_tokenizer
-    from mkd_jax.models.whisper import load
 
-    model, params, config = load(checkpoint)
+    model, params, config = assets.load_model(checkpoint)
     tok = load_tokenizer(config["_folder"], model_vocab_size=model.vocab_size)
     spec = decode.spec_from_folder(config["_folder"], tok, max_new_tokens=cfg.eval.max_new_tokens)
     return model, params, tok, spec

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mkd_jax import lora, losses, token_align
+from mkd_jax import kd_targets, lora, losses
+from mkd_jax.data import token_align
 from mkd_jax.mappers import Mappers, feature_loss
 from mkd_jax.models.whisper import Whisper
 
@@ -122,8 +123,8 @@ def _teacher(name, model, params, batch, setup: Setup, v_s: int) -> dict:
         return dict(res, probs=probs, mask=mask, feats=out_t, support=None)
     rows = batch[f"t:{name}/rows"]  # [B, S_s] teacher row predicting the aligned token, or -1
     aligned = (rows >= 0).astype(jnp.float32)
-    p_t = losses.tempered_probs(token_align.gather_rows(logits_t, rows), setup.temperature)
-    p_t, kept = token_align.map_teacher_probs(
+    p_t = losses.tempered_probs(kd_targets.gather_rows(logits_t, rows), setup.temperature)
+    p_t, kept = kd_targets.map_teacher_probs(
         p_t * aligned[..., None],
         setup.vocab_maps[name],
         v_s,
@@ -131,7 +132,7 @@ def _teacher(name, model, params, batch, setup: Setup, v_s: int) -> dict:
         return_kept=True,
     )
     feats = {
-        k: token_align.gather_rows(v, rows) if k.startswith("decoder/") else v
+        k: kd_targets.gather_rows(v, rows) if k.startswith("decoder/") else v
         for k, v in out_t.items()
     }
     m = _teacher_mask(name, batch, setup)

@@ -552,10 +552,10 @@ def _decode_kwargs(n_frames: int, desc: str) -> dict:
 
 
 def _model_member(name: str, beam_size: int):
+    from mkd_jax.assets import load_model
     from mkd_jax.data.tokenizers import load_tokenizer
-    from mkd_jax.models.whisper import load
 
-    model, params, config = load(name)
+    model, params, config = load_model(name)
     tok = load_tokenizer(config["_folder"], model_vocab_size=model.vocab_size)
     spec = decode.spec_from_folder(
         config["_folder"], tok, max_new_tokens=FLAGS.max_new_tokens, beam_size=beam_size

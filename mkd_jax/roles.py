@@ -19,7 +19,7 @@ from absl import logging
 
 from mkd_jax import assets
 from mkd_jax.data.tokenizers import load_tokenizer
-from mkd_jax.models.whisper import Whisper, abstract_params, load
+from mkd_jax.models.whisper import Whisper, abstract_params
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -45,7 +45,7 @@ def build_role(cfg, where: str, *, seed: int = 0, abstract: bool = False):
             model = Whisper(**dims_from_hf_config(config), dtype=dtype)
             params = nn.unbox(abstract_params(model))
         else:
-            model, params, config = load(cfg.checkpoint, dtype=dtype)
+            model, params, config = assets.load_model(cfg.checkpoint, dtype=dtype)
             folder = config["_folder"]
         tok_folder = assets.resolve_model(cfg.tokenizer) if cfg.tokenizer else folder
     else:
@@ -120,7 +120,7 @@ def resolve_source(source) -> dict:
     src = {k: (None if v == "" or (k == "limit" and not v) else v) for k, v in src.items()}
     if src["kind"] != "synth":
         return src
-    from mkd_jax.data import synth
+    from mkd_jax.corpus import synth
 
     path = (
         Path(src["path"]) if src["path"] else assets.cache_dir() / "corpora" / f"synth_{hours:g}h"

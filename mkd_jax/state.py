@@ -17,7 +17,8 @@ import jax.numpy as jnp
 from absl import logging
 from ml_collections import ConfigDict
 
-from mkd_jax import lora, token_align
+from mkd_jax import lora
+from mkd_jax.data import token_align
 from mkd_jax.distill import Setup, merged_student
 from mkd_jax.mappers import Mappers, format_layer_map, layer_counts, resolve_layer_map
 from mkd_jax.optim import make_optimizer

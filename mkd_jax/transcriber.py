@@ -10,9 +10,9 @@ import numpy as np
 from tqdm import tqdm
 
 from mkd_jax import decode, longform
+from mkd_jax.assets import load_model
 from mkd_jax.data import features
 from mkd_jax.data.tokenizers import load_tokenizer
-from mkd_jax.models.whisper import load
 
 STRATEGIES = ("sequential", "chunked")
 GROUP_SECONDS = 16 * 30.0  # audio read ahead per group of files decoded together
@@ -87,7 +87,7 @@ class Transcriber:
                 f"chunk_s={chunk_s}, stride_s={stride_s}: need 0 < chunk_s <= 30 and "
                 "0 <= 2 * stride_s < chunk_s"
             )
-        self.model, self.params, config = load(model_name)
+        self.model, self.params, config = load_model(model_name)
         folder = config["_folder"]
         self.tokenizer = load_tokenizer(folder, model_vocab_size=self.model.vocab_size)
         self.spec = decode.spec_from_folder(

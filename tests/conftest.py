@@ -14,7 +14,7 @@ jax.config.update("jax_threefry_partitionable", True)
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from mkd_jax.data.sentences import HARVARD  # noqa: E402
+from mkd_jax.corpus.sentences import HARVARD  # noqa: E402
 
 TINY_TEXTS = HARVARD[:8]
 

@@ -211,7 +211,7 @@ def test_real_model_loads_and_transcribes_speech(name):
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
     from whisper_normalizer.english import EnglishTextNormalizer
 
-    from mkd_jax.data import voices
+    from mkd_jax.corpus import voices
 
     folder = assets.ensure_model(name)
     model, info = WhisperForConditionalGeneration.from_pretrained(folder, output_loading_info=True)

@@ -174,7 +174,7 @@ def test_ensemble_beam_of_identical_members_equals_single_beam_search(toy):
 
 
 def test_ensemble_across_vocabularies_emits_only_shared_tokens(toy):
-    from mkd_jax import token_align
+    from mkd_jax.data import token_align
     from mkd_jax.decode import ensemble_allowed, ensemble_index
 
     en, m_en, p_en, s_en = toy["en"]
@@ -201,7 +201,7 @@ def test_ensemble_feeds_each_member_its_own_ids(toy):
 
     Feeding it English ids instead (shifted by one from its own) would change its decode.
     """
-    from mkd_jax import token_align
+    from mkd_jax.data import token_align
 
     en, _, p_en, _ = toy["en"]
     multi, _, p_multi, _ = toy["multi"]
@@ -321,9 +321,9 @@ def test_timestamps_on_real_speech_match_transformers():
     from transformers import WhisperForConditionalGeneration
 
     from mkd_jax.assets import resolve_model
+    from mkd_jax.corpus.sentences import HARVARD
+    from mkd_jax.corpus.voices import synthesize
     from mkd_jax.data import features
-    from mkd_jax.data.sentences import HARVARD
-    from mkd_jax.data.voices import synthesize
     from mkd_jax.transcriber import Transcriber
 
     voices = ["flite:slt", "flite:awb", "flite:rms", "flite:kal16"]

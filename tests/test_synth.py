@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from mkd_jax.data import augment, debs, ood_voices, real_speech, sentences, synth, voices
+from mkd_jax.corpus import augment, debs, ood_voices, real_speech, sentences, synth, voices
 
 SR = 16000
 

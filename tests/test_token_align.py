@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-from mkd_jax import losses, token_align
+from mkd_jax import kd_targets, losses
+from mkd_jax.data import token_align
 from mkd_jax.data.tokenizers import WhisperTokenizer
 
 _SPECIALS = [
@@ -113,7 +114,7 @@ def test_align_positions_and_label_rows(toys):
 def test_map_teacher_probs_hand_values():
     vmap = np.array([2, -1, 0, 1, -1], np.int32)  # teacher ids 1 and 4 have no student token
     p = jnp.array([[0.1, 0.2, 0.3, 0.25, 0.15], [0.0, 0.0, 0.0, 0.0, 0.0]])
-    got = jax.jit(lambda p: token_align.map_teacher_probs(p, vmap, 3))(p)
+    got = jax.jit(lambda p: kd_targets.map_teacher_probs(p, vmap, 3))(p)
     np.testing.assert_allclose(got[0], np.array([0.3, 0.25, 0.1]) / 0.65, rtol=1e-6)
     np.testing.assert_array_equal(got[1], 0.0)  # no target stays no target
     # Same as the scatter-add of the mapped mass, renormalised.
@@ -123,9 +124,9 @@ def test_map_teacher_probs_hand_values():
     np.testing.assert_allclose(got[0], ref / ref.sum(), rtol=1e-6)
     index = token_align.student_index(vmap, 3)
     np.testing.assert_array_equal(index, [2, 3, 0])
-    np.testing.assert_allclose(token_align.map_teacher_probs(p, vmap, 3, index=index), got)
+    np.testing.assert_allclose(kd_targets.map_teacher_probs(p, vmap, 3, index=index), got)
     with pytest.raises(ValueError, match="5"):
-        token_align.map_teacher_probs(p[:, :4], vmap, 3)
+        kd_targets.map_teacher_probs(p[:, :4], vmap, 3)
 
 
 def test_shared_support_kd_leaves_the_students_merged_token_alone(toys):
@@ -140,7 +141,7 @@ def test_shared_support_kd_leaves_the_students_merged_token_alone(toys):
     assert not support[cat] and support[en.encode(" the")[0]]
     rng = np.random.default_rng(0)
     teacher_logits = jnp.asarray(rng.normal(size=(1, 1, multi.model_vocab_size)), jnp.float32)
-    p_t, kept = token_align.map_teacher_probs(
+    p_t, kept = kd_targets.map_teacher_probs(
         losses.tempered_probs(teacher_logits, 2.0), vmap, en.model_vocab_size, index=index,
         return_kept=True,
     )  # fmt: skip
@@ -169,7 +170,7 @@ def test_shared_support_kd_leaves_the_students_merged_token_alone(toys):
 def test_gather_rows():
     x = jnp.arange(2 * 3 * 2, dtype=jnp.float32).reshape(2, 3, 2)
     rows = jnp.array([[2, -1, 0, 0], [-1, 1, 1, 2]])
-    got = token_align.gather_rows(x, rows)
+    got = kd_targets.gather_rows(x, rows)
     expected = np.zeros((2, 4, 2), np.float32)
     for b in range(2):
         for s in range(4):
@@ -180,7 +181,7 @@ def test_gather_rows():
 
 # ----- the real tokenizers -----
 
-from mkd_jax.data.sentences import HARVARD  # noqa: E402
+from mkd_jax.corpus.sentences import HARVARD  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -228,8 +229,8 @@ def test_real_coverage_and_mapped_targets(real):
     )
     logits = jax.random.normal(jax.random.key(0), (1, 4 + n_t + 4, base.model_vocab_size))
     p_t = losses.tempered_probs(4.0 * logits, 2.0)
-    p_s = token_align.map_teacher_probs(
-        token_align.gather_rows(p_t, jnp.asarray(rows)[None]), vmap, tiny.model_vocab_size
+    p_s = kd_targets.map_teacher_probs(
+        kd_targets.gather_rows(p_t, jnp.asarray(rows)[None]), vmap, tiny.model_vocab_size
     )
     sums = np.asarray(jnp.sum(p_s, axis=-1))[0]
     np.testing.assert_allclose(sums[rows >= 0], 1.0, rtol=1e-5)

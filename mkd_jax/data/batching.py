@@ -26,8 +26,7 @@ from dataclasses import astuple, dataclass
 
 import numpy as np
 
-from mkd_jax import token_align
-from mkd_jax.data import features
+from mkd_jax.data import features, token_align
 from mkd_jax.data.audio import AudioError
 from mkd_jax.data.loaders import Utterances
 

@@ -428,14 +428,10 @@ def _weights_file(folder) -> Path:
     return single if single.is_file() else Path(folder) / "model.safetensors.index.json"
 
 
-def load(name_or_path: str, *, dtype: Dtype = jnp.float32) -> tuple[Whisper, dict, dict]:
-    """Load a known model name (`tiny.en`, `base`), an HF folder or a CTranslate2 folder.
-
-    Returns `(model, params, config)`; `config["_folder"]` is the resolved HF folder, which also
+def load(folder, *, dtype: Dtype = jnp.float32) -> tuple[Whisper, dict, dict]:
+    """Load an HF Whisper folder (`assets.load_model` also takes model names and CTranslate2
+    folders). Returns `(model, params, config)`; `config["_folder"]` is the folder, which also
     holds the tokenizer and generation config.
     """
-    from mkd_jax import assets
-
-    folder = assets.resolve_model(name_or_path)
     model, params, config = from_hf(folder, dtype=dtype)
     return model, params, dict(config, _folder=str(folder))

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from mkd_jax.data import debs
+from mkd_jax.corpus import debs
 
 FESTIVAL_VOICES = {  # name -> (voice folder under share/festival/voices, festival voice)
     "ked": ("english/ked_diphone", "ked_diphone"),

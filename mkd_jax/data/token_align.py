@@ -1,4 +1,5 @@
-"""Logit distillation across tokenizers: align positions and map vocabularies by string identity.
+"""Logit distillation across tokenizers, the host side: align positions and map vocabularies by
+string identity (numpy, run by the batcher and at set-up; the jitted side is `kd_targets.py`).
 
 Teacher and student may tokenize the transcript differently (multilingual vs English-only Whisper:
 " the" is 264 in one and 262 in the other). Slicing both vocabularies to a common size compares
@@ -10,8 +11,7 @@ unrelated tokens (the paper code's defect 1, METHOD.md). Instead:
    character span of the text and are the same bytes.
 3. `label_rows`: per student label position, the teacher logits row that predicts the same
    string from the same text prefix (or -1), including the final EOT.
-4. `gather_rows` + `map_teacher_probs`: the teacher's distribution on student ids, the unmapped
-   mass dropped and the rest renormalised. Unaligned positions get no target (mask them).
+4. `student_index`: the inverse map, student id -> teacher id or -1.
 5. `student_support`: the student ids the teacher can speak about. The KL renormalises the
    student over them too (`losses.kd_kl(..., support=)`, the default `loss.kd_support="shared"`),
    so student tokens the teacher lacks (41% of tiny.en's text tokens have no byte-identical base
@@ -25,8 +25,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mkd_jax.data.tokenizers import WhisperTokenizer
@@ -171,54 +169,12 @@ def coverage(alignments: Sequence[np.ndarray]) -> float:
     return sum(int(np.sum(np.asarray(a) >= 0)) for a in alignments) / total
 
 
-def gather_rows(x: jax.Array, rows: jax.Array) -> jax.Array:
-    """`x` [B, S_t, ...] gathered at `rows` [B, S_s] -> [B, S_s, ...]; rows of -1 give zeros."""
-    valid = rows >= 0
-    idx = jnp.where(valid, rows, 0).astype(jnp.int32)
-    idx = idx.reshape(*idx.shape, *([1] * (x.ndim - 2)))
-    out = jnp.take_along_axis(x, idx, axis=1)
-    return jnp.where(valid.reshape(idx.shape), out, 0)
-
-
 def student_index(vmap: np.ndarray, student_vocab_size: int) -> np.ndarray:
     """The inverse map, student id -> teacher id or -1 -> [V_s] int32 (precompute it once)."""
     inv = np.full(student_vocab_size, -1, np.int32)
     ok = (vmap >= 0) & (vmap < student_vocab_size)
     inv[vmap[ok]] = np.nonzero(ok)[0]
     return inv
-
-
-def map_teacher_probs(
-    p_teacher: jax.Array,
-    vmap: np.ndarray,
-    student_vocab_size: int,
-    *,
-    index=None,
-    return_kept: bool = False,
-):
-    """Teacher probabilities [..., V_t] on student ids [..., V_s], renormalised.
-
-    Mass on teacher tokens without a student counterpart is dropped and the rest renormalised;
-    an all-zero row (e.g. from `gather_rows` at an unaligned position) stays zero. Because
-    `vmap` is one-to-one, the scatter-add onto student ids is a gather through the inverse index,
-    which is cheaper on accelerators.
-
-    Args:
-      p_teacher: teacher probabilities, last axis the teacher vocabulary.
-      vmap: `vocab_map` output (a static numpy array).
-      student_vocab_size: V_s.
-      index: `student_index(vmap, V_s)`, to skip recomputing it on every trace.
-      return_kept: also return the mass that had a student counterpart, [...] (before the
-        renormalisation; 1 - it is the mass the mapping dropped).
-    """
-    if p_teacher.shape[-1] != len(vmap):
-        raise ValueError(f"teacher probs have {p_teacher.shape[-1]} classes, vmap {len(vmap)}")
-    inv = student_index(vmap, student_vocab_size) if index is None else np.asarray(index)
-    p = jnp.take(p_teacher.astype(jnp.float32), jnp.asarray(np.maximum(inv, 0)), axis=-1)
-    p = jnp.where(jnp.asarray(inv >= 0), p, 0.0)
-    total = jnp.sum(p, axis=-1, keepdims=True)
-    mapped = p / jnp.where(total > 0, total, 1.0)
-    return (mapped, total[..., 0]) if return_kept else mapped
 
 
 def student_support(vmap: np.ndarray, student_vocab_size: int, *, index=None) -> np.ndarray:

@@ -35,7 +35,7 @@ import numpy as np
 import soundfile as sf
 
 from mkd_jax import assets
-from mkd_jax.data import augment, debs, ood_voices
+from mkd_jax.corpus import augment, debs, ood_voices
 
 SAMPLE_RATE = 16000
 KOKORO_MODEL_SHA256_PREFIX = "6e742170d309"

@@ -1,4 +1,4 @@
-"""An offline English speech corpus from TTS: `python -m mkd_jax.data.synth --out DIR --hours H`.
+"""An offline English speech corpus from TTS: `python -m mkd_jax.corpus.synth --out DIR --hours H`.
 
 Sentences (`sentences.py`) are split by a hash of their text; voices (`voices.py`) are split by
 holding whole voices out for test. The build is planned up front from the seed, so it is
@@ -48,8 +48,8 @@ import pyarrow.parquet as pq
 import soundfile as sf
 from tqdm import tqdm
 
-from mkd_jax.data import augment, ood_voices, real_speech, sentences, voices
-from mkd_jax.data.voices import list_voices, synthesize
+from mkd_jax.corpus import augment, ood_voices, real_speech, sentences, voices
+from mkd_jax.corpus.voices import list_voices, synthesize
 
 __all__ = ["Config", "build", "list_voices", "main", "make_plan", "synthesize"]
 DATASET_SPLITS = ("train", "dev", "test", "test_seen")  # planned together in plan.json
@@ -581,7 +581,7 @@ def todo_all(jobs: list[tuple[str, list[dict]]], out: Path) -> list[tuple[str, l
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point; see the module docstring."""
     p = argparse.ArgumentParser(
-        prog="python -m mkd_jax.data.synth", description=__doc__.split("\n")[0]
+        prog="python -m mkd_jax.corpus.synth", description=__doc__.split("\n")[0]
     )
     p.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
     p.add_argument("--hours", type=float, required=True, help="train+dev+test hours")

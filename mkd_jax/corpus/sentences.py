@@ -16,7 +16,7 @@ import random
 import re
 from pathlib import Path
 
-from mkd_jax.data import debs
+from mkd_jax.corpus import debs
 
 # Harvard sentences (IEEE 1969, lists 1-2): short checks of intelligibility and tokenizers.
 HARVARD = [

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from mkd_jax.data import augment, debs
+from mkd_jax.corpus import augment, debs
 
 SAMPLE_RATE = 16000
 HEDGEWARS_PACKS = ("British", "Classic", "Default", "HillBilly", "Mobster", "Pirate", "Singer",

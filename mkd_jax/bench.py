@@ -185,6 +185,9 @@ def bench_decode():
 
 
 def bench_features():
+    """log-mel alone, then the whole input pipeline (FLAC decode + log-mel + tokens, batches of
+    16 x 29 s) with its work in a thread of this process (0 workers) or in 1 and 2 Grain worker
+    processes; alternating rounds, median throughput in audio seconds per second."""
     import tempfile
     from pathlib import Path
 
@@ -201,6 +204,8 @@ def bench_features():
     for _ in range(3):
         features.log_mel(clips)
     alone = 3 * 16 * 30 / (time.perf_counter() - t0)
+    print(f"log-mel alone: {alone:.0f}x real time (batch 16 x 30 s, {os.cpu_count()} cores)")
+    per_round = 6  # batches timed per round, after one warm-up batch
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for i in range(48):
@@ -210,24 +215,26 @@ def bench_features():
         (Path(tmp) / "all.csv").write_text("path,text\n" + "\n".join(rows) + "\n")
         utts = loaders.load_split({"kind": "manifest", "path": str(Path(tmp) / "all.csv")}, "all")
         tok = load_tokenizer(assets.ensure_model("tiny.en"))
-        it = batching.BatchIterator(
-            utts,
-            {batching.STUDENT: tok},
-            prefetch=0,
-            shuffle=False,
-            buckets=batching.make_buckets((32,), batch_size=16),
-            process_index=0,
-            process_count=1,
+        speeds = {w: [] for w in (0, 1, 2)}
+        for _ in range(FLAGS.rounds):
+            for workers in speeds:
+                it = batching.BatchIterator(
+                    utts, {batching.STUDENT: tok}, workers=workers, prefetch=2, shuffle=False,
+                    buckets=batching.make_buckets((32,), batch_size=16),
+                    process_index=0, process_count=1,
+                )  # fmt: skip
+                next(it)  # start-up: worker processes, first log-mel compile
+                t0 = time.perf_counter()
+                for _ in range(per_round):
+                    next(it)
+                speeds[workers].append(per_round * 16 * 29 / (time.perf_counter() - t0))
+                it.close()
+    for workers, xs in speeds.items():
+        where = "a thread of this process" if workers == 0 else f"{workers} Grain worker process"
+        print(
+            f"pipeline, {where}{'es' * (workers > 1)}: {np.median(xs):.0f}x real time "
+            f"(median of {len(xs)} rounds: {', '.join(f'{x:.0f}' for x in xs)})"
         )
-        next(it)
-        t0 = time.perf_counter()
-        n = sum(1 for _ in [next(it), next(it)])
-        pipeline = n * 16 * 29 / (time.perf_counter() - t0)
-        it.close()
-    print(
-        f"log-mel alone: {alone:.0f}x real time; whole pipeline: {pipeline:.0f}x real time "
-        f"(batches of 16 x 30 s, {os.cpu_count()} cores)"
-    )
 
 
 def main(argv):

@@ -118,6 +118,22 @@ def role(
     )
 
 
+def mix_source(source: dict, split: str = "train", weight: float = 1.0) -> ConfigDict:
+    """One entry of `data.mix`: a loader config like `data.source` (kind, path, ...), its split and
+    its weight, e.g. `c.data.mix.libri = mix_source(dict(kind="librispeech", path=P),
+    "train-clean-100", 0.3)`."""
+    src = dict(
+        kind="disk", path="", name="", config="", hours=0.0, audio_column="audio",
+        text_column="text", id_column="id", min_seconds=0.0, max_seconds=30.0,
+        max_bad_fraction=0.01, limit=0,
+    )  # fmt: skip
+    unknown = set(source) - set(src)
+    if unknown:
+        raise ValueError(f"mix_source: unknown source keys {sorted(unknown)}")
+    src.update(source)
+    return ConfigDict(dict(source=ConfigDict(src), split=split, weight=float(weight)))
+
+
 def base_config() -> ConfigDict:
     c = ConfigDict()
     c.seed = 0
@@ -154,6 +170,13 @@ def base_config() -> ConfigDict:
             batch_size=8,
             eval_batch_size=8,
             prefetch=2,
+            # Grain worker processes that decode audio and compute log-mel (0: a thread of the
+            # training process). The batches do not depend on it.
+            workers=0,
+            # Further training sources, interleaved with data.source's train split by weight
+            # (data/mixture.py): name -> mix_source(...); data.source weighs source_weight.
+            mix=ConfigDict(),
+            source_weight=1.0,
             # A folder written by `python -m mkd_jax.pseudolabel`: train on its teacher labels
             # (column `label`) instead of the train split's transcripts; "" for the transcripts.
             train_labels="",

@@ -291,7 +291,7 @@ def summarise(rows: Sequence[Mapping], teachers: Sequence[str], filters: Filters
             errs, words = stats.utterance_errors(
                 [r["text"] for r in subset], [r[key] for r in subset]
             )
-            return 100 * stats.corpus_wer(errs, words)
+            return stats.corpus_wer(errs, words)
 
         out["n_with_reference"] = len(with_ref)
         out["label_wer"] = {f"teacher {t}": wer(f"hyp:{t}") for t in teachers}

@@ -411,7 +411,7 @@ def _build(cfg, roles, setup, utts, tokenizers, buckets, folder, key, material, 
     table = fields(spec, setup)
 
     # Projection from the corpus itself: decoder positions of the student's tokens, audio frames.
-    prompt, _, ids = it._toks[batching.STUDENT]
+    prompt, ids = it.tokens()
     positions = np.array([len(prompt) + len(i) for i in ids])
     frames = np.ceil(np.asarray(utts.durations) * batching.FRAMES_PER_SECOND / 2).astype(int)
     projected = projected_bytes(spec, setup, positions, frames, cfg.data.n_frames)

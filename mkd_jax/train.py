@@ -141,6 +141,34 @@ def _real_agreement(cfg, roles, merged, source) -> dict | None:
     return out
 
 
+def _train_batches(cfg, utts, tokenizers, buckets, n_mels: int, audio: bool):
+    """The training stream: the train split's batches, or with `data.mix` a Grain mixture of it
+    (weight `data.source_weight`) and every further source, interleaved by weight."""
+    from mkd_jax.data import batching, loaders
+    from mkd_jax.roles import resolve_source
+
+    def batches(split_utts, prefetch, workers):
+        return batching.BatchIterator(
+            split_utts, tokenizers, buckets=buckets, n_mels=n_mels, seed=cfg.seed,
+            prefetch=prefetch, workers=workers, audio=audio,
+        )  # fmt: skip
+
+    mix = cfg.data.get("mix", {})
+    workers = cfg.data.get("workers", 0)
+    if not mix:
+        return batches(utts, cfg.data.prefetch, workers)
+    from mkd_jax.data.mixture import Mixture
+
+    sources = {"data.source": batches(utts, 0, 0)}
+    weights = {"data.source": float(cfg.data.source_weight)}
+    for name, entry in mix.items():
+        split_utts = loaders.load_split(resolve_source(entry.source), entry.split)
+        sources[f"data.mix.{name}"] = batches(split_utts, 0, 0)
+        weights[f"data.mix.{name}"] = float(entry.weight)
+    logging.info("training mixture: %s", ", ".join(f"{n} {w:g}" for n, w in weights.items()))
+    return Mixture(sources, weights, prefetch=cfg.data.prefetch, workers=workers)
+
+
 def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
     """Train (or resume) one run; returns the final trainable tree and run facts.
 
@@ -208,15 +236,8 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
         cache_folder = teacher_cache.ensure(
             cfg, roles, setup, train_utts, tokenizers, buckets, train_src, mesh=mesh, rules=rules
         )
-    train_iter = batching.BatchIterator(
-        train_utts,
-        tokenizers,
-        buckets=buckets,
-        n_mels=student.num_mel_bins,
-        seed=cfg.seed,
-        prefetch=cfg.data.prefetch,
-        audio=setup.cache is None or not setup.cache.student_sites,
-    )
+    audio = setup.cache is None or not setup.cache.student_sites
+    train_iter = _train_batches(cfg, train_utts, tokenizers, buckets, student.num_mel_bins, audio)
     if cache_folder is not None:
         train_iter = teacher_cache.CachedBatches(
             train_iter, cache_folder, setup.cache, setup, cfg.data.n_frames

@@ -183,6 +183,19 @@ def _check_data(cfg, dims) -> None:
     _int(cfg, "data.batch_size", 1)
     _int(cfg, "data.eval_batch_size", 1)
     _int(cfg, "data.prefetch", 0)
+    if "workers" in cfg.data:
+        _int(cfg, "data.workers", 0, 64)
+    for name in cfg.data.get("mix", {}):
+        key = f"data.mix.{name}"
+        _choice(cfg, f"{key}.source.kind", SOURCE_KINDS)
+        _range(f"{key}.weight", _num(cfg, f"{key}.weight"), 0.0, lo_open=True)
+        if cfg.cache.enabled:
+            raise ConfigError(
+                key, name, "the teacher cache covers data.source alone",
+                "train a mixture with cache.enabled=False",
+            )  # fmt: skip
+    if cfg.data.get("mix", {}):
+        _range("data.source_weight", _num(cfg, "data.source_weight"), 0.0, lo_open=True)
     for key in ("train_split", "eval_split", "test_split"):
         if not d[key]:
             raise ConfigError(f"data.{key}", d[key], "must name a split")

@@ -16,7 +16,7 @@ import soundfile as sf
 
 from mkd_jax import evaluate, pseudolabel
 from mkd_jax.config_base import load_config_file
-from mkd_jax.data import loaders
+from mkd_jax.data import loaders, text
 from mkd_jax.pseudolabel import Filters, choose_label, judge, label_row, label_split
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
@@ -122,7 +122,9 @@ def test_the_labelled_split_loads_as_training_data(monkeypatch, cfg, utts, tmp_p
     # b drops a word on ids 0, 3, 6, ...: a and b tie, so a's exact reference is the label.
     assert summary["n"] == 16 and summary["kept"] == 16 and summary["dropped"] == {}
     assert summary["label_wer"]["teacher a"] == 0.0
-    assert summary["label_wer"]["teacher b"] > 0.0
+    # b deletes one word on 6 of 16 utterances: 6 errors over the references' words, in %.
+    n_words = sum(len(text.normalize(t).split()) for t in utts.texts)
+    assert summary["label_wer"]["teacher b"] == pytest.approx(100 * 6 / n_words)
     assert summary["label_wer"]["ensemble label"] == 0.0
     assert summary["kept_fraction_by_min_agreement"]["100"] == pytest.approx(10 / 16)
     labelled = loaders.load_split(

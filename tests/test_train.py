@@ -180,3 +180,28 @@ def test_sigterm_saves_and_exits_cleanly(tiny_librispeech, tmp_path):
     assert "SIGTERM: saved step" in rest
     saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert saved and 1 <= saved[-1] < 1000
+
+
+@pytest.mark.slow
+def test_a_mixture_with_worker_processes_trains_and_resumes_bit_exact(tiny_librispeech, tmp_path):
+    from mkd_jax.config_base import mix_source
+
+    cfg = tiny_config(tiny_librispeech, total_steps=4)
+    with cfg.unlocked():
+        libri = dict(kind="librispeech", path=str(tiny_librispeech))
+        cfg.data.mix.dev = mix_source(libri, "dev", 0.5)
+        cfg.data.workers = 1
+    straight = train.run(cfg, tmp_path / "straight")
+    assert straight["step"] == 4
+    train.run(cfg, tmp_path / "resumed", stop_at=2)
+    resumed = train.run(cfg, tmp_path / "resumed")
+    flat_a = jax.tree_util.tree_flatten_with_path(straight["trainable"])[0]
+    flat_b = jax.tree_util.tree_flatten_with_path(resumed["trainable"])[0]
+    for (path, a), (_, b) in zip(flat_a, flat_b, strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+    with cfg.unlocked():
+        cfg.cache.enabled = True
+    from mkd_jax.validate import ConfigError, validate
+
+    with pytest.raises(ConfigError, match="data.mix.dev.*teacher cache covers data.source alone"):
+        validate(cfg)

@@ -17,9 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import queue
 import threading
-import weakref
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import astuple, dataclass
@@ -34,6 +32,7 @@ log = logging.getLogger(__name__)
 
 FRAMES_PER_SECOND = features.SAMPLE_RATE // features.HOP  # 100
 STUDENT = "student"
+FAILURES = "decode_failures"  # per batch: clips that failed to decode, counted by the consumer
 
 
 @dataclass(frozen=True)
@@ -89,7 +88,197 @@ def decoder_arrays(prompt: Sequence[int], text: Sequence[int], eot: int, n_token
     return dec, labels, mask
 
 
-class BatchIterator:
+class _Batches:
+    """Batch `j` of a split's stream, a pure function of `j` (epoch `j // n`, position `j % n`).
+
+    Picklable and light (the split re-opens its audio lazily, `loaders.Utterances.__getstate__`),
+    so Grain's worker processes make batches from the same plan as the main process.
+    """
+
+    def __init__(self, it: BatchIterator):
+        self.utts, self.n_mels, self.seed, self.shuffle = it.utts, it.n_mels, it.seed, it.shuffle
+        self.audio, self.buckets, self.members = it.audio, it.buckets, it._members
+        self.toks, self.align = it._toks, it._align
+        self.process_index, self.process_count = it.process_index, it.process_count
+        self.digest = it._digest.copy()
+        self._plans: dict[int, tuple[list, str]] = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self):
+        # hashlib objects do not pickle; workers make batches and never need the fingerprint.
+        state = dict(self.__dict__, _plans={}, digest=None)
+        state.pop("_lock")
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _lock=threading.Lock())
+
+    def plan(self, epoch: int) -> tuple[list[tuple[int, np.ndarray]], str]:
+        """`([(bucket, global indices with -1 padding)], fingerprint)` of one epoch."""
+        with self._lock:
+            if epoch not in self._plans:
+                rng = np.random.default_rng([self.seed, epoch])
+                plan = []
+                for k, members in enumerate(self.members):
+                    order = rng.permutation(members) if self.shuffle else members
+                    size = self.buckets[k].batch_size
+                    for start in range(0, len(order), size):
+                        idx = np.full(size, -1, np.int64)
+                        chunk = order[start : start + size]
+                        idx[: len(chunk)] = chunk
+                        plan.append((k, idx))
+                if self.shuffle:
+                    plan = [plan[j] for j in rng.permutation(len(plan))]
+                fingerprint = ""
+                if self.digest is not None:
+                    digest = self.digest.copy()
+                    for k, idx in plan:
+                        digest.update(np.int64(k).tobytes() + idx.tobytes())
+                    fingerprint = digest.hexdigest()[:16]
+                self._plans = {e: p for e, p in self._plans.items() if e >= epoch - 1}
+                self._plans[epoch] = (plan, fingerprint)
+            return self._plans[epoch]
+
+    def __call__(self, j: int) -> dict[str, np.ndarray]:
+        plan, _ = self.plan(0)
+        epoch, position = divmod(int(j), len(plan))
+        return self.batch(*self.plan(epoch)[0][position])
+
+    def batch(self, k: int, global_idx: np.ndarray) -> dict[str, np.ndarray]:
+        bucket = self.buckets[k]
+        rows = len(global_idx) // self.process_count
+        idx = global_idx[self.process_index * rows : (self.process_index + 1) * rows]
+        valid = (idx >= 0).astype(np.float32)
+        frames = np.zeros(rows, np.int32)  # mel frames that hold audio, for feature-loss masks
+        failures = []  # "where\tdetail" of clips that failed to decode, counted by the consumer
+        batch = {
+            "audio_frames": frames,
+            "ids": np.array([self.utts.ids[i] if i >= 0 else "" for i in idx], dtype=str),
+            "valid": valid,
+        }
+        if self.audio:
+            audio = np.zeros((rows, bucket.n_frames * features.HOP), np.float32)
+            for r, i in enumerate(idx):
+                if i < 0:
+                    continue
+                try:
+                    clip = self.utts.audio(i)[: audio.shape[1]]
+                except AudioError as e:
+                    failures.append(f"{self.utts.where(i)}\t{e}")
+                    valid[r] = 0.0
+                    continue
+                audio[r, : len(clip)] = clip
+                frames[r] = -(-len(clip) // features.HOP)
+            batch["mel"] = features.log_mel(audio, n_mels=self.n_mels, n_frames=bucket.n_frames)
+        batch[FAILURES] = np.array(failures, dtype=str)
+        student_prompt = len(self.toks[STUDENT][0])
+        for name, aligns in self.align.items():
+            prompt, _, tokens = self.toks[name]
+            batch[f"t:{name}/rows"] = np.stack(
+                [
+                    token_align.label_rows(
+                        aligns[i],
+                        n_teacher_tokens=len(tokens[i]),
+                        student_prompt_len=student_prompt,
+                        teacher_prompt_len=len(prompt),
+                        pad_len=bucket.n_tokens,
+                    )
+                    if i >= 0
+                    else np.full(bucket.n_tokens, -1, np.int32)
+                    for i in idx
+                ]
+            )
+        for name, (prompt, eot, tokens) in self.toks.items():
+            prefix = "" if name == STUDENT else f"t:{name}/"
+            arrays = [
+                decoder_arrays(prompt, tokens[i] if i >= 0 else [], eot, bucket.n_tokens)
+                for i in idx
+            ]
+            dec, labels, mask = (np.stack(a) for a in zip(*arrays, strict=True))
+            batch[prefix + "decoder_input"] = dec
+            batch[prefix + "labels"] = labels
+            batch[prefix + "mask"] = mask * valid[:, None]
+        return batch
+
+
+def _worker_init(worker_index: int = 0, worker_count: int = 1) -> None:
+    """Grain workers compute log-mel with JAX on the host CPU, never on the accelerator."""
+    del worker_index, worker_count
+    import jax
+
+    jax.config.update("jax_platforms", "cpu")
+
+
+class Stream:
+    """Batches `position, position + 1, ...` of a map-style Grain dataset of batches, prepared
+    ahead by `prefetch` threads of this process or by `workers` Grain worker processes.
+
+    The position is the whole iterator state: batch `j` is a pure function of `j`, so a restored
+    position replays the same batches bit for bit, whatever the prefetch or worker settings.
+    Subclasses give `_dataset()` (a `grain.MapDataset`) and `_received(j, batch)`.
+    """
+
+    prefetch: int = 2
+    workers: int = 0
+    _position: int = 0
+    _iter = None
+    _error: BaseException | None = None
+
+    def _dataset(self):
+        raise NotImplementedError
+
+    def _received(self, j: int, batch: dict) -> None:
+        """Bookkeeping on a batch as it reaches the consumer (counts, log lines)."""
+
+    def _start(self):
+        import grain
+
+        ds = self._dataset()
+        if self._position >= len(ds):
+            return iter(())
+        ds = ds[self._position :]
+        if self.workers > 0:
+            from absl import flags
+
+            if not flags.FLAGS.is_parsed():  # Grain reads absl flags; a library caller parsed none
+                flags.FLAGS.mark_as_parsed()
+            opts = grain.MultiprocessingOptions(
+                num_workers=self.workers, per_worker_buffer_size=max(self.prefetch, 1)
+            )
+            return iter(ds.to_iter_dataset().mp_prefetch(opts, worker_init_fn=_worker_init))
+        if self.prefetch <= 0:
+            return (ds[j] for j in range(len(ds)))
+        read = grain.ReadOptions(num_threads=1, prefetch_buffer_size=self.prefetch)
+        return iter(ds.to_iter_dataset(read))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._error is not None:
+            raise self._error  # a failed pipeline answers every later call the same way
+        if self._iter is None:
+            self._iter = self._start()
+        try:
+            batch = next(self._iter)
+        except StopIteration:
+            raise
+        except BaseException as e:
+            self._error = e
+            raise
+        self._received(self._position, batch)
+        self._position += 1
+        return batch
+
+    def close(self) -> None:
+        """Stops the prefetch threads or workers; the next `__next__` restarts at the position."""
+        it, self._iter, self._error = self._iter, None, None
+        if it is not None and hasattr(it, "close"):
+            it.close()
+        del it
+
+
+class BatchIterator(Stream):
     """Endless (or one-pass) iterator of numpy batch dicts for this process.
 
     Each batch holds `mel [B, n_mels, F]` float32, `decoder_input`, `labels` `[B, S]` int32,
@@ -108,7 +297,9 @@ class BatchIterator:
       repeat: run epoch after epoch; off, stop after one pass.
       language, task: prompt of every tokenizer.
       leading_space: encode `" " + text`, as Whisper emits its first word with a space.
-      prefetch: batches prepared ahead in a background thread (0: none, prepared on demand).
+      prefetch: batches prepared ahead (0: none, prepared on demand; with workers, per worker).
+      workers: Grain worker processes that decode audio and compute log-mel (0: a thread of this
+        process). Batches and their order do not depend on it.
       audio: decode audio and compute `mel`; off (training from a cache that holds the student's
         encoder output), batches carry no `mel`, `audio_frames` is 0 and every real row is valid
         (the cache knows which clips failed).
@@ -129,6 +320,7 @@ class BatchIterator:
         task: str = "transcribe",
         leading_space: bool = True,
         prefetch: int = 2,
+        workers: int = 0,
         audio: bool = True,
         process_index: int | None = None,
         process_count: int | None = None,
@@ -142,12 +334,14 @@ class BatchIterator:
             process_count = jax.process_count() if process_count is None else process_count
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+        if workers < 0 or prefetch < 0:
+            raise ValueError(f"workers ({workers}) and prefetch ({prefetch}) must be >= 0")
         self.buckets = list(buckets) if buckets is not None else make_buckets()
         bad = [b for b in self.buckets if b.batch_size % process_count]
         if bad:
             raise ValueError(f"batch sizes of {bad} are not divisible by {process_count} processes")
         self.utts, self.n_mels, self.seed = utts, n_mels, int(seed)
-        self.shuffle, self.repeat, self.prefetch = shuffle, repeat, prefetch
+        self.shuffle, self.repeat, self.prefetch, self.workers = shuffle, repeat, prefetch, workers
         self.audio = audio
         self.process_index, self.process_count = process_index, process_count
         self._toks = {}  # name -> (prompt, eot, [token ids per utterance])
@@ -172,10 +366,13 @@ class BatchIterator:
         self._digest = hashlib.sha256(repr(self.buckets).encode())
         for k, members in enumerate(self._members):
             self._digest.update(f"{k}:".encode() + "\0".join(utts.ids[i] for i in members).encode())
-        self._epoch, self._position = 0, 0
-        self._plans: dict[int, tuple[list, str]] = {}
-        self._plan_lock = threading.Lock()
-        self._queue = self._thread = self._stop = None
+        self._batches = _Batches(self)
+        self._position = 0
+
+    def tokens(self, name: str = STUDENT) -> tuple[list[int], list[list[int]]]:
+        """`(prompt, token ids per utterance)` of one tokenizer, as batches lay them out."""
+        prompt, _, ids = self._toks[name]
+        return prompt, ids
 
     def _assign(self, lengths: np.ndarray) -> list[np.ndarray]:
         """Members of each bucket: the smallest (frames first, then tokens) that fits."""
@@ -197,42 +394,39 @@ class BatchIterator:
             raise ValueError(f"{self.utts.source}: no utterance fits buckets {self.buckets}")
         return [np.asarray(m, np.int64) for m in members]
 
-    # ----- the plan: global batches of one epoch -----
-
-    def _plan(self, epoch: int) -> tuple[list[tuple[int, np.ndarray]], str]:
-        """`([(bucket, global indices with -1 padding)], fingerprint)` of one epoch."""
-        with self._plan_lock:
-            if epoch not in self._plans:
-                rng = np.random.default_rng([self.seed, epoch])
-                plan = []
-                for k, members in enumerate(self._members):
-                    order = rng.permutation(members) if self.shuffle else members
-                    size = self.buckets[k].batch_size
-                    for start in range(0, len(order), size):
-                        idx = np.full(size, -1, np.int64)
-                        chunk = order[start : start + size]
-                        idx[: len(chunk)] = chunk
-                        plan.append((k, idx))
-                if self.shuffle:
-                    plan = [plan[j] for j in rng.permutation(len(plan))]
-                digest = self._digest.copy()
-                for k, idx in plan:
-                    digest.update(np.int64(k).tobytes() + idx.tobytes())
-                self._plans = {e: p for e, p in self._plans.items() if e >= epoch - 1}
-                self._plans[epoch] = (plan, digest.hexdigest()[:16])
-            return self._plans[epoch]
-
     def batches_per_epoch(self) -> int:
-        return len(self._plan(0)[0])
+        return len(self._batches.plan(0)[0])
+
+    def _dataset(self):
+        """Every batch of the stream as a Grain `MapDataset` (endless: 2**40 epochs)."""
+        import grain
+
+        n = self.batches_per_epoch()
+        return grain.MapDataset.range(0, n * (2**40 if self.repeat else 1)).map(self._batches)
+
+    def _received_failures(self, batch: dict) -> None:
+        """Counts the batch's decode failures (made in a worker) in this iterator's report."""
+        for failure in batch.pop(FAILURES):
+            where, _, detail = str(failure).partition("\t")
+            self.report.skip("decode_failed", where, detail)
+
+    def _received(self, j: int, batch: dict) -> None:
+        self._received_failures(batch)
+        n = self.batches_per_epoch()
+        if (j + 1) % n == 0:
+            log.info("epoch %d done: %s", j // n, self.report.summary())
 
     def state(self) -> dict:
         """JSON-able position after the last batch returned; `restore` continues from it."""
+        epoch, position = divmod(self._position, self.batches_per_epoch())
+        if position == 0 and epoch > 0 and not self.repeat:
+            epoch, position = epoch - 1, self.batches_per_epoch()
         return {
             "seed": self.seed,
-            "epoch": self._epoch,
-            "position": self._position,
+            "epoch": epoch,
+            "position": position,
             "buckets": [[b.n_frames, b.n_tokens, b.batch_size] for b in self.buckets],
-            "plan": self._plan(self._epoch)[1],
+            "plan": self._batches.plan(epoch)[1],
         }
 
     def restore(self, state: Mapping) -> None:
@@ -245,138 +439,15 @@ class BatchIterator:
         buckets = [[b.n_frames, b.n_tokens, b.batch_size] for b in self.buckets]
         if [list(b) for b in state["buckets"]] != buckets:
             raise ValueError(f"state has buckets {state['buckets']}, this iterator {buckets}")
-        self.seed, self._epoch, self._position = int(state["seed"]), int(state["epoch"]), 0
-        self._plans = {}
-        plan, digest = self._plan(self._epoch)
+        self.seed, epoch = int(state["seed"]), int(state["epoch"])
+        self._batches = _Batches(self)
+        plan, digest = self._batches.plan(epoch)
         if digest != state["plan"] or not 0 <= int(state["position"]) <= len(plan):
             raise ValueError(
-                f"{self.utts.source}: the batch plan of epoch {self._epoch} differs from the "
+                f"{self.utts.source}: the batch plan of epoch {epoch} differs from the "
                 f"saved state ({digest} vs {state['plan']}); the data or tokenizers changed"
             )
-        self._position = int(state["position"])
-
-    # ----- making batches -----
-
-    def _batch(self, k: int, global_idx: np.ndarray) -> dict[str, np.ndarray]:
-        bucket = self.buckets[k]
-        rows = len(global_idx) // self.process_count
-        idx = global_idx[self.process_index * rows : (self.process_index + 1) * rows]
-        valid = (idx >= 0).astype(np.float32)
-        frames = np.zeros(rows, np.int32)  # mel frames that hold audio, for feature-loss masks
-        batch = {
-            "audio_frames": frames,
-            "ids": np.array([self.utts.ids[i] if i >= 0 else "" for i in idx], dtype=str),
-            "valid": valid,
-        }
-        if self.audio:
-            audio = np.zeros((rows, bucket.n_frames * features.HOP), np.float32)
-            for r, i in enumerate(idx):
-                if i < 0:
-                    continue
-                try:
-                    clip = self.utts.audio(i)[: audio.shape[1]]
-                except AudioError as e:
-                    self.report.skip("decode_failed", self.utts.where(i), str(e))
-                    valid[r] = 0.0
-                    continue
-                audio[r, : len(clip)] = clip
-                frames[r] = -(-len(clip) // features.HOP)
-            batch["mel"] = features.log_mel(audio, n_mels=self.n_mels, n_frames=bucket.n_frames)
-        student_prompt = len(self._toks[STUDENT][0])
-        for name, aligns in self._align.items():
-            prompt, _, tokens = self._toks[name]
-            batch[f"t:{name}/rows"] = np.stack(
-                [
-                    token_align.label_rows(
-                        aligns[i],
-                        n_teacher_tokens=len(tokens[i]),
-                        student_prompt_len=student_prompt,
-                        teacher_prompt_len=len(prompt),
-                        pad_len=bucket.n_tokens,
-                    )
-                    if i >= 0
-                    else np.full(bucket.n_tokens, -1, np.int32)
-                    for i in idx
-                ]
-            )
-        for name, (prompt, eot, tokens) in self._toks.items():
-            prefix = "" if name == STUDENT else f"t:{name}/"
-            arrays = [
-                decoder_arrays(prompt, tokens[i] if i >= 0 else [], eot, bucket.n_tokens)
-                for i in idx
-            ]
-            dec, labels, mask = (np.stack(a) for a in zip(*arrays, strict=True))
-            batch[prefix + "decoder_input"] = dec
-            batch[prefix + "labels"] = labels
-            batch[prefix + "mask"] = mask * valid[:, None]
-        return batch
-
-    def _step(self, epoch: int, position: int):
-        """`(epoch, next position, batch)` of the batch at a position, or `None` after the end."""
-        plan, _ = self._plan(epoch)
-        while position >= len(plan):
-            log.info("epoch %d done: %s", epoch, self.report.summary())
-            if not self.repeat:
-                return None
-            epoch, position = epoch + 1, 0
-            plan, _ = self._plan(epoch)
-        return epoch, position + 1, self._batch(*plan[position])
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        if self.prefetch <= 0:
-            item = self._step(self._epoch, self._position)
-        else:
-            if self._queue is None:
-                self._stop = threading.Event()
-                self._queue = queue.Queue(maxsize=self.prefetch)
-                args = (weakref.ref(self), self._queue, self._stop, self._epoch, self._position)
-                self._thread = threading.Thread(target=_prefetch, args=args, daemon=True)
-                self._thread.start()
-            item = self._queue.get()
-            if item is None or isinstance(item, BaseException):
-                self._queue.put(item)  # the thread has stopped: answer later calls the same way
-        if isinstance(item, BaseException):
-            raise item
-        if item is None:
-            raise StopIteration
-        self._epoch, self._position, batch = item
-        return batch
-
-    def close(self) -> None:
-        """Stops the prefetch thread; the next `__next__` restarts from the current state."""
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-        self._queue = self._thread = self._stop = None
-
-    def __del__(self):
-        if getattr(self, "_stop", None) is not None:
-            self._stop.set()
-
-
-def _prefetch(ref, q: queue.Queue, stop: threading.Event, epoch: int, position: int) -> None:
-    """Background producer. It holds the iterator only weakly, so a dropped iterator ends it."""
-    while True:
-        it = ref()
-        if it is None or stop.is_set():
-            return
-        try:
-            item = it._step(epoch, position)
-        except BaseException as e:  # handed to the consumer, which re-raises it
-            item = e
-        del it
-        while not stop.is_set() and ref() is not None:
-            try:
-                q.put(item, timeout=0.1)
-                break
-            except queue.Full:
-                pass
-        if item is None or isinstance(item, BaseException):
-            return
-        epoch, position = item[0], item[1]
+        self._position = epoch * len(plan) + int(state["position"])
 
 
 def make_global_batch(local_batch: Mapping[str, np.ndarray], mesh, sharding=None) -> dict:

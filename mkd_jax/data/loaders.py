@@ -82,6 +82,12 @@ class BadInputReport:
     filtered_seconds: float = 0.0  # audio dropped by duration/bucket filtering
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _lock=threading.Lock())
+
     def skip(self, reason: str, where: str, detail: str = "", seconds: float = 0.0) -> None:
         """Counts one skipped utterance and logs a warning naming it (capped per reason)."""
         if reason not in BAD and reason not in FILTERED:
@@ -250,28 +256,51 @@ class Utterances:
     durations: np.ndarray  # [N] seconds, from the audio headers
     extras: dict[str, list]  # other per-utterance columns (voice, engine, ...), kept rows only
     report: BadInputReport
-    _audio: _Audio
+    _audio: _Audio | None
     _rows: np.ndarray  # [N] row of each utterance in the source
+    _spec: tuple | None = None  # (source config, split): how to re-open the audio
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    def __getstate__(self):
+        """Pickles without the audio (an embedded corpus would be copied whole): a worker process
+        re-opens it from the source on first use."""
+        state = dict(self.__dict__)
+        if self._spec is not None:
+            state["_audio"] = None
+        return state
+
+    def _reopen(self) -> _Audio:
+        """The source's audio column again, without probing any header."""
+        cfg = _config(self._spec[0])
+        _, cands = _reader(cfg)(cfg, self._spec[1])
+        if any(cands.ids[int(r)] != u for r, u in zip(self._rows, self.ids, strict=True)):
+            raise ValueError(f"{self.source}: the source changed since it was loaded; reload it")
+        cands.audio.max_seconds = cfg["max_seconds"]
+        return cands.audio
+
+    def _opened(self) -> _Audio:
+        if self._audio is None:
+            self._audio = self._reopen()
+        return self._audio
+
     def audio(self, i: int) -> np.ndarray:
         """Utterance `i` as 16 kHz mono float32; raises `AudioError` naming it if decoding fails."""
         try:
-            return self._audio.read(int(self._rows[i]))
+            return self._opened().read(int(self._rows[i]))
         except AudioError as e:
             raise AudioError(f"{self.source} id {self.ids[i]!r}", str(e), e.reason) from e
 
     def where(self, i: int) -> str:
-        return f"id {self.ids[i]!r} ({self._audio.where(int(self._rows[i]))})"
+        return f"id {self.ids[i]!r} ({self._opened().where(int(self._rows[i]))})"
 
     def file(self, i: int) -> str | None:
         """The audio file utterance `i` is read from, or None when its audio is embedded."""
-        row = int(self._rows[i])
-        if self._audio.kind == "array" or self._audio._blob(row) is not None:
+        row, audio = int(self._rows[i]), self._opened()
+        if audio.kind == "array" or audio._blob(row) is not None:
             return None
-        return self._audio.paths[row]
+        return audio.paths[row]
 
     def select(self, indices) -> Utterances:
         """The utterances at `indices` (in that order), sharing this split's audio and report."""
@@ -440,6 +469,10 @@ def _check(cands: _Candidates, row: int, cfg: dict) -> float:
     return frames / sr
 
 
+def _reader(cfg: dict):
+    return {"librispeech": _librispeech, "manifest": _manifest}.get(cfg["kind"], _hf)
+
+
 def load_split(source: Mapping, split: str) -> Utterances:
     """Lists the usable utterances of one split of a corpus, reading only audio headers.
 
@@ -458,8 +491,7 @@ def load_split(source: Mapping, split: str) -> Utterances:
       ValueError: for a bad config; `BadInputError` if too much is bad; FileNotFoundError.
     """
     cfg = _config(source)
-    reader = {"librispeech": _librispeech, "manifest": _manifest}.get(cfg["kind"], _hf)
-    where, cands = reader(cfg, split)
+    where, cands = _reader(cfg)(cfg, split)
     report = BadInputReport(where)
     cands.audio.max_seconds = cfg["max_seconds"]
     limit = cfg["limit"] if cfg["limit"] is not None else len(cands.ids)
@@ -511,4 +543,5 @@ def load_split(source: Mapping, split: str) -> Utterances:
         report=report,
         _audio=cands.audio,
         _rows=np.asarray(keep, np.int64),
+        _spec=(dict(source), split),
     )

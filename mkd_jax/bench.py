@@ -205,7 +205,7 @@ def bench_features():
         features.log_mel(clips)
     alone = 3 * 16 * 30 / (time.perf_counter() - t0)
     print(f"log-mel alone: {alone:.0f}x real time (batch 16 x 30 s, {os.cpu_count()} cores)")
-    per_round = 6  # batches timed per round, after one warm-up batch
+    per_round = 12  # batches timed per round, after each worker's first batch (its compile)
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for i in range(48):
@@ -223,7 +223,8 @@ def bench_features():
                     buckets=batching.make_buckets((32,), batch_size=16),
                     process_index=0, process_count=1,
                 )  # fmt: skip
-                next(it)  # start-up: worker processes, first log-mel compile
+                for _ in range(max(workers, 1)):  # start-up: workers, their log-mel compile
+                    next(it)
                 t0 = time.perf_counter()
                 for _ in range(per_round):
                     next(it)

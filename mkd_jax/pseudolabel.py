@@ -308,6 +308,12 @@ def summarise(rows: Sequence[Mapping], teachers: Sequence[str], filters: Filters
         out["kept_fraction_by_min_agreement"] = {
             f"{t:g}": float(np.mean([a >= t for a in agree])) for t in AGREEMENT_GRID
         }
+    if agree and with_ref:  # is agreement a label-quality signal? The labels' WER per threshold
+        out["label_wer_by_min_agreement"] = {}
+        for t in AGREEMENT_GRID:
+            kept = [r for r in with_ref if r.get("agreement") is not None and r["agreement"] >= t]
+            if kept:
+                out["label_wer_by_min_agreement"][f"{t:g}"] = wer("label", kept)
     return out
 
 
@@ -330,6 +336,11 @@ def format_summary(s: Mapping) -> str:
         lines.append(
             "kept fraction by min_agreement: "
             + ", ".join(f">={k}%: {v:.1%}" for k, v in s["kept_fraction_by_min_agreement"].items())
+        )
+    if s.get("label_wer_by_min_agreement"):
+        lines.append(
+            "label WER of the kept by min_agreement: "
+            + ", ".join(f">={k}%: {v:.2f}%" for k, v in s["label_wer_by_min_agreement"].items())
         )
     return "\n".join(lines)
 

@@ -13,6 +13,12 @@
    base's and the ensemble's transcripts on real recordings (`real_unlabelled`), before and
    after; trainable %, time taken.
 
+With `--pseudo_labels`, a further stage (about 40 min on 2 cores) labels the train split as if
+it had no transcripts (`configs/pseudolabel_demo.py`: base writes the labels, tiny.en checks
+them; labels kept where the two agree >= 90%), trains `configs/kd_base_only.py` with CE + KD once
+on the labels and once on the transcripts, and ends with a second table: the labels' WER against
+the transcripts and both students' WER with the CI of their difference.
+
 Every stage is cached in the workdir or the asset cache, so a rerun skips finished stages and
 resumes an interrupted one.
 """
@@ -428,13 +434,73 @@ def run(workdir: Path) -> str:
     return table
 
 
+PSEUDO_LABEL_FILTERS = dict(max_words_per_second=6.0, min_agreement=90.0)
+
+
+def pseudo_label_stage(workdir: Path, source: dict) -> list[str]:
+    """Labels, two trainings (labels vs transcripts) and the comparison table's lines."""
+    from mkd_jax import pseudolabel
+    from mkd_jax.data import loaders
+    from mkd_jax.evaluate import compare
+    from mkd_jax.report import format_change, format_spread
+
+    label_cfg = load_config_file(ROOT / "configs/pseudolabel_demo.py")
+    out = workdir / "labels"
+    split = label_cfg.data.train_split
+    utts = loaders.load_split(dict(source, require_text=False), split)
+    filters = pseudolabel.Filters(**PSEUDO_LABEL_FILTERS)
+    summary = pseudolabel.label_split(label_cfg, utts, split, out, filters)
+    if summary is None:
+        raise cli.RunFailed(f"{out}: labelling did not finish; rerun the demo to resume")
+    reports = {}
+    for name, labels in (("transcripts", ""), ("teacher labels", str(out))):
+        cfg = load_config_file(ROOT / "configs/kd_base_only.py")
+        with cfg.unlocked():
+            cfg.loss.w_ce = 1.0
+            cfg.data.train_labels = labels
+        run_dir = workdir / ("targets_labels" if labels else "targets_transcripts")
+        _train(cfg, run_dir)
+        reports[name] = json.loads((run_dir / "report.json").read_text())["after"]
+    a, b = reports["transcripts"], reports["teacher labels"]
+    splits = [sp for sp in a if sp in b and "per_utt" in a[sp] and "per_utt" in b[sp]]
+    lw = summary["label_wer"]
+    lines = [
+        "",
+        "## Training targets: the corpus's transcripts vs teacher labels (CE + KD from base)",
+        "",
+        f"Labels of the {split} split by base, checked by tiny.en, kept where they agree >= "
+        f"{filters.min_agreement:g}%: {summary['kept']} of {summary['n']} utterances; label WER "
+        f"against the transcripts {lw['ensemble label, kept only']:.2f}% (all labels "
+        f"{lw['ensemble label']:.2f}%). Each cell: WER % / CER % (n scored / n in the split).",
+        "",
+        "| student trained on | " + " | ".join(splits) + " |",
+        "|---|" + "---|" * len(splits),
+    ]
+    for name, res in reports.items():
+        lines.append(f"| {name} | " + " | ".join(_cell(res[sp]) for sp in splits) + " |")
+    cells = []
+    for sp in splits:
+        c = compare(a[sp], b[sp])
+        cells.append(f"{format_change(c)}; {format_spread(c)}")
+    lines.append("| labels - transcripts, 95% CI | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv):
     del argv
     workdir = Path(FLAGS.workdir) if FLAGS.workdir else assets.cache_dir() / "demo"
     logging.info("demo workdir: %s", workdir)
     print(run(workdir))
+    if FLAGS.pseudo_labels:
+        from mkd_jax.roles import resolve_source
+
+        source = resolve_source(load_config_file(ROOT / "configs/demo.py").data.source)
+        lines = pseudo_label_stage(workdir, source)
+        (workdir / "demo_pseudo_labels.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "Where the demo's runs go (default: <cache>/demo).")
+    flags.DEFINE_bool("pseudo_labels", False, "Also train on teacher labels and compare.")
     cli.run(main)

@@ -246,3 +246,38 @@ def test_bad_flags_get_one_line(tmp_path):
     assert p.returncode == 2, p.stderr
     assert "error: --max_ref_wer=-5.0: must be a finite number >= 0" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_demo_stage_compares_students_on_labels_and_transcripts(monkeypatch, tmp_path, utts):
+    """The demo's --pseudo_labels table: label WER, both students, the paired CI (training and
+    labelling replaced by fakes that write what the real ones write)."""
+    from mkd_jax import demo, evaluate
+
+    refs = utts.texts
+    runs = []
+
+    def fake_label_split(cfg, split_utts, split, out, filters, **kw):
+        assert filters.min_agreement == 90.0 and list(cfg.teachers) == ["base", "tiny_en"]
+        return {"kept": 12, "n": 16, "label_wer": {"ensemble label": 7.5,
+                "ensemble label, kept only": 3.25}}  # fmt: skip
+
+    def fake_train(cfg, run_dir):
+        runs.append((run_dir.name, cfg.data.train_labels, cfg.loss.w_ce))
+        hyps = list(refs) if cfg.data.train_labels else [_drop_last_word(r) for r in refs]
+        ids = list(utts.ids)
+        after = {sp: evaluate.score(utts, ids, hyps)["all"] for sp in ("dev", "test")}
+        run_dir.mkdir(parents=True)
+        (run_dir / "report.json").write_text(json.dumps({"after": after}))
+
+    monkeypatch.setattr(pseudolabel, "label_split", fake_label_split)
+    monkeypatch.setattr(demo, "_train", fake_train)
+    monkeypatch.setattr(loaders, "load_split", lambda source, split: utts)
+    lines = demo.pseudo_label_stage(tmp_path, {"kind": "librispeech", "path": "x"})
+    assert [r[0] for r in runs] == ["targets_transcripts", "targets_labels"]
+    assert runs[1][1] == str(tmp_path / "labels") and runs[0][1] == "" and runs[0][2] == 1.0
+    text = "\n".join(lines)
+    assert "12 of 16 utterances; label WER against the transcripts 3.25% (all labels 7.50%)" in text
+    assert "| student trained on | dev | test |" in text
+    assert "| teacher labels | 0.00 / 0.00 (16 / 16) | 0.00 / 0.00 (16 / 16) |" in text
+    ci_row = next(x for x in lines if x.startswith("| labels - transcripts"))
+    assert "16 better, 0 worse" in ci_row and ci_row.count("[") == 2

@@ -28,8 +28,7 @@ def build(cfg) -> dict:
     import jax
 
     from mkd_jax import assets, sharding, teacher_cache
-    from mkd_jax.data import batching, loaders
-    from mkd_jax.roles import build_roles, train_source
+    from mkd_jax.roles import build_roles, train_input
     from mkd_jax.state import make_setup
 
     jax.config.update("jax_compilation_cache_dir", str(assets.cache_dir() / "xla"))
@@ -37,15 +36,7 @@ def build(cfg) -> dict:
     rules = tuple(tuple(r) for r in cfg.sharding_rules)
     roles = build_roles(cfg)
     setup = make_setup(cfg, roles)
-    source = train_source(cfg)
-    utts = loaders.load_split(source, cfg.data.train_split)
-    tokenizers = {batching.STUDENT: roles["student"][2]}
-    tokenizers.update(
-        {n: roles["teachers"][n][2] for n, ix in setup.vocab_index.items() if ix is not None}
-    )
-    buckets = batching.make_buckets(
-        tuple(cfg.data.token_buckets), (cfg.data.n_frames,), cfg.data.batch_size
-    )
+    source, utts, tokenizers, buckets = train_input(cfg, roles, setup)
     folder = teacher_cache.ensure(
         cfg, roles, setup, utts, tokenizers, buckets, source, mesh=mesh, rules=rules
     )

@@ -160,3 +160,20 @@ def train_source(cfg) -> dict:
         text_column="label",
         id_column="id",
     )
+
+
+def train_input(cfg, roles, setup):
+    """`(source, utts, tokenizers, buckets)` of the training split, as training and the teacher
+    cache both read it: the student's tokenizer and every cross-vocabulary teacher's."""
+    from mkd_jax.data import batching, loaders
+
+    source = train_source(cfg)
+    utts = loaders.load_split(source, cfg.data.train_split)
+    tokenizers = {batching.STUDENT: roles["student"][2]}
+    tokenizers.update(
+        {n: roles["teachers"][n][2] for n, ix in setup.vocab_index.items() if ix is not None}
+    )
+    buckets = batching.make_buckets(
+        tuple(cfg.data.token_buckets), (cfg.data.n_frames,), cfg.data.batch_size
+    )
+    return source, utts, tokenizers, buckets

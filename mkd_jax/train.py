@@ -182,11 +182,10 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
 
     from mkd_jax import assets, lora, sharding
     from mkd_jax.checkpoint import Checkpointer
-    from mkd_jax.data import batching, loaders
     from mkd_jax.distill import merged_student, nonfinite_terms
     from mkd_jax.evaluate import load_scoring_split
     from mkd_jax.report import RunLog, write_report
-    from mkd_jax.roles import build_roles, resolve_source, train_source
+    from mkd_jax.roles import build_roles, resolve_source, train_input
     from mkd_jax.state import (
         abstract_batch,
         init_state,
@@ -219,16 +218,8 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
     student, params_s, tok_s, _ = roles["student"]
     setup = make_setup(cfg, roles)
     source = resolve_source(cfg.data.source)
-    train_src = train_source(cfg)
-    train_utts = loaders.load_split(train_src, cfg.data.train_split)
+    train_src, train_utts, tokenizers, buckets = train_input(cfg, roles, setup)
     eval_utts = load_scoring_split(source, cfg.data.eval_split)
-    tokenizers = {batching.STUDENT: tok_s}
-    tokenizers.update(
-        {n: roles["teachers"][n][2] for n, ix in setup.vocab_index.items() if ix is not None}
-    )
-    buckets = batching.make_buckets(
-        tuple(cfg.data.token_buckets), (cfg.data.n_frames,), cfg.data.batch_size
-    )
     cache_folder = None
     if setup.cache is not None:  # build (or resume) the teacher-output cache before training
         from mkd_jax import teacher_cache

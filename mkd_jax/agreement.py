@@ -70,7 +70,7 @@ def load_split_if_present(
     return utts
 
 
-def _fingerprint(checkpoints: Sequence) -> list:
+def fingerprint(checkpoints: Sequence) -> list:
     """Name, and where it is a folder, its weights' size and mtime: a rebuilt one differs."""
     out = []
     for c in checkpoints:
@@ -124,7 +124,7 @@ def reference(
     """
     settings = dict(settings or {})
     path = _cache_path(cache, name, checkpoints, split, n_frames, settings)
-    fingerprint = _fingerprint(checkpoints)
+    weights = fingerprint(checkpoints)
     if path.is_file():
         try:
             cached = json.loads(path.read_text())
@@ -134,7 +134,7 @@ def reference(
             same = (
                 cached.get("ids") == list(utts.ids)
                 and cached.get("source") == utts.source
-                and cached.get("fingerprint") == fingerprint
+                and cached.get("fingerprint") == weights
             )
             if same:
                 return cached
@@ -145,7 +145,7 @@ def reference(
     out = {
         "name": name,
         "checkpoints": [str(c) for c in checkpoints],
-        "fingerprint": fingerprint,
+        "fingerprint": weights,
         "split": split,
         "n_frames": n_frames,
         "settings": settings,

@@ -180,14 +180,14 @@ def label_row(uid: str, duration: float, reference: str, hyps: Mapping[str, str]
 def _teachers(cfg, max_new_tokens: int) -> list[tuple[str, tuple, list]]:
     """`[(name, (model, params, tokenizer, spec), fingerprint)]` in config order."""
     from mkd_jax import decode
-    from mkd_jax.agreement import _fingerprint
+    from mkd_jax.agreement import fingerprint
     from mkd_jax.roles import build_role
 
     out = []
     for name, role in cfg.teachers.items():
         model, params, tok, folder = build_role(role, f"teachers.{name}", seed=cfg.seed)
         spec = decode.spec_from_folder(folder, tok, max_new_tokens=max_new_tokens)
-        key = _fingerprint([folder]) if role.checkpoint else [role.to_json(), cfg.seed]
+        key = fingerprint([folder]) if role.checkpoint else [role.to_json(), cfg.seed]
         out.append((name, (model, params, tok, spec), key))
     return out
 

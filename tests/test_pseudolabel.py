@@ -281,3 +281,26 @@ def test_demo_stage_compares_students_on_labels_and_transcripts(monkeypatch, tmp
     assert "| teacher labels | 0.00 / 0.00 (16 / 16) | 0.00 / 0.00 (16 / 16) |" in text
     ci_row = next(x for x in lines if x.startswith("| labels - transcripts"))
     assert "16 better, 0 worse" in ci_row and ci_row.count("[") == 2
+
+
+def test_audio_without_any_transcript_is_labelled(monkeypatch, cfg, tmp_path, tiny_librispeech):
+    """A manifest with paths only: no reference, so no reference WER, and every label kept."""
+    flacs = sorted(tiny_librispeech.glob("train/*/*/*.flac"))[:4]
+    (tmp_path / "train.jsonl").write_text(
+        "".join(json.dumps({"path": str(f), "id": f.stem}) + "\n" for f in flacs)
+    )
+    source = {"kind": "manifest", "path": str(tmp_path), "require_text": False}
+    utts = loaders.load_split(source, "train")
+    assert utts.texts == [""] * 4
+    teachers = _Teachers(monkeypatch)
+    monkeypatch.setattr(
+        teachers, "transcribe",
+        lambda *a, **kw: evaluate.Transcripts(list(a[4].ids), ["hello there"] * 4, 4, "", [], []),
+    )  # fmt: skip
+    monkeypatch.setattr(evaluate, "transcribe_utts", teachers.transcribe)
+    summary = label_split(cfg, utts, "train", tmp_path / "out", Filters(max_ref_wer=10))
+    assert summary["kept"] == 4 and "label_wer" not in summary
+    labelled = loaders.load_split(
+        {"kind": "manifest", "path": str(tmp_path / "out"), "text_column": "label"}, "train"
+    )
+    assert labelled.texts == ["hello there"] * 4

@@ -537,7 +537,7 @@ def load_split(source: Mapping, split: str) -> Utterances:
     return Utterances(
         source=where,
         ids=ids,
-        texts=[cands.texts[r].strip() for r in keep],
+        texts=[(cands.texts[r] or "").strip() for r in keep],
         durations=np.asarray(durations, np.float64),
         extras={k: [v[r] for r in keep] for k, v in cands.extras.items()},
         report=report,

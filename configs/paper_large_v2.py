@@ -12,6 +12,18 @@ projection plus a 768->1280 geodesic mapper on the final encoder output, 8.9 M p
 the teacher (asserted in tests/test_configs.py). Needs a TPU pod slice or GPUs (see launch/);
 not run here.
 Data as in the paper: train-clean-100 capped at 4000 utterances, 30 s windows.
+
+LibriSpeech's transcripts are upper-case and unpunctuated, which Whisper never writes, so
+teacher-forcing the teacher on them is off its distribution. For targets in Whisper's own style,
+label the split with the teacher first and train on the labels (`data.train_labels`; dev and
+test keep LibriSpeech's transcripts, scored after Whisper's normaliser):
+
+    python -m mkd_jax.pseudolabel --config configs/paper_large_v2.py \
+        --config.teachers.large_v2.checkpoint=/ckpt/whisper-large-v2 \
+        --source librispeech:/data/LibriSpeech --split train-clean-100 --out /data/labels \
+        --max_ref_wer=10 --max_words_per_second=6
+    python -m mkd_jax.train --config configs/paper_large_v2.py ... \
+        --config.data.train_labels=/data/labels
 """
 
 from mkd_jax.config_base import LORA_DECODER, LORA_ENCODER, base_config, dims, role

@@ -235,7 +235,7 @@ def base_config() -> ConfigDict:
     # The teacher-output cache (teacher_cache.py): teachers' top-k targets and mapped features,
     # and with a frozen student encoder its outputs, computed once per utterance; training then
     # runs only what changes. top_k=0 keeps the whole vocabulary (exact, large); dtype stores
-    # teacher features; dir="" shares caches by content under the asset cache.
+    # teacher features; caches are folders named by content under dir ("": the asset cache).
     c.cache = ConfigDict(dict(enabled=False, top_k=64, dtype="bfloat16", dir=""))
     c.mesh = MESH
     c.sharding_rules = SHARDING_RULES

@@ -238,9 +238,10 @@ def cache_root() -> Path:
 
 
 def folder_for(cfg, key: str) -> Path:
-    """`cache.dir` when set, else the shared cache keyed by content (runs with equal keys, such
-    as seeds and learning rates of an ablation, share one cache)."""
-    return Path(cfg.cache.dir) if cfg.cache.dir else cache_root() / key[:16]
+    """The cache's folder, named by its content key under `cache.dir` (default: the asset
+    cache's), so runs with equal keys (seeds and learning rates of an ablation) share one cache
+    and the sources of a mixture each have their own."""
+    return (Path(cfg.cache.dir) if cfg.cache.dir else cache_root()) / key[:16]
 
 
 # ----- size -----
@@ -558,7 +559,6 @@ class CachedBatches:
             with safe_open(str(path), "numpy") as f:
                 for uid in json.loads(f.metadata()["uids"]):
                     self._where[uid] = path
-        self._open = safe_open
 
     def _get(self, uid: str, key: str) -> np.ndarray:
         path = self._where.get(uid)
@@ -568,7 +568,9 @@ class CachedBatches:
                 "folder to rebuild it"
             )
         if path not in self._files:
-            self._files[path] = self._open(str(path), "numpy")
+            from safetensors import safe_open
+
+            self._files[path] = safe_open(str(path), "numpy")
         return self._files[path].get_tensor(f"{uid}/{key}")
 
     def attach(self, batch: dict) -> dict:
@@ -603,11 +605,30 @@ class CachedBatches:
                 out[key] = out[key] * valid[:, None]
         return out
 
+    def __getstate__(self):
+        """What `attach` needs in a Grain worker: open shard files and the wrapped iterator stay
+        behind (the worker re-opens files as it reads them)."""
+        return dict(self.__dict__, _files={}, batches=None)
+
     def __iter__(self):
         return self
 
     def __next__(self) -> dict:
         return self.attach(next(self.batches))
+
+    # As a source of a mixture (data/mixture.py):
+    @property
+    def repeat(self) -> bool:
+        return self.batches.repeat
+
+    def dataset(self):
+        return self.batches.dataset().map(self.attach)
+
+    def fingerprint(self) -> str:
+        return self.batches.fingerprint()
+
+    def count_failures(self, batch: dict) -> None:
+        self.batches.count_failures(batch)
 
     def state(self) -> dict:
         return self.batches.state()

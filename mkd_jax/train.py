@@ -141,29 +141,41 @@ def _real_agreement(cfg, roles, merged, source) -> dict | None:
     return out
 
 
-def _train_batches(cfg, utts, tokenizers, buckets, n_mels: int, audio: bool):
+def _train_batches(cfg, train, tokenizers, buckets, n_mels: int, setup, cache_for):
     """The training stream: the train split's batches, or with `data.mix` a Grain mixture of it
-    (weight `data.source_weight`) and every further source, interleaved by weight."""
+    (weight `data.source_weight`) and every further source, interleaved by weight. With the
+    teacher cache each source reads its own (`cache_for(source, utts)` builds or finds it).
+
+    Args:
+      train: `(source, utts)` of the train split.
+    """
+    from mkd_jax import teacher_cache
     from mkd_jax.data import batching, loaders
     from mkd_jax.roles import resolve_source
 
-    def batches(split_utts, prefetch, workers):
-        return batching.BatchIterator(
+    audio = setup.cache is None or not setup.cache.student_sites
+
+    def batches(source, split_utts, prefetch, workers):
+        it = batching.BatchIterator(
             split_utts, tokenizers, buckets=buckets, n_mels=n_mels, seed=cfg.seed,
             prefetch=prefetch, workers=workers, audio=audio,
         )  # fmt: skip
+        if setup.cache is None:
+            return it
+        folder = cache_for(source, split_utts)
+        return teacher_cache.CachedBatches(it, folder, setup.cache, setup, cfg.data.n_frames)
 
     mix = cfg.data.get("mix", {})
     workers = cfg.data.get("workers", 0)
     if not mix:
-        return batches(utts, cfg.data.prefetch, workers)
+        return batches(*train, cfg.data.prefetch, workers)
     from mkd_jax.data.mixture import Mixture
 
-    sources = {"data.source": batches(utts, 0, 0)}
+    sources = {"data.source": batches(*train, 0, 0)}
     weights = {"data.source": float(cfg.data.source_weight)}
     for name, entry in mix.items():
-        split_utts = loaders.load_split(resolve_source(entry.source), entry.split)
-        sources[f"data.mix.{name}"] = batches(split_utts, 0, 0)
+        source = resolve_source(entry.source)
+        sources[f"data.mix.{name}"] = batches(source, loaders.load_split(source, entry.split), 0, 0)
         weights[f"data.mix.{name}"] = float(entry.weight)
     logging.info("training mixture: %s", ", ".join(f"{n} {w:g}" for n, w in weights.items()))
     return Mixture(sources, weights, prefetch=cfg.data.prefetch, workers=workers)
@@ -220,19 +232,17 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
     source = resolve_source(cfg.data.source)
     train_src, train_utts, tokenizers, buckets = train_input(cfg, roles, setup)
     eval_utts = load_scoring_split(source, cfg.data.eval_split)
-    cache_folder = None
-    if setup.cache is not None:  # build (or resume) the teacher-output cache before training
+
+    def cache_for(src, utts):  # build (or resume) a source's teacher-output cache
         from mkd_jax import teacher_cache
 
-        cache_folder = teacher_cache.ensure(
-            cfg, roles, setup, train_utts, tokenizers, buckets, train_src, mesh=mesh, rules=rules
+        return teacher_cache.ensure(
+            cfg, roles, setup, utts, tokenizers, buckets, src, mesh=mesh, rules=rules
         )
-    audio = setup.cache is None or not setup.cache.student_sites
-    train_iter = _train_batches(cfg, train_utts, tokenizers, buckets, student.num_mel_bins, audio)
-    if cache_folder is not None:
-        train_iter = teacher_cache.CachedBatches(
-            train_iter, cache_folder, setup.cache, setup, cfg.data.n_frames
-        )
+
+    train_iter = _train_batches(
+        cfg, (train_src, train_utts), tokenizers, buckets, student.num_mel_bins, setup, cache_for
+    )
 
     # ----- state, shardings, restore -----
     rng = jax.random.PRNGKey(cfg.seed)

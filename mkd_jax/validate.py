@@ -189,11 +189,6 @@ def _check_data(cfg, dims) -> None:
         key = f"data.mix.{name}"
         _choice(cfg, f"{key}.source.kind", SOURCE_KINDS)
         _range(f"{key}.weight", _num(cfg, f"{key}.weight"), 0.0, lo_open=True)
-        if cfg.cache.enabled:
-            raise ConfigError(
-                key, name, "the teacher cache covers data.source alone",
-                "train a mixture with cache.enabled=False",
-            )  # fmt: skip
     if cfg.data.get("mix", {}):
         _range("data.source_weight", _num(cfg, "data.source_weight"), 0.0, lo_open=True)
     for key in ("train_split", "eval_split", "test_split"):

@@ -127,10 +127,11 @@ def test_stale_key_rebuilds_and_interrupted_build_resumes(tiny_librispeech, tmp_
     cfg.cache.enabled, cfg.cache.top_k, cfg.cache.dir = True, 4, str(tmp_path / "cache")
     monkeypatch.setattr(teacher_cache, "SHARD_BATCHES", 1)
     parts = _parts(cfg)
-    whole = _shards(_ensure(cfg, parts))
+    folder = _ensure(cfg, parts)
+    assert folder.parent == tmp_path / "cache"  # cache.dir holds caches named by content
+    whole = _shards(folder)
 
     # Interrupted after the first of two shards: the rerun computes only the second.
-    folder = tmp_path / "cache"
     import shutil
 
     shutil.rmtree(folder)
@@ -156,12 +157,18 @@ def test_stale_key_rebuilds_and_interrupted_build_resumes(tiny_librispeech, tmp_
     for k in whole:
         np.testing.assert_array_equal(whole[k], resumed[k])
 
-    # A changed temperature changes the key: the folder is rebuilt, never used as it is.
-    key = json.loads((folder / "manifest.json").read_text())["key"]
+    # A folder whose manifest holds another key is stale: rebuilt, never used as it is.
+    manifest = json.loads((folder / "manifest.json").read_text())
+    key = manifest["key"]
+    (folder / "manifest.json").write_text(json.dumps(dict(manifest, key="0" * len(key))))
+    assert _ensure(cfg, parts) == folder
+    assert json.loads((folder / "manifest.json").read_text())["key"] == key
+    # A changed temperature changes the key: another cache, the first one left as it is.
     cfg.loss.temperature = 1.0
     parts = _parts(cfg)
-    rebuilt = _shards(_ensure(cfg, parts))
-    assert json.loads((folder / "manifest.json").read_text())["key"] != key
+    other = _ensure(cfg, parts)
+    assert other != folder and json.loads((folder / "manifest.json").read_text())["key"] == key
+    rebuilt = _shards(other)
     uid = parts[3].ids[0]
     assert not np.array_equal(rebuilt[f"{uid}/c:a/p"], whole[f"{uid}/c:a/p"])
 
@@ -173,7 +180,7 @@ def test_projected_size_over_free_disk_refuses_before_work(tiny_librispeech, tmp
     monkeypatch.setattr(teacher_cache.shutil, "disk_usage", lambda _: free)
     with pytest.raises(teacher_cache.CacheError, match="cache.dir to a larger disk"):
         _ensure(cfg, _parts(cfg))
-    assert not list((tmp_path / "cache").glob("shard-*"))
+    assert not list((tmp_path / "cache").glob("*/shard-*"))
 
 
 @pytest.mark.parametrize("encoder", ["frozen", pytest.param("lora", marks=pytest.mark.slow)])

@@ -215,7 +215,7 @@ class Stream:
 
     The position is the whole iterator state: batch `j` is a pure function of `j`, so a restored
     position replays the same batches bit for bit, whatever the prefetch or worker settings.
-    Subclasses give `_dataset()` (a `grain.MapDataset`) and `_received(j, batch)`.
+    Subclasses give `dataset()` (a `grain.MapDataset`) and `_received(j, batch)`.
     """
 
     prefetch: int = 2
@@ -224,7 +224,7 @@ class Stream:
     _iter = None
     _error: BaseException | None = None
 
-    def _dataset(self):
+    def dataset(self):
         raise NotImplementedError
 
     def _received(self, j: int, batch: dict) -> None:
@@ -233,7 +233,7 @@ class Stream:
     def _start(self):
         import grain
 
-        ds = self._dataset()
+        ds = self.dataset()
         if self._position >= len(ds):
             return iter(())
         ds = ds[self._position :]
@@ -397,21 +397,25 @@ class BatchIterator(Stream):
     def batches_per_epoch(self) -> int:
         return len(self._batches.plan(0)[0])
 
-    def _dataset(self):
+    def fingerprint(self) -> str:
+        """The first epoch's plan fingerprint: changes with the data, tokens and buckets."""
+        return self._batches.plan(0)[1]
+
+    def dataset(self):
         """Every batch of the stream as a Grain `MapDataset` (endless: 2**40 epochs)."""
         import grain
 
         n = self.batches_per_epoch()
         return grain.MapDataset.range(0, n * (2**40 if self.repeat else 1)).map(self._batches)
 
-    def _received_failures(self, batch: dict) -> None:
+    def count_failures(self, batch: dict) -> None:
         """Counts the batch's decode failures (made in a worker) in this iterator's report."""
         for failure in batch.pop(FAILURES):
             where, _, detail = str(failure).partition("\t")
             self.report.skip("decode_failed", where, detail)
 
     def _received(self, j: int, batch: dict) -> None:
-        self._received_failures(batch)
+        self.count_failures(batch)
         n = self.batches_per_epoch()
         if (j + 1) % n == 0:
             log.info("epoch %d done: %s", j // n, self.report.summary())

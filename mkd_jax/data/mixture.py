@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from mkd_jax.data.batching import BatchIterator, Stream
+from mkd_jax.data.batching import Stream
 
 SOURCE = "source"
 
@@ -30,15 +30,16 @@ class Mixture(Stream):
     """Batches of every source, interleaved by weight (see the module docstring).
 
     Args:
-      sources: name -> an endless `BatchIterator` (`repeat=True`); their prefetch and worker
-        settings are ignored, the mixture's apply.
+      sources: name -> an endless `BatchIterator` (`repeat=True`), or anything with its
+        `repeat`, `dataset()`, `fingerprint()` and `count_failures(batch)` (the teacher cache's
+        `CachedBatches`); their prefetch and worker settings are ignored, the mixture's apply.
       weights: name -> a positive weight (normalised to probabilities).
       prefetch, workers: as `BatchIterator`'s.
     """
 
     def __init__(
         self,
-        sources: Mapping[str, BatchIterator],
+        sources: Mapping,
         weights: Mapping[str, float],
         *,
         prefetch: int = 2,
@@ -60,17 +61,17 @@ class Mixture(Stream):
         self.prefetch, self.workers = prefetch, workers
         self._position = 0
 
-    def _dataset(self):
+    def dataset(self):
         import grain
 
-        parts = [it._dataset().map(functools.partial(_tagged, n)) for n, it in self.sources.items()]
+        parts = [it.dataset().map(functools.partial(_tagged, n)) for n, it in self.sources.items()]
         return grain.MapDataset.mix(parts, [self.weights[n] for n in self.sources])
 
     def _received(self, j: int, batch: dict) -> None:
-        self.sources[str(batch[SOURCE])]._received_failures(batch)
+        self.sources[str(batch[SOURCE])].count_failures(batch)
 
     def _fingerprint(self) -> dict:
-        return {n: it._batches.plan(0)[1] for n, it in self.sources.items()}
+        return {n: it.fingerprint() for n, it in self.sources.items()}
 
     def state(self) -> dict:
         return {"position": self._position, "weights": self.weights, "plans": self._fingerprint()}

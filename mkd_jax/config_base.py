@@ -157,6 +157,11 @@ def base_config() -> ConfigDict:
                     max_seconds=30.0,
                     max_bad_fraction=0.01,
                     limit=0,
+                    # kind hf: files of a packaged builder (name="parquet", "json", ...); a
+                    # "{split}" in them is the split's name: "/data/{split}-*.parquet".
+                    data_files="",
+                    # kind hf: stream the train split instead of listing it (data/streaming.py)
+                    streaming=False,
                 )
             ),
             train_split="train",

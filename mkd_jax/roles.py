@@ -164,11 +164,13 @@ def train_source(cfg) -> dict:
 
 def train_input(cfg, roles, setup):
     """`(source, utts, tokenizers, buckets)` of the training split, as training and the teacher
-    cache both read it: the student's tokenizer and every cross-vocabulary teacher's."""
+    cache both read it: the student's tokenizer and every cross-vocabulary teacher's. A streamed
+    source is not listed (`utts` is None)."""
     from mkd_jax.data import batching, loaders
 
     source = train_source(cfg)
-    utts = loaders.load_split(source, cfg.data.train_split)
+    streamed = source.get("streaming", False)
+    utts = None if streamed else loaders.load_split(source, cfg.data.train_split)
     tokenizers = {batching.STUDENT: roles["student"][2]}
     tokenizers.update(
         {n: roles["teachers"][n][2] for n, ix in setup.vocab_index.items() if ix is not None}

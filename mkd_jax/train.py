@@ -165,6 +165,14 @@ def _train_batches(cfg, train, tokenizers, buckets, n_mels: int, setup, cache_fo
         folder = cache_for(source, split_utts)
         return teacher_cache.CachedBatches(it, folder, setup.cache, setup, cfg.data.n_frames)
 
+    if train[0].get("streaming", False):
+        from mkd_jax.data.streaming import StreamingBatches
+
+        largest = max(buckets, key=lambda b: (b.n_frames, b.n_tokens))
+        logging.info("streaming %s with one bucket %s", cfg.data.train_split, largest)
+        return StreamingBatches(
+            train[0], cfg.data.train_split, tokenizers, largest, n_mels=n_mels, audio=audio
+        )
     mix = cfg.data.get("mix", {})
     workers = cfg.data.get("workers", 0)
     if not mix:

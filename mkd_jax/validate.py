@@ -148,6 +148,19 @@ def _check_data(cfg, dims) -> None:
     n = _int(cfg, "data.n_frames", 2, MAX_MEL_FRAMES)
     if n % 2:
         raise ConfigError("data.n_frames", n, "must be even (the encoder halves it)")
+    if d.source.get("streaming", False):
+        if d.source.kind != "hf":
+            raise ConfigError(
+                "data.source.streaming", True, f"kind {d.source.kind!r} is listed, not streamed",
+                "stream a Hugging Face dataset (kind='hf')",
+            )  # fmt: skip
+        for key, on in (("cache.enabled", cfg.cache.enabled), ("data.mix", bool(d.get("mix"))),
+                        ("data.train_labels", bool(d.get("train_labels")))):  # fmt: skip
+            if on:
+                raise ConfigError(
+                    "data.source.streaming", True, f"a streamed source cannot be used with {key}",
+                    "list the source (streaming=False) for that",
+                )  # fmt: skip
     labels = d.get("train_labels", "")
     if labels and not (Path(labels) / f"{d.train_split}.jsonl").is_file():
         raise ConfigError(

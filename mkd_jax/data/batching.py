@@ -145,60 +145,80 @@ class _Batches:
         return self.batch(*self.plan(epoch)[0][position])
 
     def batch(self, k: int, global_idx: np.ndarray) -> dict[str, np.ndarray]:
-        bucket = self.buckets[k]
         rows = len(global_idx) // self.process_count
         idx = global_idx[self.process_index * rows : (self.process_index + 1) * rows]
-        valid = (idx >= 0).astype(np.float32)
-        frames = np.zeros(rows, np.int32)  # mel frames that hold audio, for feature-loss masks
-        failures = []  # "where\tdetail" of clips that failed to decode, counted by the consumer
-        batch = {
-            "audio_frames": frames,
-            "ids": np.array([self.utts.ids[i] if i >= 0 else "" for i in idx], dtype=str),
-            "valid": valid,
-        }
-        if self.audio:
-            audio = np.zeros((rows, bucket.n_frames * features.HOP), np.float32)
-            for r, i in enumerate(idx):
-                if i < 0:
-                    continue
-                try:
-                    clip = self.utts.audio(i)[: audio.shape[1]]
-                except AudioError as e:
-                    failures.append(f"{self.utts.where(i)}\t{e}")
-                    valid[r] = 0.0
-                    continue
-                audio[r, : len(clip)] = clip
-                frames[r] = -(-len(clip) // features.HOP)
-            batch["mel"] = features.log_mel(audio, n_mels=self.n_mels, n_frames=bucket.n_frames)
-        batch[FAILURES] = np.array(failures, dtype=str)
-        student_prompt = len(self.toks[STUDENT][0])
-        for name, aligns in self.align.items():
-            prompt, _, tokens = self.toks[name]
-            batch[f"t:{name}/rows"] = np.stack(
-                [
-                    token_align.label_rows(
-                        aligns[i],
-                        n_teacher_tokens=len(tokens[i]),
-                        student_prompt_len=student_prompt,
-                        teacher_prompt_len=len(prompt),
-                        pad_len=bucket.n_tokens,
-                    )
-                    if i >= 0
-                    else np.full(bucket.n_tokens, -1, np.int32)
-                    for i in idx
-                ]
-            )
-        for name, (prompt, eot, tokens) in self.toks.items():
-            prefix = "" if name == STUDENT else f"t:{name}/"
-            arrays = [
-                decoder_arrays(prompt, tokens[i] if i >= 0 else [], eot, bucket.n_tokens)
-                for i in idx
+        real = [int(i) for i in idx if i >= 0]
+        pad = len(idx) - len(real)  # padding rows come last in a plan's index list
+        return assemble(
+            self.buckets[k],
+            [self.utts.ids[i] for i in real] + [""] * pad,
+            (lambda r: self.utts.audio(real[r])) if self.audio else None,
+            lambda r: self.utts.where(real[r]),
+            {n: (p, e, [t[i] for i in real]) for n, (p, e, t) in self.toks.items()},
+            {n: [a[i] for i in real] for n, a in self.align.items()},
+            n_mels=self.n_mels,
+        )
+
+
+def assemble(bucket, ids, clip_of, where_of, toks, align, *, n_mels: int) -> dict:
+    """One process's rows of a batch (the layout `BatchIterator` documents).
+
+    Args:
+      bucket: the batch's shape.
+      ids: utterance id per row, "" for padding rows (which come after every real row).
+      clip_of: real row -> 16 kHz clip (raising `AudioError` if it fails to decode); None: no
+        audio in the batch (training from a cache holding the student's encoder output).
+      where_of: real row -> a readable location, for failure lines.
+      toks: tokenizer name -> (prompt, eot, token ids per real row).
+      align: cross-vocabulary tokenizer name -> `align_positions` per real row.
+      n_mels: mel bins.
+    """
+    n_real = sum(1 for u in ids if u)
+    valid = np.zeros(len(ids), np.float32)
+    valid[:n_real] = 1.0
+    frames = np.zeros(len(ids), np.int32)  # mel frames that hold audio, for feature-loss masks
+    failures = []  # "where\tdetail" of clips that failed to decode, counted by the consumer
+    batch = {"audio_frames": frames, "ids": np.array(ids, dtype=str), "valid": valid}
+    if clip_of is not None:
+        audio = np.zeros((len(ids), bucket.n_frames * features.HOP), np.float32)
+        for r in range(n_real):
+            try:
+                clip = clip_of(r)[: audio.shape[1]]
+            except AudioError as e:
+                failures.append(f"{where_of(r)}\t{e}")
+                valid[r] = 0.0
+                continue
+            audio[r, : len(clip)] = clip
+            frames[r] = -(-len(clip) // features.HOP)
+        batch["mel"] = features.log_mel(audio, n_mels=n_mels, n_frames=bucket.n_frames)
+    batch[FAILURES] = np.array(failures, dtype=str)
+    student_prompt = len(toks[STUDENT][0])
+    for name, aligns in align.items():
+        prompt, _, tokens = toks[name]
+        batch[f"t:{name}/rows"] = np.stack(
+            [
+                token_align.label_rows(
+                    aligns[r],
+                    n_teacher_tokens=len(tokens[r]),
+                    student_prompt_len=student_prompt,
+                    teacher_prompt_len=len(prompt),
+                    pad_len=bucket.n_tokens,
+                )
+                for r in range(n_real)
             ]
-            dec, labels, mask = (np.stack(a) for a in zip(*arrays, strict=True))
-            batch[prefix + "decoder_input"] = dec
-            batch[prefix + "labels"] = labels
-            batch[prefix + "mask"] = mask * valid[:, None]
-        return batch
+            + [np.full(bucket.n_tokens, -1, np.int32)] * (len(ids) - n_real)
+        )
+    for name, (prompt, eot, tokens) in toks.items():
+        prefix = "" if name == STUDENT else f"t:{name}/"
+        arrays = [
+            decoder_arrays(prompt, tokens[r] if r < n_real else [], eot, bucket.n_tokens)
+            for r in range(len(ids))
+        ]
+        dec, labels, mask = (np.stack(a) for a in zip(*arrays, strict=True))
+        batch[prefix + "decoder_input"] = dec
+        batch[prefix + "labels"] = labels
+        batch[prefix + "mask"] = mask * valid[:, None]
+    return batch
 
 
 def _worker_init(worker_index: int = 0, worker_count: int = 1) -> None:

@@ -53,6 +53,7 @@ DEFAULTS = {
     "data_dir": None, "audio_column": "audio", "text_column": "text", "id_column": "id",
     "rate_column": "sampling_rate", "min_seconds": 0.0, "max_seconds": 30.0,
     "min_sample_rate": 8000, "max_bad_fraction": 0.01, "limit": None, "require_text": True,
+    "streaming": False,  # kind hf: training streams the train split (data/streaming.py)
 }  # fmt: skip
 BAD = {  # reasons that count towards max_bad_fraction
     "missing": "missing audio file", "empty_audio": "empty audio",
@@ -273,7 +274,7 @@ class Utterances:
 
     def _reopen(self) -> _Audio:
         """The source's audio column again, without probing any header."""
-        cfg = _config(self._spec[0])
+        cfg = source_config(self._spec[0])
         _, cands = _reader(cfg)(cfg, self._spec[1])
         if any(cands.ids[int(r)] != u for r, u in zip(self._rows, self.ids, strict=True)):
             raise ValueError(f"{self.source}: the source changed since it was loaded; reload it")
@@ -315,7 +316,8 @@ class Utterances:
         )
 
 
-def _config(source: Mapping) -> dict:
+def source_config(source: Mapping) -> dict:
+    """A source's loader config with every default filled in; raises on unknown keys."""
     cfg = dict(DEFAULTS)
     unknown = sorted(set(source.keys()) - set(DEFAULTS))
     if unknown:
@@ -403,6 +405,13 @@ def _manifest(cfg: dict, split: str) -> tuple[str, _Candidates]:
     return str(file), _Candidates(ids, texts, _Audio(paths), rates, extras)
 
 
+def split_files(data_files, split: str):
+    """`data_files` of an hf source; a string with "{split}" names the split's own files."""
+    if isinstance(data_files, str) and "{split}" in data_files:
+        return {split: data_files.format(split=split)}
+    return data_files
+
+
 def _hf(cfg: dict, split: str) -> tuple[str, _Candidates]:
     import datasets  # heavy import, only for these sources
 
@@ -414,7 +423,7 @@ def _hf(cfg: dict, split: str) -> tuple[str, _Candidates]:
             cfg["name"],
             cfg["config"],
             split=split,
-            data_files=cfg["data_files"],
+            data_files=split_files(cfg["data_files"], split),
             data_dir=cfg["data_dir"],
         )
     else:
@@ -490,7 +499,7 @@ def load_split(source: Mapping, split: str) -> Utterances:
     Raises:
       ValueError: for a bad config; `BadInputError` if too much is bad; FileNotFoundError.
     """
-    cfg = _config(source)
+    cfg = source_config(source)
     where, cands = _reader(cfg)(cfg, split)
     report = BadInputReport(where)
     cands.audio.max_seconds = cfg["max_seconds"]

@@ -90,10 +90,7 @@ def test_resume_is_exact_and_processes_read_disjoint_shards(parquet, toks):
 @pytest.mark.slow
 def test_training_streams_the_train_split_and_resumes_bit_exact(parquet, tmp_path):
     """`data.source.streaming`: train reads the stream (dev is listed from the same files)."""
-    import jax
-    from test_train import tiny_config
-
-    from mkd_jax import train
+    from test_train import assert_resumes_bit_exact, tiny_config
 
     files = parquet["data_files"]["train"].replace("train-*", "{split}-*")
     (tmp_path / "dev-0.parquet").write_bytes((tmp_path / "train-0.parquet").read_bytes())
@@ -102,10 +99,4 @@ def test_training_streams_the_train_split_and_resumes_bit_exact(parquet, tmp_pat
         cfg.data.source.kind, cfg.data.source.name = "hf", "parquet"
         cfg.data.source.data_files, cfg.data.source.streaming = files, True
         cfg.data.source.path = ""
-    straight = train.run(cfg, tmp_path / "straight")
-    train.run(cfg, tmp_path / "resumed", stop_at=2)
-    resumed = train.run(cfg, tmp_path / "resumed")
-    flat_a = jax.tree_util.tree_flatten_with_path(straight["trainable"])[0]
-    flat_b = jax.tree_util.tree_flatten_with_path(resumed["trainable"])[0]
-    for (path, a), (_, b) in zip(flat_a, flat_b, strict=True):
-        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+    assert_resumes_bit_exact(cfg, tmp_path)

@@ -67,18 +67,22 @@ def test_end_to_end_run_compiles_once(tiny_librispeech, tmp_path):
     assert max(float(np.abs(x).max()) for x in b) > 0
 
 
-def test_resume_is_bit_exact(tiny_librispeech, tmp_path):
-    cfg = tiny_config(tiny_librispeech, total_steps=4)
-    straight = train.run(cfg, tmp_path / "straight")
-    interrupted = train.run(cfg, tmp_path / "resumed", stop_at=2)
+def assert_resumes_bit_exact(cfg, root) -> None:
+    """Four steps straight equal two steps, an interruption, and a resume to four."""
+    straight = train.run(cfg, root / "straight")
+    interrupted = train.run(cfg, root / "resumed", stop_at=2)
     assert interrupted == {"step": 2, "stopped_by": "stop_at=2"}
-    resumed = train.run(cfg, tmp_path / "resumed")
-    assert resumed["step"] == 4
+    resumed = train.run(cfg, root / "resumed")
+    assert straight["step"] == resumed["step"] == 4
     flat_a = jax.tree_util.tree_flatten_with_path(straight["trainable"])[0]
     flat_b = jax.tree_util.tree_flatten_with_path(resumed["trainable"])[0]
     assert len(flat_a) == len(flat_b) > 0
     for (path, a), (_, b) in zip(flat_a, flat_b, strict=True):
         np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+
+
+def test_resume_is_bit_exact(tiny_librispeech, tmp_path):
+    assert_resumes_bit_exact(tiny_config(tiny_librispeech, total_steps=4), tmp_path)
 
 
 def test_nonfinite_loss_stops_the_run_and_keeps_the_last_finite_checkpoint(
@@ -195,13 +199,6 @@ def test_a_mixture_trains_and_resumes_bit_exact(tiny_librispeech, tmp_path, cach
         cfg.data.mix.dev = mix_source(libri, "dev", 0.5)
         cfg.data.workers = 1
         cfg.cache.enabled, cfg.cache.dir = cached, str(tmp_path / "cache")
-    straight = train.run(cfg, tmp_path / "straight")
-    assert straight["step"] == 4
-    train.run(cfg, tmp_path / "resumed", stop_at=2)
-    resumed = train.run(cfg, tmp_path / "resumed")
-    flat_a = jax.tree_util.tree_flatten_with_path(straight["trainable"])[0]
-    flat_b = jax.tree_util.tree_flatten_with_path(resumed["trainable"])[0]
-    for (path, a), (_, b) in zip(flat_a, flat_b, strict=True):
-        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+    assert_resumes_bit_exact(cfg, tmp_path)
     if cached:  # one cache per source
         assert len(list((tmp_path / "cache").glob("*/manifest.json"))) == 2

@@ -5,7 +5,8 @@ utterance, and filters drop the labels that are likely wrong.
         --out DIR [--max_ref_wer=10] [--min_agreement=80] [--max_words_per_second=6]
 
 Every teacher of the config decodes every utterance greedily with the project's jitted batched
-decoder at Whisper's 30 s window (longer audio long-form, as `transcribe` does it). Then, per
+decoder at Whisper's 30 s window (longer audio long-form, as `transcribe` does it), each shard's
+utterances split over this process's devices (`--devices`, default all). Then, per
 utterance:
 
 - **The ensemble label** is the teachers' medoid: the hypothesis whose mean distance to the other
@@ -235,16 +236,60 @@ def _audio_file(utts, i: int, out: Path, split: str) -> str:
     return str(dest.resolve())
 
 
-def _label_shard(teachers, utts, idx: np.ndarray, split: str, out: Path, filters, batch_size):
-    from mkd_jax.evaluate import transcribe_utts
+class _Devices:
+    """Data parallelism over this process's devices: each takes an equal slice of a shard's
+    utterances, in its own thread, with its own copy of the teacher's weights (made once)."""
 
+    def __init__(self, n: int):
+        import jax
+
+        local = jax.local_devices()
+        if not 0 <= n <= len(local):
+            raise ValueError(f"--devices={n}: this process has {len(local)} (0: all of them)")
+        self.devices = local[: n or len(local)]
+        self._params = {}
+
+    def transcribe(self, name: str, member, sub, *, batch_size: int, desc: str):
+        """`transcribe_utts` of `sub`, its utterances split over the devices; one `Transcripts`."""
+        import jax
+
+        from mkd_jax.evaluate import Transcripts, transcribe_utts
+
+        model, params, tok, spec = member
+        if len(self.devices) == 1:
+            return transcribe_utts(*member, sub, batch_size=batch_size, n_frames=0, desc=desc)
+        parts = [p for p in np.array_split(np.arange(len(sub)), len(self.devices)) if len(p)]
+
+        def run(k: int):
+            device = self.devices[k]
+            if (name, k) not in self._params:
+                self._params[name, k] = jax.device_put(params, device)
+            with jax.default_device(device):
+                return transcribe_utts(
+                    model, self._params[name, k], tok, spec, sub.select(parts[k]),
+                    batch_size=batch_size, n_frames=0, desc=f"{desc} [{device}]",
+                )  # fmt: skip
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(parts)) as pool:
+            results = list(pool.map(run, range(len(parts))))
+        return Transcripts(
+            ids=[u for r in results for u in r.ids],
+            hyps=[h for r in results for h in r.hyps],
+            n_total=len(sub),
+            context=results[0].context,
+            failures=[f for r in results for f in r.failures],
+            flagged=[f for r in results for f in r.flagged],
+        )
+
+
+def _label_shard(teachers, utts, idx, split: str, out: Path, filters, batch_size, devices):
     sub = utts.select(idx)
     hyps = {}
     failed = {uid: [] for uid in sub.ids}
     for name, member, _ in teachers:
-        tr = transcribe_utts(
-            *member, sub, batch_size=batch_size, n_frames=0, desc=f"{name} {split}"
-        )
+        tr = devices.transcribe(name, member, sub, batch_size=batch_size, desc=f"{name} {split}")
         hyps[name] = dict(zip(tr.ids, tr.hyps, strict=True))
         for f in tr.failures:
             failed[f["id"]].append(name)
@@ -359,13 +404,14 @@ def label_split(
     batch_size: int = 16,
     shard_size: int = 128,
     max_new_tokens: int = 128,
+    devices: int = 1,
     process_index: int = 0,
     process_count: int = 1,
 ) -> dict | None:
     """Labels this process's shards of `utts`; writes the dataset once every shard exists.
 
     Returns the summary when the dataset was written, else None (other processes' shards are
-    still missing).
+    still missing). `devices`: how many of this process's devices share each shard (0: all).
     """
     if not cfg.teachers:
         raise ValueError("the config has no teachers: pseudo-labelling needs at least one")
@@ -375,6 +421,7 @@ def label_split(
         raise ValueError(f"--process_index={process_index} not in [0, {process_count})")
     if shard_size < 1:
         raise ValueError(f"--shard_size={shard_size}: must be at least 1")
+    on_devices = _Devices(devices)
     teachers = _teachers(cfg, max_new_tokens)
     work = out / WORK / split
     work.mkdir(parents=True, exist_ok=True)
@@ -405,7 +452,7 @@ def label_split(
     ) as bar:
         for s in todo:
             idx = np.arange(s * shard_size, min((s + 1) * shard_size, len(utts)))
-            rows = _label_shard(teachers, utts, idx, split, out, filters, batch_size)
+            rows = _label_shard(teachers, utts, idx, split, out, filters, batch_size, on_devices)
             _write_json(work / f"shard-{s:05d}.jsonl", rows, lines=True)
             bar.update(ms[s])
     missing = [s for s in range(n_shards) if not (work / f"shard-{s:05d}.jsonl").is_file()]
@@ -457,7 +504,7 @@ def main(argv):
     summary = label_split(
         cfg, utts, FLAGS.split, Path(FLAGS.out), filters,
         batch_size=FLAGS.batch_size, shard_size=FLAGS.shard_size,
-        max_new_tokens=FLAGS.max_new_tokens,
+        max_new_tokens=FLAGS.max_new_tokens, devices=FLAGS.devices,
         process_index=pi, process_count=pc,
     )  # fmt: skip
     if summary is not None:
@@ -478,6 +525,7 @@ if __name__ == "__main__":
     flags.DEFINE_integer("max_new_tokens", 128, "Token limit per 30 s window.")
     flags.DEFINE_integer("batch_size", 16, "Decoding batch size.")
     flags.DEFINE_integer("shard_size", 128, "Utterances per resumable shard.")
+    flags.DEFINE_integer("devices", 0, "Devices of this process sharing the decoding (0: all).")
     flags.DEFINE_integer("process_index", -1, "This process (default: JAX's).")
     flags.DEFINE_integer("process_count", 0, "Processes sharing the work (default: JAX's).")
     cli.run(main)

@@ -237,6 +237,15 @@ def test_real_teachers_label_with_the_jitted_decoder(cfg, utts, tmp_path):
     for r in every:
         assert set(r) >= {"hyp:a", "hyp:b", "label", "agreement", "ref_wer:a", "label_ref_wer"}
         assert r["label"] == r[f"hyp:{r['label_from']}"]
+    # Split over two of the (fake) devices: the same hypotheses, in the same order.
+    label_split(cfg, small, "train", tmp_path / "two", Filters(), shard_size=3, max_new_tokens=4,
+                devices=2)  # fmt: skip
+    two = [json.loads(x) for x in (tmp_path / "two" / "train.all.jsonl").read_text().splitlines()]
+    assert [{k: v for k, v in r.items() if k != "path"} for r in two] == [
+        {k: v for k, v in r.items() if k != "path"} for r in every
+    ]
+    with pytest.raises(ValueError, match="--devices=99"):
+        label_split(cfg, small, "train", tmp_path / "x", Filters(), devices=99)
 
 
 def test_bad_flags_get_one_line(tmp_path):

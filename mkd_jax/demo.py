@@ -440,14 +440,13 @@ PSEUDO_LABEL_FILTERS = dict(max_words_per_second=6.0, min_agreement=90.0)
 def pseudo_label_stage(workdir: Path, source: dict) -> list[str]:
     """Labels, two trainings (labels vs transcripts) and the comparison table's lines."""
     from mkd_jax import pseudolabel
-    from mkd_jax.data import loaders
-    from mkd_jax.evaluate import compare
+    from mkd_jax.evaluate import compare, load_scoring_split
     from mkd_jax.report import format_change, format_spread
 
     label_cfg = load_config_file(ROOT / "configs/pseudolabel_demo.py")
     out = workdir / "labels"
     split = label_cfg.data.train_split
-    utts = loaders.load_split(dict(source, require_text=False), split)
+    utts = load_scoring_split(dict(source, require_text=False), split)  # as the CLI: every clip
     filters = pseudolabel.Filters(**PSEUDO_LABEL_FILTERS)
     summary = pseudolabel.label_split(label_cfg, utts, split, out, filters)
     if summary is None:
@@ -471,7 +470,8 @@ def pseudo_label_stage(workdir: Path, source: dict) -> list[str]:
         f"Labels of the {split} split by base, checked by tiny.en, kept where they agree >= "
         f"{filters.min_agreement:g}%: {summary['kept']} of {summary['n']} utterances; label WER "
         f"against the transcripts {lw['ensemble label, kept only']:.2f}% (all labels "
-        f"{lw['ensemble label']:.2f}%). Each cell: WER % / CER % (n scored / n in the split).",
+        f"{lw['ensemble label']:.2f}%). Each cell: WER % / CER % (n scored / n in the split), "
+        f"greedy, encoder context {a[splits[0]].get('context', '?')}.",
         "",
         "| student trained on | " + " | ".join(splits) + " |",
         "|---|" + "---|" * len(splits),

@@ -280,7 +280,7 @@ def test_demo_stage_compares_students_on_labels_and_transcripts(monkeypatch, tmp
 
     monkeypatch.setattr(pseudolabel, "label_split", fake_label_split)
     monkeypatch.setattr(demo, "_train", fake_train)
-    monkeypatch.setattr(loaders, "load_split", lambda source, split: utts)
+    monkeypatch.setattr(evaluate, "load_scoring_split", lambda source, split: utts)
     lines = demo.pseudo_label_stage(tmp_path, {"kind": "librispeech", "path": "x"})
     assert [r[0] for r in runs] == ["targets_transcripts", "targets_labels"]
     assert runs[1][1] == str(tmp_path / "labels") and runs[0][1] == "" and runs[0][2] == 1.0

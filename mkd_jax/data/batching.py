@@ -14,6 +14,7 @@ EOT is a real target, and only padding (filled with EOT) has `mask == 0`.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import hashlib
 import logging
@@ -229,7 +230,7 @@ def _worker_init(worker_index: int = 0, worker_count: int = 1) -> None:
     jax.config.update("jax_platforms", "cpu")
 
 
-class Stream:
+class Stream(abc.ABC):
     """Batches `position, position + 1, ...` of a map-style Grain dataset of batches, prepared
     ahead by `prefetch` threads of this process or by `workers` Grain worker processes.
 
@@ -244,9 +245,11 @@ class Stream:
     _iter = None
     _error: BaseException | None = None
 
+    @abc.abstractmethod
     def dataset(self):
-        raise NotImplementedError
+        """Every batch of the stream, as a Grain `MapDataset` indexed by position."""
 
+    @abc.abstractmethod
     def _received(self, j: int, batch: dict) -> None:
         """Bookkeeping on a batch as it reaches the consumer (counts, log lines)."""
 

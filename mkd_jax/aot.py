@@ -28,7 +28,7 @@ from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
 from mkd_jax import cli, sharding
-from mkd_jax.roles import build_roles
+from mkd_jax.roles import build_roles, frozen_params
 from mkd_jax.state import (
     abstract_batch,
     init_state,
@@ -114,15 +114,12 @@ def lower_train_step(cfg, mesh) -> jax.stages.Lowered:
             f"{dp}-way data parallelism of mesh {dict(mesh.shape)}"
         )
     roles = build_roles(cfg, abstract=True)
-    student = roles["student"][0]
+    student = roles["student"].model
     setup = make_setup(cfg, roles)
     tx, _ = make_tx(cfg)
     rng = jax.random.PRNGKey(cfg.seed)
     state = jax.eval_shape(lambda: init_state(init_trainable(cfg, roles, setup, rng), tx, rng))
-    frozen = {
-        "student": roles["student"][1],
-        "teachers": {n: r[1] for n, r in roles["teachers"].items()},
-    }
+    frozen = frozen_params(roles)
     batch = abstract_batch(cfg, setup, student)
     step_fn, _ = make_step_fn(setup, tx, roles, state, batch, mesh, rules)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):  # as mkd_jax.train traces it

@@ -74,9 +74,9 @@ def _batch(roles, setup, make_clips):
     (folder / "19-198.trans.txt").write_text("\n".join(lines) + "\n")
     source = {"kind": "librispeech", "path": str(folder.parents[2])}
     utts = loaders.load_split(source, "bench")
-    toks = {batching.STUDENT: roles["student"][2]}
+    toks = {batching.STUDENT: roles["student"].tokenizer}
     cross = [n for n, ix in setup.vocab_index.items() if ix is not None]
-    toks.update({n: roles["teachers"][n][2] for n in cross})
+    toks.update({n: roles["teachers"][n].tokenizer for n in cross})
     it = batching.BatchIterator(
         utts, toks, buckets=batching.make_buckets((TOKENS,), (FRAMES,), BATCH),
         shuffle=False, prefetch=0, process_index=0, process_count=1,
@@ -95,6 +95,7 @@ class _Ours:
         import jax
 
         from mkd_jax import sharding
+        from mkd_jax.roles import frozen_params
         from mkd_jax.state import init_state, init_trainable, make_setup, make_step_fn, make_tx
         from mkd_jax.teacher_cache import _targets
 
@@ -106,10 +107,7 @@ class _Ours:
         state = jax.jit(lambda r: init_state(init_trainable(cfg, roles, setup, r), tx, r))(
             jax.random.PRNGKey(0)
         )
-        frozen = {
-            "student": roles["student"][1],
-            "teachers": {n: r[1] for n, r in roles["teachers"].items()},
-        }
+        frozen = frozen_params(roles)
         batch = dict(batch)
         if setup.cache is not None:  # the cached fields of this batch, as the cache holds them
             out = jax.jit(functools.partial(_targets, setup=setup))(frozen, batch)
@@ -160,7 +158,7 @@ class _Torch:
         torch.set_num_threads(os.cpu_count() or 1)
         torch.manual_seed(0)
         self.torch = torch
-        folder_s, folder_t = roles["student"][3], roles["teachers"]["base"][3]
+        folder_s, folder_t = roles["student"].folder, roles["teachers"]["base"].folder
         self.teacher = WhisperForConditionalGeneration.from_pretrained(folder_t).eval()
         student = WhisperForConditionalGeneration.from_pretrained(folder_s)
         lora = LoraConfig(
@@ -233,6 +231,7 @@ def _kd_gap(roles, batch, ks=(64, 256, 1024, 4096), shift: float = 0.0) -> dict:
     import jax
 
     from mkd_jax import distill
+    from mkd_jax.roles import frozen_params
     from mkd_jax.state import init_trainable, make_setup
     from mkd_jax.teacher_cache import _targets
 
@@ -240,10 +239,7 @@ def _kd_gap(roles, batch, ks=(64, 256, 1024, 4096), shift: float = 0.0) -> dict:
     exact = make_setup(cfg, roles)
     trainable = init_trainable(cfg, roles, exact, jax.random.PRNGKey(0))
     trainable = jax.tree.map(lambda x: x + shift, trainable)
-    frozen = {
-        "student": roles["student"][1],
-        "teachers": {n: r[1] for n, r in roles["teachers"].items()},
-    }
+    frozen = frozen_params(roles)
 
     def kd(setup, b):
         w = dataclasses.replace(setup, w_ce=0.0, w_map=0.0)  # the KD term alone

@@ -30,8 +30,12 @@ _NOT_ON_CONSOLE = (
 
 def param_budget(roles, n_trainable: int) -> dict:
     """Trainable parameters against the largest teacher and against the whole ensemble."""
-    sizes = {n: lora.count(r[1]) for n, r in roles["teachers"].items()}
-    out = {"trainable": n_trainable, "student": lora.count(roles["student"][1]), "teachers": sizes}
+    sizes = {n: lora.count(r.params) for n, r in roles["teachers"].items()}
+    out = {
+        "trainable": n_trainable,
+        "student": lora.count(roles["student"].params),
+        "teachers": sizes,
+    }
     if sizes:
         out["pct_of_largest_teacher"] = 100.0 * n_trainable / max(sizes.values())
         out["pct_of_ensemble"] = 100.0 * n_trainable / sum(sizes.values())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -24,14 +25,31 @@ from mkd_jax.models.whisper import Whisper, abstract_params
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+class Role(NamedTuple):
+    """One model of a run: the module, its parameters, its tokenizer and the folder it came from."""
+
+    model: Whisper
+    params: Any  # a parameter pytree, or its ShapeDtypeStructs when built abstract
+    tokenizer: Any
+    folder: Path
+
+
+def frozen_params(roles: dict) -> dict:
+    """The step's `frozen` argument: the base student's and every teacher's parameters."""
+    return {
+        "student": roles["student"].params,
+        "teachers": {n: r.params for n, r in roles["teachers"].items()},
+    }
+
+
 def _dtype(name: str, where: str):
     if name not in DTYPES:
         raise ValueError(f"{where}.dtype={name!r}; choose one of {sorted(DTYPES)}")
     return DTYPES[name]
 
 
-def build_role(cfg, where: str, *, seed: int = 0, abstract: bool = False):
-    """`(model, params, tokenizer, folder)` for one role config (`student` or `teachers.<name>`).
+def build_role(cfg, where: str, *, seed: int = 0, abstract: bool = False) -> Role:
+    """The `Role` of one role config (`student` or `teachers.<name>`).
 
     With `abstract=True` params are `jax.ShapeDtypeStruct`s (nothing is loaded or allocated).
     """
@@ -63,7 +81,7 @@ def build_role(cfg, where: str, *, seed: int = 0, abstract: bool = False):
             )
             params = _random_init(model, key)
     tokenizer = load_tokenizer(tok_folder, model_vocab_size=model.vocab_size)
-    return model, params, tokenizer, Path(folder)
+    return Role(model, params, tokenizer, Path(folder))
 
 
 def _random_init(model: Whisper, key) -> dict:
@@ -100,11 +118,11 @@ def build_roles(config, *, abstract: bool = False):
         name: build_role(cfg, f"teachers.{name}", seed=config.seed, abstract=abstract)
         for name, cfg in config.teachers.items()
     }
-    for name, (model, _, _, _) in teachers.items():
-        if model.num_mel_bins != student[0].num_mel_bins:
+    for name, teacher in teachers.items():
+        if teacher.model.num_mel_bins != student.model.num_mel_bins:
             raise ValueError(
-                f"teachers.{name} takes {model.num_mel_bins} mel bins, the student "
-                f"{student[0].num_mel_bins}; mixed mel sizes need per-model features, which the "
+                f"teachers.{name} takes {teacher.model.num_mel_bins} mel bins, the student "
+                f"{student.model.num_mel_bins}; mixed mel sizes need per-model features, which the "
                 "batcher does not build yet"
             )
     return {"student": student, "teachers": teachers}
@@ -171,9 +189,9 @@ def train_input(cfg, roles, setup):
     source = train_source(cfg)
     streamed = source.get("streaming", False)
     utts = None if streamed else loaders.load_split(source, cfg.data.train_split)
-    tokenizers = {batching.STUDENT: roles["student"][2]}
+    tokenizers = {batching.STUDENT: roles["student"].tokenizer}
     tokenizers.update(
-        {n: roles["teachers"][n][2] for n, ix in setup.vocab_index.items() if ix is not None}
+        {n: roles["teachers"][n].tokenizer for n, ix in setup.vocab_index.items() if ix is not None}
     )
     buckets = batching.make_buckets(
         tuple(cfg.data.token_buckets), (cfg.data.n_frames,), cfg.data.batch_size

@@ -32,10 +32,11 @@ def _layers(model) -> dict[str, int]:
 
 def make_setup(cfg, roles) -> Setup:
     """Static step settings: models, layer map, vocabulary maps and loss weights."""
-    student, _, tok_s, _ = roles["student"]
+    student, tok_s = roles["student"].model, roles["student"].tokenizer
     teachers = roles["teachers"]
     vocab_maps, vocab_index = {}, {}
-    for name, (model, _, tok, _) in teachers.items():
+    for name, teacher in teachers.items():
+        model, tok = teacher.model, teacher.tokenizer
         vmap = token_align.vocab_map(tok, tok_s)
         if token_align.same_vocabulary(vmap, student.vocab_size) and (
             model.vocab_size == student.vocab_size
@@ -50,7 +51,7 @@ def make_setup(cfg, roles) -> Setup:
         pairs = resolve_layer_map(
             cfg.mappers.strategy,
             student_layers=_layers(student),
-            teachers={n: _layers(m) for n, (m, *_) in teachers.items()},
+            teachers={n: _layers(t.model) for n, t in teachers.items()},
             sides=tuple(cfg.mappers.sides),
             explicit=list(cfg.mappers.explicit) or None,
         )
@@ -97,7 +98,7 @@ def make_setup(cfg, roles) -> Setup:
     if cfg.get("cache") and cfg.cache.enabled:
         from mkd_jax.teacher_cache import make_spec
 
-        spec = make_spec(cfg, roles["student"][1], mappers.pairs if mappers else ())
+        spec = make_spec(cfg, roles["student"].params, mappers.pairs if mappers else ())
         setup = dataclasses.replace(setup, cache=spec)
     return setup
 
@@ -108,7 +109,7 @@ def init_trainable(cfg, roles, setup: Setup, rng) -> dict:
     Only parameter shapes are read, so this traces under `jax.jit` / `jax.eval_shape` and runs
     as one compiled program.
     """
-    student, params_s, _, _ = roles["student"]
+    student, params_s = roles["student"].model, roles["student"].params
     lora_rng, map_rng = jax.random.split(rng)
     targets = list(cfg.lora.targets)
     lora_tree = (
@@ -172,9 +173,8 @@ def restore_run(workdir, step: int | None = None):
         step = steps[-1]
     elif step not in steps:
         raise ValueError(f"{workdir}/checkpoints has no step {step}; it has steps {steps}")
-    student, params_s, tok, folder = build_role(cfg.student, "student", seed=cfg.seed)
     roles = {
-        "student": (student, params_s, tok, folder),
+        "student": build_role(cfg.student, "student", seed=cfg.seed),
         "teachers": {
             n: build_role(c, f"teachers.{n}", seed=cfg.seed, abstract=True)
             for n, c in cfg.teachers.items()
@@ -235,10 +235,12 @@ def make_step_fn(setup: Setup, tx, roles, state, batch, mesh, rules):
     shardings = {
         "state": jax.tree.map(lambda _: replicated, state),
         "frozen": {
-            "student": sharding.param_shardings(abstract_params(roles["student"][0]), mesh, rules),
+            "student": sharding.param_shardings(
+                abstract_params(roles["student"].model), mesh, rules
+            ),
             "teachers": {  # a cached step reads no teacher weights
-                n: sharding.param_shardings(abstract_params(m), mesh, rules)
-                for n, (m, *_) in roles["teachers"].items()
+                n: sharding.param_shardings(abstract_params(r.model), mesh, rules)
+                for n, r in roles["teachers"].items()
                 if setup.cache is None
             },
         },

@@ -190,16 +190,16 @@ def key_material(cfg, roles, setup, utts, buckets, source) -> dict:
     memo_path = root / "weights_digests.json"
     memo = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
     spec = setup.cache
-    _, params_s, tok_s, folder_s = roles["student"]
-    student = {"tokenizer": tok_s.fingerprint(), "sites": spec.student_sites}
+    role_s = roles["student"]
+    student = {"tokenizer": role_s.tokenizer.fingerprint(), "sites": spec.student_sites}
     if spec.student_sites:
-        student["weights"] = weights_digest(cfg.student, params_s, folder_s, memo)
+        student["weights"] = weights_digest(cfg.student, role_s.params, role_s.folder, memo)
         student["dtype"] = cfg.student.dtype
     teachers = {}
-    for name, (_, params, tok, folder) in roles["teachers"].items():
+    for name, role in roles["teachers"].items():
         teachers[name] = {
-            "weights": weights_digest(cfg.teachers[name], params, folder, memo),
-            "tokenizer": tok.fingerprint(),
+            "weights": weights_digest(cfg.teachers[name], role.params, role.folder, memo),
+            "tokenizer": role.tokenizer.fingerprint(),
             "dtype": cfg.teachers[name].dtype,
             "sites": list(spec.sites[name]),
         }
@@ -401,6 +401,7 @@ def _build(cfg, roles, setup, utts, tokenizers, buckets, folder, key, material, 
     from mkd_jax import sharding
     from mkd_jax.data import batching
     from mkd_jax.models.whisper import abstract_params
+    from mkd_jax.roles import frozen_params
 
     spec = setup.cache
     proc, n_proc = jax.process_index(), jax.process_count()
@@ -434,8 +435,7 @@ def _build(cfg, roles, setup, utts, tokenizers, buckets, folder, key, material, 
             "free; set cache.dir to a larger disk, lower cache.top_k or map fewer sites"
         )
 
-    frozen = {"student": roles["student"][1],
-              "teachers": {n: r[1] for n, r in roles["teachers"].items()}}  # fmt: skip
+    frozen = frozen_params(roles)
     sh = {
         "student": sharding.param_shardings(abstract_params(setup.student), mesh, rules),
         "teachers": {

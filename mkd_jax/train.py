@@ -48,7 +48,8 @@ def _wer(cfg, roles, merged, utts, split, max_batches, *, zero_shot: bool = Fals
     from mkd_jax import agreement, decode
     from mkd_jax.evaluate import score, transcribe_utts
 
-    student, _, tok, folder = roles["student"]
+    role = roles["student"]
+    student, tok, folder = role.model, role.tokenizer, role.folder
     spec = decode.spec_from_folder(
         folder, tok, max_new_tokens=cfg.eval.max_new_tokens, beam_size=cfg.eval.beam_size
     )
@@ -235,7 +236,7 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
             f"{dp}-way data parallelism of mesh {dict(mesh.shape)}"
         )
     roles = build_roles(cfg)
-    student, params_s, tok_s, _ = roles["student"]
+    student, params_s = roles["student"].model, roles["student"].params
     setup = make_setup(cfg, roles)
     source = resolve_source(cfg.data.source)
     train_src, train_utts, tokenizers, buckets = train_input(cfg, roles, setup)
@@ -262,7 +263,7 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
     batch_like = abstract_batch(cfg, setup, student)
     jitted_step, sh = make_step_fn(setup, tx, roles, state, batch_like, mesh, rules)
     state_sh, batch_sh = sh["state"], sh["batch"]
-    teachers = {n: r[1] for n, r in roles["teachers"].items() if n in sh["frozen"]["teachers"]}
+    teachers = {n: r.params for n, r in roles["teachers"].items() if n in sh["frozen"]["teachers"]}
     frozen = sharding.put({"student": params_s, "teachers": teachers}, sh["frozen"])
     state = jax.device_put(state, state_sh)
     n_train = lora.count(state["trainable"])

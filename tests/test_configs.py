@@ -10,7 +10,7 @@ import pytest
 from mkd_jax import assets, lora
 from mkd_jax.distill import train_step
 from mkd_jax.report import param_budget
-from mkd_jax.roles import build_roles
+from mkd_jax.roles import build_roles, frozen_params
 from mkd_jax.state import abstract_batch, init_state, init_trainable, make_setup, make_tx
 
 CONFIGS = sorted(Path(__file__).parent.parent.glob("configs/*.py"))
@@ -43,11 +43,8 @@ def test_config_traces_one_step_on_abstract_shapes(path):
     cfg = load_config(path)
     with cfg.unlocked():
         roles, setup, tx, state = abstract_setup(cfg)
-    frozen = {
-        "student": roles["student"][1],
-        "teachers": {n: r[1] for n, r in roles["teachers"].items()},
-    }
-    batch = abstract_batch(cfg, setup, roles["student"][0])
+    frozen = frozen_params(roles)
+    batch = abstract_batch(cfg, setup, roles["student"].model)
     new_state, metrics = jax.eval_shape(
         functools.partial(train_step, setup=setup, tx=tx), state, frozen, batch
     )

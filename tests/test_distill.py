@@ -10,7 +10,7 @@ import pytest
 
 from mkd_jax import distill
 from mkd_jax.data import batching, loaders
-from mkd_jax.roles import build_roles
+from mkd_jax.roles import build_roles, frozen_params
 from mkd_jax.state import init_trainable, make_setup
 
 ROOT = Path(__file__).parent.parent
@@ -25,12 +25,9 @@ def parts(tiny_librispeech):
     roles = build_roles(cfg)
     setup = make_setup(cfg, roles)
     trainable = jax.jit(lambda r: init_trainable(cfg, roles, setup, r))(jax.random.PRNGKey(1))
-    frozen = {
-        "student": roles["student"][1],
-        "teachers": {n: r[1] for n, r in roles["teachers"].items()},
-    }
+    frozen = frozen_params(roles)
     utts = loaders.load_split({"kind": "librispeech", "path": str(tiny_librispeech)}, "dev")
-    toks = {batching.STUDENT: roles["student"][2], "b": roles["teachers"]["b"][2]}
+    toks = {batching.STUDENT: roles["student"].tokenizer, "b": roles["teachers"]["b"].tokenizer}
     it = batching.BatchIterator(
         utts,
         toks,

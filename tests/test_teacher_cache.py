@@ -11,7 +11,7 @@ from safetensors.numpy import load_file
 from mkd_jax import distill, sharding, teacher_cache, train
 from mkd_jax.config_base import LORA_DECODER
 from mkd_jax.data import batching, loaders
-from mkd_jax.roles import build_roles
+from mkd_jax.roles import build_roles, frozen_params
 from mkd_jax.state import init_trainable, make_setup
 from tests.test_train import tiny_config
 
@@ -28,7 +28,7 @@ def _parts(cfg):
     setup = make_setup(cfg, roles)
     source = {"kind": "librispeech", "path": cfg.data.source.path}
     utts = loaders.load_split(source, "train")
-    toks = {batching.STUDENT: roles["student"][2], "b": roles["teachers"]["b"][2]}
+    toks = {batching.STUDENT: roles["student"].tokenizer, "b": roles["teachers"]["b"].tokenizer}
     buckets = batching.make_buckets(
         tuple(cfg.data.token_buckets), (cfg.data.n_frames,), cfg.data.batch_size
     )
@@ -70,10 +70,7 @@ def test_cached_step_equals_recomputation_at_full_k(tiny_librispeech, tmp_path, 
     trainable = jax.jit(lambda r: init_trainable(cfg, roles, setup, r))(jax.random.PRNGKey(1))
     # Move LoRA off its identity so the student differs from its pretrained self.
     trainable = jax.tree.map(lambda x: x + 0.01, trainable)
-    frozen = {
-        "student": roles["student"][1],
-        "teachers": {n: r[1] for n, r in roles["teachers"].items()},
-    }
+    frozen = frozen_params(roles)
     kw = dict(buckets=buckets, shuffle=False, prefetch=0, process_index=0, process_count=1)
     batch = next(batching.BatchIterator(utts, toks, **kw))
     cached_it = teacher_cache.CachedBatches(
@@ -219,7 +216,7 @@ def test_supervised_mode_caches_the_frozen_student_encoder(tiny_librispeech, tmp
     assert setup.cache.student_sites == ("encoder/output",) and not setup.cache.sites
     source = {"kind": "librispeech", "path": cfg.data.source.path}
     utts = loaders.load_split(source, "train")
-    toks = {batching.STUDENT: roles["student"][2]}
+    toks = {batching.STUDENT: roles["student"].tokenizer}
     buckets = batching.make_buckets((48,), (cfg.data.n_frames,), cfg.data.batch_size)
     mesh = sharding.make_mesh(cfg.mesh)
     rules = tuple(tuple(r) for r in cfg.sharding_rules)
@@ -235,7 +232,7 @@ def test_supervised_mode_caches_the_frozen_student_encoder(tiny_librispeech, tmp
     assert "mel" not in batch_c
     trainable = jax.jit(lambda r: init_trainable(cfg, roles, setup, r))(jax.random.PRNGKey(1))
     trainable = jax.tree.map(lambda x: x + 0.01, trainable)
-    frozen = {"student": roles["student"][1], "teachers": {}}
+    frozen = frozen_params(roles)
     plain = distill.Setup(**{**setup.__dict__, "cache": None})
     strip = lambda b: {k: v for k, v in b.items() if k != "ids"}  # noqa: E731
     ce = [

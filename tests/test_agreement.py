@@ -12,6 +12,7 @@ from test_evaluate import CLIPS, SPEC, _Fake, _Model, _Tok, _write_corpus
 
 from mkd_jax import agreement, decode, evaluate
 from mkd_jax.data import loaders
+from mkd_jax.roles import Role
 
 
 @pytest.fixture
@@ -253,7 +254,7 @@ def test_run_report_shows_n_context_and_the_before_after_interval(tmp_path):
     }  # fmt: skip
     log = SimpleNamespace(history={"before": before}, primary=True, close=lambda: None)
     cfg = SimpleNamespace(data=SimpleNamespace(eval_split="dev"), total_steps=2)
-    roles = {"teachers": {}, "student": (None, {"w": np.zeros(3)}, None, None)}
+    roles = {"teachers": {}, "student": Role(None, {"w": np.zeros(3)}, None, None)}
     md = report.write_report(tmp_path, cfg, roles, log, after, 10, 60.0, agreement=agree)
     assert "| dev WER before | 20.00% (CER 1.00%; 20 / 21 scored at 10 s (1000 frames)) |" in md
     assert "| test_ood WER after | 40.00% (CER 1.00%; 20 / 21 scored at 10 s (1000 frames); " in md

@@ -2,12 +2,17 @@
 
     python -m mkd_jax.ablate --config configs/ablation_demo.py --workdir results/ablation_runs
 
-Each (row, learning rate, seed) trains in its own workdir and is skipped once its report exists,
-so an interrupted ablation resumes row by row. The learning rate of each row is selected on the
-dev split (seed 0); test WER is read only at the selected rate. Spread is over seeds (min-max).
-Each split shows n scored / total; test and test_ood (engines never used in training) add the
-paired bootstrap 95% CI of each row's difference from row 2 (CE-only LoRA), and the real-audio
-agreement with the first teacher (from each run's report) stands beside them.
+Each (row, learning rate, seed) trains in its own workdir. Its `report.json` is copied into
+`<results>/runs/`, which is meant to be committed: a run whose report is there is never trained
+again, so an ablation resumes run by run across sessions and machines even when the workdirs
+(checkpoints, caches) are gone. The learning rate of each row is selected on the dev split
+(seed 0); test WER is read only at the selected rate. Spread is over seeds (min-max). Each split
+shows n scored / total; test and test_ood (engines never used in training) add the paired
+bootstrap 95% CI of each row's difference from row 2 (CE-only LoRA) and from the best baseline
+(the row of 2-5 with the lowest dev WER), and the real-audio agreement with the first teacher
+(from each run's report) stands beside them. `ablation.variants` adds rows that change one thing
+of a METHOD.md row (KD without CE, another CE weight, other LoRA targets or mapper sides, other
+ensemble weights), each with its own LR selection and seeds.
 """
 
 from __future__ import annotations
@@ -37,8 +42,13 @@ ROWS = {
 }
 
 
-def row_config(base: ConfigDict, row: int, *, lr: float, seed: int) -> ConfigDict:
-    """The config of one ablation row; everything not named here is shared by all rows."""
+def row_config(
+    base: ConfigDict, row: int, *, lr: float, seed: int, overrides: tuple = ()
+) -> ConfigDict:
+    """The config of one ablation row; everything not named here is shared by all rows.
+
+    `overrides`: `(("loss.w_ce", 0.0), ...)` pairs applied last (a variant of the row).
+    """
     cfg = copy.deepcopy(base)
     ab = cfg.ablation
     with cfg.unlocked():
@@ -57,28 +67,59 @@ def row_config(base: ConfigDict, row: int, *, lr: float, seed: int) -> ConfigDic
         if row == 5:
             cfg.mappers.strategy, cfg.mappers.sides = "last", ("encoder",)
             cfg.mappers.loss, cfg.mappers.kind, cfg.mappers.hidden = "mse", "linear", 0
+        for path, value in overrides:
+            *parents, leaf = path.split(".")
+            node = cfg
+            for name in parents:
+                node = node[name]
+            if leaf not in node:
+                raise ValueError(f"ablation override {path}={value!r}: no such config key")
+            node[leaf] = value
     return cfg
 
 
-def _run_dir(root: Path, row: int, lr: float, seed: int) -> Path:
-    return root / f"row{row}" / f"lr{lr:g}" / f"seed{seed}"
+def entries(ab: ConfigDict) -> dict:
+    """Row key -> `(METHOD.md row, label, overrides)`: the rows, then the variants by name."""
+    out = {row: (row, ROWS[row], ()) for row in ab.rows}
+    for name, v in (ab.get("variants") or {}).items():
+        if v.row not in ROWS or v.row == 1:
+            raise ValueError(f"ablation.variants.{name}.row={v.row}: choose a trained row 2-7")
+        out[name] = (int(v.row), str(v.label), tuple(tuple(o) for o in v.set))
+    return out
 
 
-def run_row(base, root: Path, row: int, lr: float, seed: int) -> dict:
+def _key_dir(key) -> str:
+    return f"row{key}" if isinstance(key, int) else str(key)
+
+
+def _run_dir(root: Path, key, lr: float, seed: int) -> Path:
+    return root / _key_dir(key) / f"lr{lr:g}" / f"seed{seed}"
+
+
+def run_row(base, root: Path, kept: Path, key, entry, lr: float, seed: int) -> dict:
+    """One run's report: from `kept` (committed results) if there, else trained in `root`."""
+    import shutil
+
     from mkd_jax import train
 
-    workdir = _run_dir(root, row, lr, seed)
+    saved = _run_dir(kept, key, lr, seed) / "report.json"
+    if saved.is_file():
+        return json.loads(saved.read_text())
+    row, _, overrides = entry
+    workdir = _run_dir(root, key, lr, seed)
     done = workdir / "report.json"
     if not done.is_file():
         t0 = time.time()
-        train.run(row_config(base, row, lr=lr, seed=seed), workdir)
-        logging.info("row %d lr %g seed %d took %.1f min", row, lr, seed, (time.time() - t0) / 60)
-    return json.loads(done.read_text())
+        train.run(row_config(base, row, lr=lr, seed=seed, overrides=overrides), workdir)
+        logging.info("%s lr %g seed %d took %.1f min", key, lr, seed, (time.time() - t0) / 60)
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(done, saved)
+    return json.loads(saved.read_text())
 
 
-def zero_shot(base, root: Path) -> dict:
+def zero_shot(base, kept: Path) -> dict:
     """Row 1: the untrained student through the same evaluation as the trained rows."""
-    path = root / "row1" / "report.json"
+    path = kept / "row1" / "report.json"
     if not path.is_file():
         from mkd_jax.agreement import load_split_if_present
         from mkd_jax.demo import _test_wer
@@ -127,20 +168,31 @@ def _wer_cell(reports: list, split: str) -> tuple[str, tuple | None]:
     return f"{stat[0]:.2f} [{stat[1]:.2f}, {stat[2]:.2f}] ({n})", stat
 
 
-def _vs_row2(results: dict, row: int, split: str) -> str:
-    """Paired bootstrap 95% CI of (this row - row 2) seed-mean WER over shared utterances."""
+def _vs(results: dict, ref, key, split: str) -> str:
+    """Paired bootstrap 95% CI of (row `key` - row `ref`) seed-mean WER over shared utterances."""
     from mkd_jax.evaluate import compare
     from mkd_jax.report import format_change
 
-    if row == 2 or 2 not in results:
+    if ref is None or key == ref or ref not in results:
         return "-"
-    a, b = _seed_mean(results[2][1], split), _seed_mean(results[row][1], split)
+    a, b = _seed_mean(results[ref][2], split), _seed_mean(results[key][2], split)
     if a is None or b is None:
         return "-"
     try:
         return format_change(compare(a, b))
     except ValueError:  # no shared utterance, or different references
         return "-"
+
+
+def best_baseline(results: dict, dev: str):
+    """The baseline row (2-5: CE only, Hinton KD, interpolated KD, FitNets) with the lowest
+    seed-mean dev WER; None when none ran. Selected on dev, like the learning rates."""
+    wer = {
+        k: np.mean([r["after"][dev]["wer"] for r in reports])
+        for k, (_, _, reports) in results.items()
+        if k in (2, 3, 4, 5) and all(r["after"].get(dev) for r in reports)
+    }
+    return min(wer, key=wer.get) if wer else None
 
 
 def _agreement_cell(reports: list) -> str:
@@ -153,34 +205,41 @@ def _agreement_cell(reports: list) -> str:
 
 
 def summarise(base, results: dict) -> tuple[str, list]:
+    """The markdown table and the plot's data. `results`: key -> `(label, lr, reports)`."""
     dev, test = base.data.eval_split, base.data.test_split
+    best = best_baseline(results, dev)
     lines = [
         "| row | method | best LR (dev) | dev WER % mean [min, max] (n) | "
-        "test WER % mean [min, max] (n) | test vs row 2 (95% CI) | "
+        "test WER % mean [min, max] (n) | test vs row 2 (95% CI) | test vs best baseline | "
         f"{OOD_SPLIT} WER % mean [min, max] (n) | {OOD_SPLIT} vs row 2 (95% CI) | "
-        "real-audio agreement WER % (n) | trainable % of largest teacher | step s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"{OOD_SPLIT} vs best baseline | real-audio agreement WER % (n) | "
+        "trainable % of largest teacher | step s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     plot = []
-    for row, (lr, reports) in results.items():
+    for key, (label, lr, reports) in results.items():
         (d_cell, d), (t_cell, t), (o_cell, o) = (
             _wer_cell(reports, s) for s in (dev, test, OOD_SPLIT)
         )
         pct = reports[0]["params"].get("pct_of_largest_teacher")
         step = [r["median_step_s"] for r in reports if r.get("median_step_s")]
         cells = [
-            str(row), ROWS[row], str(lr) if lr else "-", d_cell, t_cell,
-            _vs_row2(results, row, test), o_cell, _vs_row2(results, row, OOD_SPLIT),
+            str(key), label, str(lr) if lr else "-", d_cell, t_cell,
+            _vs(results, 2, key, test), _vs(results, best, key, test), o_cell,
+            _vs(results, 2, key, OOD_SPLIT), _vs(results, best, key, OOD_SPLIT),
             _agreement_cell(reports), f"{pct:.3f}" if pct else "-",
             f"{np.mean(step):.1f}" if step else "-",
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
-        plot.append((row, d, t, o))
+        plot.append((key, d, t, o))
+    best_txt = f"row {best} ({results[best][0]})" if best is not None else "none ran"
     lines += [
         "",
         "n: utterances scored / in the split. vs row 2: the row's seed-mean WER minus row 2's "
         "(CE-only LoRA), paired bootstrap 95% CI over utterances (seeds averaged per utterance); "
-        f"an interval that excludes 0 is beyond resampling noise. {OOD_SPLIT}: TTS engines never "
+        f"an interval that excludes 0 is beyond resampling noise. Best baseline: {best_txt}, the "
+        "row of 2-5 with the lowest dev WER. "
+        f"{OOD_SPLIT}: TTS engines never "
         "used in training. Real-audio agreement: the trained student's WER against its first "
         "teacher's transcripts of real recordings (real_unlabelled), seed mean; rows without "
         "teachers have none. Every row decodes at the training context, with 30 s for longer "
@@ -195,7 +254,7 @@ def write_plot(plot, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(plot)), 4))
     x = np.arange(len(plot))
     series = [(1, "dev"), (2, "test")] + [(3, OOD_SPLIT)] * any(p[3] for p in plot)
     width = 0.8 / len(series)
@@ -205,7 +264,7 @@ def write_plot(plot, path: Path) -> None:
         err = [[st[0] - st[1] for st in stats], [st[2] - st[0] for st in stats]]
         off = (k - (len(series) - 1) / 2) * width
         ax.bar(x + off, means, width, yerr=err, capsize=3, label=label)
-    ax.set_xticks(x, [f"row {p[0]}" for p in plot])
+    ax.set_xticks(x, [_key_dir(p[0]) for p in plot], rotation=30, ha="right")
     ax.set_ylabel("WER % (mean, min-max over seeds)")
     ax.legend()
     fig.tight_layout()
@@ -217,34 +276,49 @@ def main(argv):
     del argv
     base = FLAGS.config
     ab = base.ablation
-    root = Path(FLAGS.workdir)
+    root, out = Path(FLAGS.workdir), Path(FLAGS.results)
+    kept = out / "runs"
+    todo = entries(ab)  # checks the variants before any run starts
     from mkd_jax.demo import ensure_base_ft
 
-    with base.unlocked():
-        base.teachers.base_ft.checkpoint = ab.base_ft_run or str(
-            ensure_base_ft(assets.cache_dir() / "demo")
-        )
+    if "base_ft" in base.teachers:
+        with base.unlocked():
+            base.teachers.base_ft.checkpoint = ab.base_ft_run or str(
+                ensure_base_ft(assets.cache_dir() / "demo")
+            )
     t0 = time.time()
-    results = {}
-    for row in ab.rows:
+    results, every = {}, []
+    for key, entry in todo.items():
+        row, label, _ = entry
         if row == 1:
-            results[1] = (None, [zero_shot(base, root)])
+            results[1] = (label, None, [zero_shot(base, kept)])
             continue
-        by_lr = {lr: run_row(base, root, row, lr, ab.seeds[0]) for lr in ab.lr_grid}
+        by_lr = {lr: run_row(base, root, kept, key, entry, lr, ab.seeds[0]) for lr in ab.lr_grid}
         best = min(by_lr, key=lambda lr: by_lr[lr]["after"][base.data.eval_split]["wer"])
-        reports = [by_lr[best]] + [run_row(base, root, row, best, s) for s in ab.seeds[1:]]
-        results[row] = (best, reports)
+        more = [run_row(base, root, kept, key, entry, best, s) for s in ab.seeds[1:]]
+        results[key] = (label, best, [by_lr[best], *more])
+        every += [*by_lr.values(), *more]
+    zero = results.get(1)
+    if zero and not zero[2][0].get("agreement"):  # row 1's agreement is every run's "before"
+        before = [
+            r["agreement"]["before"] for r in every if (r.get("agreement") or {}).get("before")
+        ]
+        if before:
+            zero[2][0]["agreement"] = {"after": before[0]}
     table, plot = summarise(base, results)
-    out = Path(FLAGS.results)
     out.mkdir(parents=True, exist_ok=True)
     write_plot(plot, out / "ablation.png")
     seeds = ", ".join(str(s) for s in ab.seeds)
+    run_h = sum(r.get("wall_s") or 0.0 for r in every) / 3600
     text = (
         f"# Ablation ({base.total_steps} steps, seeds {seeds}, LR grid "
         f"{list(ab.lr_grid)})\n\nCommand: `python -m mkd_jax.ablate --config "
-        f"{FLAGS['config'].config_filename} --workdir {FLAGS.workdir}`\n\n{table}\n\n"
+        f"{FLAGS['config'].config_filename} --workdir {FLAGS.workdir} --results {FLAGS.results}`"
+        f"\n\n{table}\n\n"
+        f"Trained runs: {len(every)}, {run_h:.2f} h of wall time in all (the sum of each run's "
+        f"training and evaluation, on the machine that ran it; zero-shot and caches apart). "
         f"Wall time of this invocation: {(time.time() - t0) / 60:.1f} min "
-        "(finished runs are reused).\n"
+        f"(runs whose report is in {kept} are reused).\n"
     )
     (out / "ablation.md").write_text(text)
     print(text)

@@ -150,6 +150,8 @@ def base_config() -> ConfigDict:
                     name="",
                     config="",
                     hours=0.05,
+                    # kind synth: train, dev, test shares of `hours` (the builder's default)
+                    fractions=(0.8, 0.1, 0.1),
                     audio_column="audio",
                     text_column="text",
                     id_column="id",

@@ -23,6 +23,7 @@ from mkd_jax.data.tokenizers import load_tokenizer
 from mkd_jax.models.whisper import Whisper, abstract_params
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)  # the corpus builder's train, dev, test shares
 
 
 class Role(NamedTuple):
@@ -135,14 +136,16 @@ def resolve_source(source) -> dict:
     """
     src = source.to_dict() if hasattr(source, "to_dict") else dict(source)
     hours = float(src.pop("hours", 0.0))
+    fractions = tuple(float(f) for f in src.pop("fractions", DEFAULT_FRACTIONS))
     src = {k: (None if v == "" or (k == "limit" and not v) else v) for k, v in src.items()}
     if src["kind"] != "synth":
         return src
     from mkd_jax.corpus import synth
 
-    path = (
-        Path(src["path"]) if src["path"] else assets.cache_dir() / "corpora" / f"synth_{hours:g}h"
-    )
+    name = f"synth_{hours:g}h"
+    if fractions != DEFAULT_FRACTIONS:  # another split of the same hours is another corpus
+        name += "_" + "-".join(f"{f:g}" for f in fractions)
+    path = Path(src["path"]) if src["path"] else assets.cache_dir() / "corpora" / name
     complete = (path / "dataset_dict.json").is_file() and set(synth.EXTRA_SPLITS) <= set(
         synth.registered_splits(path)
     )
@@ -150,7 +153,7 @@ def resolve_source(source) -> dict:
         logging.info(
             "building the %.3g h synthetic corpus at %s (cached for later runs)", hours, path
         )
-        if synth.build(path, synth.Config(hours=hours)) is None:
+        if synth.build(path, synth.Config(hours=hours, fractions=fractions)) is None:
             raise RuntimeError(f"corpus build at {path} stopped early; rerun to resume it")
     return dict(src, kind="disk", path=str(path))
 

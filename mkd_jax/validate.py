@@ -139,6 +139,13 @@ def _check_data(cfg, dims) -> None:
         raise ConfigError("data.source.path", d.source.path, f"kind {d.source.kind!r} needs a path")
     if d.source.kind == "synth":
         _range("data.source.hours", _num(cfg, "data.source.hours"), 0.0, lo_open=True)
+        fr = tuple(d.source.get("fractions", (0.8, 0.1, 0.1)))
+        if len(fr) != 3 or min(fr) <= 0 or abs(sum(fr) - 1.0) > 1e-6:
+            raise ConfigError(
+                "data.source.fractions",
+                fr,
+                "needs three positive train, dev, test shares summing to 1",
+            )
     lo, hi = _num(cfg, "data.source.min_seconds"), _num(cfg, "data.source.max_seconds")
     _range("data.source.min_seconds", lo, 0.0)
     if hi <= lo:

@@ -269,39 +269,6 @@ def test_run_report_shows_n_context_and_the_before_after_interval(tmp_path):
     assert "before" not in md and "agreement" not in md
 
 
-def test_ablation_table_has_n_test_ood_and_intervals_against_row_2():
-    from types import SimpleNamespace
-
-    from mkd_jax import ablate
-
-    words = [4] * 10
-
-    def rep(errs, ood=True, agree=None):
-        after = {"dev": _result(errs, words), "test": _result(errs, words)}
-        if ood:
-            after["test_ood"] = _result(errs, words)
-        r = {"after": after, "params": {"pct_of_largest_teacher": 0.5}, "median_step_s": 1.0}
-        if agree is not None:
-            r["agreement"] = {"after": {**_result([agree] * 10, words), "reference": "base"}}
-        return r
-
-    results = {
-        1: (None, [rep([2] * 10, ood=False)]),
-        2: (1e-3, [rep([1] * 10), rep([1] * 10)]),
-        6: (1e-3, [rep([0] * 10, agree=1), rep([1] * 10, agree=2)]),
-    }
-    base = SimpleNamespace(data=SimpleNamespace(eval_split="dev", test_split="test"))
-    table, plot = ablate.summarise(base, results)
-    lines = table.splitlines()
-    assert "test_ood WER % mean [min, max] (n)" in lines[0] and "vs row 2" in lines[0]
-    row1, row2, row6 = lines[2:5]
-    assert "| 50.00 [50.00, 50.00] (10 / 11) | +25.00 [+25.00, +25.00] | - | - |" in row1
-    assert "| 25.00 [25.00, 25.00] (10 / 11) | - |" in row2
-    # Row 6: seed-mean errors 0.5 per utterance vs row 2's 1: -12.5 points.
-    assert row6.count("-12.50 [-12.50, -12.50]") == 2 and "37.50 vs base (10 / 11)" in row6
-    assert [p[3] is None for p in plot] == [True, False, False]
-
-
 def test_demo_reuses_the_students_scores_from_trains_report(monkeypatch, tmp_path):
     import json
 

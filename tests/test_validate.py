@@ -165,3 +165,14 @@ def test_demo_without_base_ft_stops_fast_with_the_fix():
     assert "Traceback" not in out.stderr
     assert elapsed < 10, elapsed
     assert not Path("/nonexistent/never-created").exists()
+
+
+@pytest.mark.parametrize("fractions", [(0.8, 0.1), (0.9, 0.1, 0.1), (0.8, 0.2, 0.0)])
+def test_synth_fractions_are_three_positive_shares(fractions):
+    cfg = tiny()
+    cfg.data.source.kind, cfg.data.source.hours = "synth", 1.0
+    cfg.data.source.fractions = fractions
+    with pytest.raises(ConfigError, match=r"data\.source\.fractions=.*summing to 1"):
+        validate(cfg)
+    cfg.data.source.fractions = (0.6, 0.15, 0.25)
+    validate(cfg)

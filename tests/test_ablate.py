@@ -1,0 +1,128 @@
+"""The ablation's table (n, test_ood, CIs against row 2 and the best baseline), its variants'
+configs, and resuming from committed run reports without training again."""
+
+from types import SimpleNamespace
+
+import pytest
+from ml_collections import ConfigDict
+from test_agreement import _result
+
+from mkd_jax import ablate
+from mkd_jax.config_base import load_config_file
+
+WORDS = [4] * 10
+BASE = SimpleNamespace(data=SimpleNamespace(eval_split="dev", test_split="test"))
+
+
+def _rep(errs, ood=True, agree=None, dev=None):
+    after = {"dev": _result(dev or errs, WORDS), "test": _result(errs, WORDS)}
+    if ood:
+        after["test_ood"] = _result(errs, WORDS)
+    r = {"after": after, "params": {"pct_of_largest_teacher": 0.5}, "median_step_s": 1.0}
+    if agree is not None:
+        r["agreement"] = {"after": {**_result([agree] * 10, WORDS), "reference": "base"}}
+    return r
+
+
+def test_ablation_table_has_n_test_ood_and_intervals_against_row_2():
+    results = {
+        1: ("zero-shot", None, [_rep([2] * 10, ood=False)]),
+        2: ("CE", 1e-3, [_rep([1] * 10), _rep([1] * 10)]),
+        6: ("ours", 1e-3, [_rep([0] * 10, agree=1), _rep([1] * 10, agree=2)]),
+    }
+    table, plot = ablate.summarise(BASE, results)
+    lines = table.splitlines()
+    assert "test_ood WER % mean [min, max] (n)" in lines[0] and "vs row 2" in lines[0]
+    assert "vs best baseline" in lines[0]
+    row1, row2, row6 = lines[2:5]
+    # Row 1 against row 2 (+25: 2 errors vs 1 on each of 10 four-word utterances), twice: row 2
+    # is also the best (the only) baseline.
+    assert row1.count("+25.00 [+25.00, +25.00]") == 2
+    assert "| 50.00 [50.00, 50.00] (10 / 11) |" in row1
+    assert "| 25.00 [25.00, 25.00] (10 / 11) | - | - |" in row2
+    # Row 6: seed-mean errors 0.5 per utterance vs row 2's 1: -12.5 points, test and test_ood,
+    # against row 2 and against the best baseline (row 2 again).
+    assert row6.count("-12.50 [-12.50, -12.50]") == 4 and "37.50 vs base (10 / 11)" in row6
+    assert [p[3] is None for p in plot] == [True, False, False]
+    assert "Best baseline: row 2 (CE)" in table
+
+
+def test_best_baseline_is_chosen_on_dev_among_rows_2_to_5():
+    results = {
+        2: ("CE", 1e-3, [_rep([1] * 10, dev=[3] * 10)]),
+        3: ("KD", 1e-3, [_rep([2] * 10, dev=[1] * 10)]),  # best on dev, worse on test
+        6: ("ours", 1e-3, [_rep([0] * 10, dev=[0] * 10)]),  # not a baseline
+        "row3_kd_only": ("KD only", 1e-3, [_rep([0] * 10, dev=[0] * 10)]),  # a variant: neither
+    }
+    assert ablate.best_baseline(results, "dev") == 3
+    table, _ = ablate.summarise(BASE, results)
+    row6 = table.splitlines()[4]
+    # vs row 2: 0 - 1 error per utterance = -25; vs row 3 (the best baseline): 0 - 2 = -50.
+    assert "-25.00 [-25.00, -25.00] | -50.00 [-50.00, -50.00]" in row6
+    assert ablate.best_baseline({6: results[6]}, "dev") is None
+
+
+def _demo_ablation():
+    c = load_config_file("configs/ablation_demo.py")
+    c.ablation.variants = ConfigDict(
+        {
+            "row3_kd_only": dict(row=3, label="KD only", set=(("loss.w_ce", 0.0),)),
+            "row6_decoder": dict(
+                row=6, label="decoder sites", set=(("mappers.sides", ("decoder",)),)
+            ),
+        }
+    )
+    return c
+
+
+def test_variants_change_only_what_they_name():
+    c = _demo_ablation()
+    todo = ablate.entries(c.ablation)
+    assert list(todo)[-2:] == ["row3_kd_only", "row6_decoder"]
+    row, label, overrides = todo["row3_kd_only"]
+    plain = ablate.row_config(c, 3, lr=1e-3, seed=1)
+    varied = ablate.row_config(c, row, lr=1e-3, seed=1, overrides=overrides)
+    assert plain.loss.w_ce > 0 and varied.loss.w_ce == 0.0
+    assert varied.seed == 1 and varied.optim.lr == 1e-3 and "ablation" not in varied
+    plain_d, varied_d = plain.to_dict(), varied.to_dict()
+    plain_d["loss"].pop("w_ce"), varied_d["loss"].pop("w_ce")
+    assert plain_d == varied_d
+    six = ablate.row_config(c, 6, lr=1e-3, seed=0, overrides=todo["row6_decoder"][2])
+    assert tuple(six.mappers.sides) == ("decoder",) and list(six.teachers) == ["base"]
+
+
+def test_a_bad_variant_fails_before_any_run():
+    c = _demo_ablation()
+    c.ablation.variants.row3_kd_only.row = 1
+    with pytest.raises(ValueError, match="variants.row3_kd_only.row=1"):
+        ablate.entries(c.ablation)
+    with pytest.raises(ValueError, match="loss.no_such_key"):
+        ablate.row_config(c, 3, lr=1e-3, seed=0, overrides=(("loss.no_such_key", 1.0),))
+
+
+def test_runs_resume_from_committed_reports_without_training(monkeypatch, tmp_path):
+    import json
+
+    from mkd_jax import train
+
+    c = _demo_ablation()
+    trained = []
+
+    def fake_run(cfg, workdir):
+        trained.append((cfg.seed, cfg.optim.lr, cfg.loss.w_ce))
+        workdir.mkdir(parents=True)
+        (workdir / "report.json").write_text(json.dumps(_rep([1] * 10)))
+
+    monkeypatch.setattr(train, "run", fake_run)
+    entry = ablate.entries(c.ablation)["row3_kd_only"]
+    kept, work = tmp_path / "results" / "runs", tmp_path / "work"
+    first = ablate.run_row(c, work, kept, "row3_kd_only", entry, 1e-3, 2)
+    assert trained == [(2, 1e-3, 0.0)]
+    saved = kept / "row3_kd_only" / "lr0.001" / "seed2" / "report.json"
+    assert json.loads(saved.read_text()) == first
+    # A fresh machine: the workdirs are gone, the committed report remains; nothing retrains.
+    import shutil
+
+    shutil.rmtree(work)
+    again = ablate.run_row(c, work, kept, "row3_kd_only", entry, 1e-3, 2)
+    assert again == first and len(trained) == 1 and not work.exists()

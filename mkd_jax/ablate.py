@@ -79,8 +79,15 @@ def row_config(
 
 
 def entries(ab: ConfigDict) -> dict:
-    """Row key -> `(METHOD.md row, label, overrides)`: the rows, then the variants by name."""
-    out = {row: (row, ROWS[row], ()) for row in ab.rows}
+    """Row key -> `(METHOD.md row, label, overrides)`: the rows, then the variants by name.
+
+    `ablation.row_set.row<N>` gives a METHOD.md row overrides of its own (row 5's FitNets needs a
+    trainable encoder layer where the other rows keep the encoder frozen)."""
+    row_set = ab.get("row_set") or {}
+    out = {
+        row: (row, ROWS[row], tuple(tuple(o) for o in row_set.get(f"row{row}", ())))
+        for row in ab.rows
+    }
     for name, v in (ab.get("variants") or {}).items():
         if v.row not in ROWS or v.row == 1:
             raise ValueError(f"ablation.variants.{name}.row={v.row}: choose a trained row 2-7")
@@ -279,13 +286,24 @@ def main(argv):
     root, out = Path(FLAGS.workdir), Path(FLAGS.results)
     kept = out / "runs"
     todo = entries(ab)  # checks the variants before any run starts
+    from mkd_jax.config_base import DEMO_CORPUS_HOURS
     from mkd_jax.demo import ensure_base_ft
 
-    if "base_ft" in base.teachers:
+    if "base_ft" in base.teachers and not ab.base_ft_run:
+        # base_ft learns the ablation's own train split: tuned on another corpus's, it could
+        # have seen this corpus's test sentences. The demo's corpus shares the demo's base_ft.
+        src = base.data.source
+        demo_corpus = src.hours == DEMO_CORPUS_HOURS and tuple(src.fractions) == (0.8, 0.1, 0.1)
+        ft_work = assets.cache_dir() / "demo" if demo_corpus else root / "teacher_base_ft"
         with base.unlocked():
-            base.teachers.base_ft.checkpoint = ab.base_ft_run or str(
-                ensure_base_ft(assets.cache_dir() / "demo")
-            )
+            base.teachers.base_ft.checkpoint = str(ensure_base_ft(ft_work, source=src))
+    elif "base_ft" in base.teachers:
+        with base.unlocked():
+            base.teachers.base_ft.checkpoint = ab.base_ft_run
+    command = (
+        f"python -m mkd_jax.ablate --config {FLAGS['config'].config_filename} "
+        f"--workdir {FLAGS.workdir} --results {FLAGS.results}"
+    )
     t0 = time.time()
     results, every = {}, []
     for key, entry in todo.items():
@@ -298,6 +316,17 @@ def main(argv):
         more = [run_row(base, root, kept, key, entry, best, s) for s in ab.seeds[1:]]
         results[key] = (label, best, [by_lr[best], *more])
         every += [*by_lr.values(), *more]
+        # After every finished row, so an ablation stopped part-way still has its table.
+        write_results(base, results, every, out, time.time() - t0, command, complete=False)
+    text = write_results(base, results, every, out, time.time() - t0, command, complete=True)
+    print(text)
+
+
+def write_results(
+    base, results: dict, every: list, out: Path, wall_s: float, command: str, *, complete: bool
+) -> str:
+    """`ablation.md` and `ablation.png` of the rows finished so far; returns the markdown."""
+    ab = base.ablation
     zero = results.get(1)
     if zero and not zero[2][0].get("agreement"):  # row 1's agreement is every run's "before"
         before = [
@@ -310,18 +339,18 @@ def main(argv):
     write_plot(plot, out / "ablation.png")
     seeds = ", ".join(str(s) for s in ab.seeds)
     run_h = sum(r.get("wall_s") or 0.0 for r in every) / 3600
+    missing = [_key_dir(k) for k in entries(ab) if k not in results]
+    status = "" if complete else f"**Partial**: still to run: {', '.join(missing) or 'none'}.\n\n"
     text = (
         f"# Ablation ({base.total_steps} steps, seeds {seeds}, LR grid "
-        f"{list(ab.lr_grid)})\n\nCommand: `python -m mkd_jax.ablate --config "
-        f"{FLAGS['config'].config_filename} --workdir {FLAGS.workdir} --results {FLAGS.results}`"
-        f"\n\n{table}\n\n"
+        f"{list(ab.lr_grid)})\n\n{status}Command: `{command}`\n\n{table}\n\n"
         f"Trained runs: {len(every)}, {run_h:.2f} h of wall time in all (the sum of each run's "
         f"training and evaluation, on the machine that ran it; zero-shot and caches apart). "
-        f"Wall time of this invocation: {(time.time() - t0) / 60:.1f} min "
-        f"(runs whose report is in {kept} are reused).\n"
+        f"Wall time of this invocation: {wall_s / 60:.1f} min "
+        f"(runs whose report is in {out / 'runs'} are reused).\n"
     )
     (out / "ablation.md").write_text(text)
-    print(text)
+    return text
 
 
 if __name__ == "__main__":

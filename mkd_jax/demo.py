@@ -109,14 +109,19 @@ def _train(cfg, run_dir: Path) -> None:
         )
 
 
-def ensure_base_ft(workdir: Path) -> Path:
-    """Teacher 2: base LoRA-tuned on the train split (supervised mode), merged; built once."""
+def ensure_base_ft(workdir: Path, source=None) -> Path:
+    """Teacher 2: base LoRA-tuned on the train split (supervised mode), merged; built once.
+
+    `source`: the corpus whose train split it learns (default: the demo's)."""
     from mkd_jax import export
 
     sup_dir, ft_dir = workdir / "base_supervised", workdir / "base_ft"
     merged = ft_dir / "merged"
     if not (merged / "model.safetensors").is_file():
-        _train(load_config_file(ROOT / "configs/base_supervised.py"), sup_dir)
+        cfg = load_config_file(ROOT / "configs/base_supervised.py")
+        if source is not None:
+            cfg.data.source = source
+        _train(cfg, sup_dir)
         export.export(sup_dir, ft_dir, merged_only=True)
     return merged
 

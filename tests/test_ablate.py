@@ -126,3 +126,41 @@ def test_runs_resume_from_committed_reports_without_training(monkeypatch, tmp_pa
     shutil.rmtree(work)
     again = ablate.run_row(c, work, kept, "row3_kd_only", entry, 1e-3, 2)
     assert again == first and len(trained) == 1 and not work.exists()
+
+
+def test_a_partial_ablation_writes_its_table_and_says_what_is_missing(tmp_path):
+    c = _demo_ablation()
+    c.ablation.rows = (1, 2, 6)
+    results = {
+        1: ("zero-shot", None, [_rep([2] * 10)]),
+        2: ("CE", 1e-3, [{**_rep([1] * 10), "wall_s": 1800.0}]),
+    }
+    every = results[2][2] * 3
+    md = ablate.write_results(c, results, every, tmp_path, 60.0, "CMD", complete=False)
+    assert "**Partial**: still to run: row6, row3_kd_only, row6_decoder." in md
+    assert "Command: `CMD`" in md and "Trained runs: 3, 1.50 h" in md
+    assert (tmp_path / "ablation.md").read_text() == md and (tmp_path / "ablation.png").is_file()
+    md = ablate.write_results(c, results, every, tmp_path, 60.0, "CMD", complete=True)
+    assert "Partial" not in md
+
+
+@pytest.mark.parametrize("name", ["ablation_demo", "ablation_power"])
+def test_every_row_and_variant_of_the_shipped_ablations_validates(name):
+    """A long ablation must not die at its fifth row on a config error: each row's and variant's
+    config passes every rule up front (base_ft stands in as base, which is what it starts from)."""
+    from mkd_jax.validate import validate
+
+    c = load_config_file(f"configs/{name}.py")
+    c.teachers.base_ft.checkpoint = "base"
+    todo = ablate.entries(c.ablation)
+    assert set(ablate.ROWS) <= set(todo)
+    for key, (row, _, overrides) in todo.items():
+        if row != 1:
+            validate(
+                ablate.row_config(c, row, lr=c.ablation.lr_grid[0], seed=0, overrides=overrides)
+            )
+    if name == "ablation_power":
+        five = ablate.row_config(c, 5, lr=1e-3, seed=0, overrides=todo[5][2])
+        assert five.data.teacher_frames == 0 and len(five.lora.targets) == 2
+        six = ablate.row_config(c, 6, lr=1e-3, seed=0, overrides=todo[6][2])
+        assert six.data.teacher_frames == 1000 and len(six.lora.targets) == 1

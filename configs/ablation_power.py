@@ -1,0 +1,75 @@
+"""METHOD.md's ablation with power, at the demo's setting (30 s student, frozen cached encoder).
+
+    python -m mkd_jax.ablate --config configs/ablation_power.py \
+        --workdir /work/ablation_power --results results/ablation_power
+
+Corpus: 1.3 h of the project's synthetic speech split 0.6 / 0.15 / 0.25, so train 0.78 h
+(about 750 utterances), dev about 190 and test about 320 utterances of held-out voices, plus
+test_ood (160 utterances by TTS engines never used in training) and the real recordings of the
+agreement check. Every row: 300 steps at batch 8 (about 3 epochs, where the 0.3 h demo corpus
+gave 10), seeds 0, 1, 2, learning rates 1e-4, 5e-4, 2e-3 chosen on dev (seed 0). base_ft is
+tuned on this corpus's own train split.
+
+Rows 2-4, 6, 7 and the variants keep the student encoder frozen (LoRA r=4 on the decoder,
+decoder-site mappers, teacher outputs cached). Row 5, the paper code's FitNets MSE on the last
+encoder layer, needs a trainable encoder layer upstream of its mapper and the teacher's encoder
+output at the student's 30 s frames: it gets LoRA on the last encoder layer too and teachers at
+30 s, runs its student encoder every step (several times the cost of a frozen-encoder row), and
+is run last. Each finished run's report lands in results/ablation_power/runs/, so the ablation
+resumes run by run in a later session on another machine; `ablation.md` is rewritten after each
+row. Cost per frozen-encoder run on the 2-core machine: BUILD_NOTES "Ablation with power".
+"""
+
+from ml_collections import ConfigDict
+
+from mkd_jax.config_base import LORA_DECODER, load_config_file
+
+# Row 5's trainable encoder layer: tiny.en's last (of 4).
+LORA_LAST_ENCODER_LAYER = (
+    r"encoder/layers_3/(self_attn/(q_proj|k_proj|v_proj|out_proj)|fc1|fc2)/kernel"
+)
+
+
+def get_config():
+    import os
+
+    c = load_config_file(os.path.join(os.path.dirname(__file__), "demo.py"))
+    c.data.source.hours = 1.3
+    c.data.source.fractions = (0.6, 0.15, 0.25)
+    c.total_steps = 300
+    c.ckpt.every_steps = 100
+    c.ablation = ConfigDict(
+        dict(
+            rows=(1, 2, 3, 4, 6, 7, 5),  # row 5 last: it is the expensive one
+            seeds=(0, 1, 2),
+            lr_grid=(1e-4, 5e-4, 2e-3),
+            single_teacher="base",
+            base_ft_run="",  # merged base_ft folder; default: tuned here on this corpus
+            row_set=dict(
+                row5=(
+                    ("lora.targets", (LORA_DECODER, LORA_LAST_ENCODER_LAYER)),
+                    ("data.teacher_frames", 0),
+                ),
+            ),
+            variants=dict(
+                row3_kd_only=dict(
+                    row=3, label="row 3 without CE (KD only)", set=(("loss.w_ce", 0.0),)
+                ),
+                row6_kd_only=dict(
+                    row=6, label="row 6 without CE (KD + mappers)", set=(("loss.w_ce", 0.0),)
+                ),
+                row6_ce_0p3=dict(
+                    row=6, label="row 6 with CE weight 0.3", set=(("loss.w_ce", 0.3),)
+                ),
+                row7_weighted=dict(
+                    row=7,
+                    label="row 7, ensemble weights base 0.75 / base_ft 0.25",
+                    set=(
+                        ("loss.ensemble", "weights"),
+                        ("loss.ensemble_weights", {"base": 0.75, "base_ft": 0.25}),
+                    ),
+                ),
+            ),
+        )
+    )
+    return c

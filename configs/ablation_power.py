@@ -14,10 +14,14 @@ Rows 2-4, 6, 7 and the variants keep the student encoder frozen (LoRA r=4 on the
 decoder-site mappers, teacher outputs cached). Row 5, the paper code's FitNets MSE on the last
 encoder layer, needs a trainable encoder layer upstream of its mapper and the teacher's encoder
 output at the student's 30 s frames: it gets LoRA on the last encoder layer too and teachers at
-30 s, runs its student encoder every step (several times the cost of a frozen-encoder row), and
-is run last. Each finished run's report lands in results/ablation_power/runs/, so the ablation
-resumes run by run in a later session on another machine; `ablation.md` is rewritten after each
-row. Cost per frozen-encoder run on the 2-core machine: BUILD_NOTES "Ablation with power".
+30 s; the cache then holds the output of the three frozen layers below, so its step runs the last
+encoder layer and the decoder. It runs after the frozen-encoder rows, and the variant
+`row6_top_encoder` (ours with the same trainable layer, mappers on the decoder and the encoder
+output)
+comes last: decoder-only LoRA against encoder + decoder LoRA. Each finished run's report lands
+in results/ablation_power/runs/, so the ablation resumes run by run in a later session on
+another machine; `ablation.md` is rewritten after each row. Cost per run on the 2-core machine:
+BUILD_NOTES "Ablation with power".
 """
 
 from ml_collections import ConfigDict
@@ -27,6 +31,14 @@ from mkd_jax.config_base import LORA_DECODER, load_config_file
 # Row 5's trainable encoder layer: tiny.en's last (of 4).
 LORA_LAST_ENCODER_LAYER = (
     r"encoder/layers_3/(self_attn/(q_proj|k_proj|v_proj|out_proj)|fc1|fc2)/kernel"
+)
+
+# Its layer map (row 6 has one teacher, base): the uniform decoder map of row 6 (tiny.en's 4
+# decoder layers to base's 6: [1, 2, 3, 5]) plus the encoder output, the one encoder site
+# downstream of the trainable layer.
+TOP_ENCODER_MAP = (
+    *(f"decoder/layer_{i}:base:decoder/layer_{j}" for i, j in enumerate((1, 2, 3, 5))),
+    "encoder/output:base:encoder/output",
 )
 
 
@@ -67,6 +79,16 @@ def get_config():
                     set=(
                         ("loss.ensemble", "weights"),
                         ("loss.ensemble_weights", {"base": 0.75, "base_ft": 0.25}),
+                    ),
+                ),
+                row6_top_encoder=dict(
+                    row=6,
+                    label="row 6 + LoRA on the last encoder layer, encoder and decoder mappers",
+                    set=(
+                        ("lora.targets", (LORA_DECODER, LORA_LAST_ENCODER_LAYER)),
+                        ("data.teacher_frames", 0),
+                        ("mappers.strategy", "explicit"),
+                        ("mappers.explicit", TOP_ENCODER_MAP),
                     ),
                 ),
             ),

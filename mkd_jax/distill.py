@@ -28,6 +28,7 @@ from mkd_jax import kd_targets, lora, losses
 from mkd_jax.data import token_align
 from mkd_jax.mappers import Mappers, feature_loss
 from mkd_jax.models.whisper import Whisper
+from mkd_jax.teacher_cache import entry_layer
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -203,17 +204,26 @@ def cached_teachers(batch, setup: Setup) -> dict[str, dict]:
 
 
 def _student_forward(params_s, batch, setup: Setup):
-    """The student's `(logits, out)`: the whole model, or with a cached (frozen) encoder only
-    the decoder on the cached encoder output, the cached encoder sites joining `out`."""
+    """The student's `(logits, out)`: the whole model; or, with a cached frozen encoder, only
+    the decoder on the cached encoder output; or, with LoRA from encoder layer k up, layers k..
+    and the decoder on the cached output of layer k-1. The cached sites join `out`."""
     spec = setup.cache
     if spec is None or not spec.student_sites:
         return setup.student.apply({"params": params_s}, batch["mel"], batch["decoder_input"])
-    logits, out = setup.student.apply(
-        {"params": params_s},
-        batch["c:student/encoder/output"],
-        batch["decoder_input"],
-        method=Whisper.decode_forced,
-    )
+    entry = batch[f"c:student/{spec.student_sites[0]}"]
+    start = entry_layer(spec)
+    if start is None:
+        logits, out = setup.student.apply(
+            {"params": params_s}, entry, batch["decoder_input"], method=Whisper.decode_forced
+        )
+    else:
+        logits, out = setup.student.apply(
+            {"params": params_s},
+            entry,
+            batch["decoder_input"],
+            start=start,
+            method=Whisper.forward_from,
+        )
     enc = {site: batch[f"c:student/{site}"] for site in spec.student_sites}
     return logits, {**enc, **out}
 

@@ -63,8 +63,11 @@ class CacheSpec:
       top_k: target ids kept per position (0: the whole student vocabulary).
       dtype: storage dtype of teacher features.
       sites: teacher name -> its mapped sites (stored features).
-      student_sites: with a frozen student encoder, "encoder/output" and the student's mapped
-        encoder sites; empty when the student encoder trains (its LoRA runs every step).
+      student_sites: the student encoder sites the cache holds, its frozen part. The first is
+        the entry the step starts from (stored for every frame of the context): with a frozen
+        encoder "encoder/output" (the step runs only the decoder); with LoRA only from encoder
+        layer k >= 1 up, "encoder/layer_{k-1}" (the step runs layers k.. and the decoder). The
+        rest are mapped sites below the entry. Empty when the whole encoder trains.
     """
 
     top_k: int
@@ -73,12 +76,27 @@ class CacheSpec:
     student_sites: tuple[str, ...]
 
 
-def encoder_frozen(lora_targets, params_s) -> bool:
-    """No LoRA target matches a student encoder parameter."""
+def first_trainable_encoder_layer(lora_targets, params_s) -> int | None:
+    """The lowest student encoder layer a LoRA target reaches; None when the encoder is frozen,
+    0 when a target reaches its layer 0 or a part before the layers."""
     from flax.traverse_util import flatten_dict
 
     paths = [p for p in flatten_dict(params_s, sep="/") if p.startswith("encoder/")]
-    return not any(re.fullmatch(t, p) for t in lora_targets for p in paths)
+    hit = [p for p in paths if any(re.fullmatch(t, p) for t in lora_targets)]
+    if not hit:
+        return None
+    layers = [re.match(r"encoder/layers_(\d+)/", p) for p in hit]
+    return min(int(m.group(1)) if m else 0 for m in layers)
+
+
+def encoder_frozen(lora_targets, params_s) -> bool:
+    """No LoRA target matches a student encoder parameter."""
+    return first_trainable_encoder_layer(lora_targets, params_s) is None
+
+
+def _site_layer(site: str) -> int | None:
+    m = re.fullmatch(r"encoder/layer_(\d+)", site)
+    return int(m.group(1)) if m else None
 
 
 def make_spec(cfg, params_s, pairs) -> CacheSpec:
@@ -86,11 +104,25 @@ def make_spec(cfg, params_s, pairs) -> CacheSpec:
     sites = {name: () for name in cfg.teachers}
     for p in pairs:
         sites[p.teacher] = tuple(sorted({*sites[p.teacher], p.teacher_site}))
+    enc = sorted({p.student_site for p in pairs if p.student_site.startswith("encoder/")})
+    first = first_trainable_encoder_layer(tuple(cfg.lora.targets), params_s)
     student_sites = ()
-    if encoder_frozen(tuple(cfg.lora.targets), params_s):
-        enc = sorted({p.student_site for p in pairs if p.student_site.startswith("encoder/")})
+    if first is None:
         student_sites = ("encoder/output", *[s for s in enc if s != "encoder/output"])
+    elif first > 0:  # the layers below `first` are frozen: cache their output once
+        entry = f"encoder/layer_{first - 1}"
+        below = [
+            s for s in enc if s != entry and _site_layer(s) is not None and _site_layer(s) < first
+        ]
+        student_sites = (entry, *below)
     return CacheSpec(int(cfg.cache.top_k), str(cfg.cache.dtype), sites, student_sites)
+
+
+def entry_layer(spec: CacheSpec) -> int | None:
+    """The encoder layer a cached step starts at: None for the decoder alone (frozen encoder),
+    k for a cached `encoder/layer_{k-1}`; only meaningful when `spec.student_sites` is set."""
+    layer = _site_layer(spec.student_sites[0])
+    return None if layer is None else layer + 1
 
 
 # ----- fields: name -> (axis kind, trailing shape, dtype) -----
@@ -120,7 +152,7 @@ def fields(spec: CacheSpec, setup) -> dict[str, tuple[str | None, tuple, str]]:
             kind = "frame" if site.startswith("encoder/") else "pos"
             out[c + site] = (kind, (model.d_model,), spec.dtype)
     for site in spec.student_sites:
-        kind = "context" if site == "encoder/output" else "frame"
+        kind = "context" if site == spec.student_sites[0] else "frame"
         out["c:student/" + site] = (kind, (setup.student.d_model,), "float32")
     return out
 
@@ -554,6 +586,7 @@ class CachedBatches:
             raise CacheError(f"{folder}: no complete teacher cache (rerun to build it)")
         self.failed = set(manifest["failed"])
         self.table = fields(spec, setup)
+        self.student_cached = bool(spec.student_sites)
         self._files, self._where = {}, {}
         for path in sorted(self.folder.glob("shard-*.safetensors")):
             with safe_open(str(path), "numpy") as f:
@@ -578,8 +611,8 @@ class CachedBatches:
         n_tokens = batch["decoder_input"].shape[1]
         n_enc = self.n_enc
         out = dict(batch)
-        if "c:student/encoder/output" in self.table:
-            out.pop("mel", None)  # the step reads the cached encoder output instead
+        if self.student_cached:
+            out.pop("mel", None)  # the step starts from the cached encoder states instead
         arrays = {}
         for key, (kind, shape, dtype) in self.table.items():
             lead = () if kind is None else (_length(kind, n_tokens, n_enc),)

@@ -381,14 +381,14 @@ def _check_cache(cfg, dims) -> None:
     _choice(cfg, "cache.enabled", (True, False))
     if not cfg.cache.enabled:
         return
-    encoder = [f"encoder/layers_{i}/{k}/kernel" for i in range(32) for k in _KERNELS]
-    if not cfg.teachers and any(re.fullmatch(t, k) for t in cfg.lora.targets for k in encoder):
+    first = [f"encoder/layers_0/{k}/kernel" for k in _KERNELS]
+    if not cfg.teachers and any(re.fullmatch(t, k) for t in cfg.lora.targets for k in first):
         raise ConfigError(
             "cache.enabled",
             True,
-            "without teachers the cache holds only the student's encoder output, which needs a "
-            "frozen encoder, but lora.targets reach the encoder",
-            "drop the encoder LoRA targets or set cache.enabled=False",
+            "without teachers the cache holds only the student's frozen encoder layers, but "
+            "lora.targets reach encoder layer 0, so nothing could be cached",
+            "keep the encoder LoRA targets above layer 0 or set cache.enabled=False",
         )
     v_s = dims["student"].get("vocab_size", 51864)
     _int(cfg, "cache.top_k", 0, v_s)

@@ -154,7 +154,7 @@ def test_every_row_and_variant_of_the_shipped_ablations_validates(name):
     c.teachers.base_ft.checkpoint = "base"
     todo = ablate.entries(c.ablation)
     assert set(ablate.ROWS) <= set(todo)
-    for key, (row, _, overrides) in todo.items():
+    for row, _, overrides in todo.values():
         if row != 1:
             validate(
                 ablate.row_config(c, row, lr=c.ablation.lr_grid[0], seed=0, overrides=overrides)

@@ -9,7 +9,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from mkd_jax import distill, sharding, teacher_cache, train
-from mkd_jax.config_base import LORA_DECODER
+from mkd_jax.config_base import LORA_DECODER, LORA_ENCODER
 from mkd_jax.data import batching, loaders
 from mkd_jax.roles import build_roles, frozen_params
 from mkd_jax.state import init_trainable, make_setup
@@ -20,6 +20,14 @@ def _frozen_encoder(cfg):
     """Decoder LoRA and decoder-site mappers only: the student encoder is cached too."""
     cfg.lora.targets = (LORA_DECODER,)
     cfg.mappers.sides = ("decoder",)
+    return cfg
+
+
+def _top_encoder_layer(cfg):
+    """LoRA on the decoder and the student's last encoder layer only: the cache holds the output
+    of the layers below it, and the step runs that layer and the decoder."""
+    last = cfg.student.init.encoder_layers - 1
+    cfg.lora.targets = (LORA_DECODER, LORA_ENCODER.replace(r"layers_\d+", f"layers_{last}"))
     return cfg
 
 
@@ -51,11 +59,15 @@ def _shards(folder):
     return out
 
 
-@pytest.mark.parametrize("encoder", ["frozen", pytest.param("lora", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "encoder", ["frozen", "top_layer", pytest.param("lora", marks=pytest.mark.slow)]
+)
 def test_cached_step_equals_recomputation_at_full_k(tiny_librispeech, tmp_path, encoder):
     cfg = tiny_config(tiny_librispeech)
     if encoder == "frozen":
         _frozen_encoder(cfg)
+    if encoder == "top_layer":  # encoder and decoder mappers stay: sites below and above it
+        _top_encoder_layer(cfg)
     cfg.cache.top_k = 0
     cfg.cache.dtype = "float32"
     cfg.cache.dir = str(tmp_path / "cache")
@@ -64,7 +76,15 @@ def test_cached_step_equals_recomputation_at_full_k(tiny_librispeech, tmp_path, 
     cfg.cache.enabled = True
     parts = _parts(cfg)
     roles, setup, _, utts, toks, buckets = parts
-    assert bool(setup.cache.student_sites) == (encoder == "frozen")
+    expected = {
+        "frozen": ("encoder/output",),
+        "top_layer": ("encoder/layer_0",),  # the 2-layer student: layer 1 trains
+        "lora": (),
+    }[encoder]
+    assert setup.cache.student_sites[:1] == expected
+    if encoder == "top_layer":
+        assert teacher_cache.entry_layer(setup.cache) == 1
+        assert any(p.student_site == "encoder/layer_1" for p in setup.mappers.pairs)
     folder = _ensure(cfg, parts)
 
     trainable = jax.jit(lambda r: init_trainable(cfg, roles, setup, r))(jax.random.PRNGKey(1))
@@ -74,11 +94,11 @@ def test_cached_step_equals_recomputation_at_full_k(tiny_librispeech, tmp_path, 
     kw = dict(buckets=buckets, shuffle=False, prefetch=0, process_index=0, process_count=1)
     batch = next(batching.BatchIterator(utts, toks, **kw))
     cached_it = teacher_cache.CachedBatches(
-        batching.BatchIterator(utts, toks, audio=encoder != "frozen", **kw),
+        batching.BatchIterator(utts, toks, audio=encoder == "lora", **kw),
         folder, setup.cache, setup, cfg.data.n_frames,
     )  # fmt: skip
     batch_c = next(cached_it)
-    assert ("mel" in batch_c) == (encoder != "frozen")
+    assert ("mel" in batch_c) == (encoder == "lora")
     strip = lambda b: {k: v for k, v in b.items() if k != "ids"}  # noqa: E731
 
     def run(s, b):
@@ -207,8 +227,9 @@ def test_supervised_mode_caches_the_frozen_student_encoder(tiny_librispeech, tmp
     cfg.teachers = {}
     cfg.mappers.weight = 0.0
     cfg.cache.enabled, cfg.cache.dir = True, str(tmp_path / "cache")
-    with pytest.raises(ConfigError, match="frozen encoder"):
-        validate(cfg)  # encoder LoRA: nothing could be cached
+    with pytest.raises(ConfigError, match="nothing could be cached"):
+        validate(cfg)  # encoder LoRA from layer 0: nothing could be cached
+    validate(_top_encoder_layer(cfg))  # the layers below the top one could be
     cfg.lora.targets = (LORA_DECODER,)
     validate(cfg)
     roles = build_roles(cfg)

@@ -158,8 +158,22 @@ class Encoder(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, mel: jax.Array) -> tuple[jax.Array, dict]:
-        """`mel` [B, n_mels, frames] (frames <= 2 * max_positions, even) -> [B, frames/2, D]."""
+    def __call__(self, mel: jax.Array, *, start: int = 0) -> tuple[jax.Array, dict]:
+        """`mel` [B, n_mels, frames] (frames <= 2 * max_positions, even) -> [B, frames/2, D].
+
+        With `start` > 0, `mel` is instead layer `start - 1`'s output [B, T, D] and only layers
+        `start`.. run (a frozen lower encoder whose output is cached); `out` then holds the
+        sites from layer `start` on.
+        """
+        if not 0 <= start < self.layers:
+            raise ValueError(f"encoder start layer {start} outside 0..{self.layers - 1}")
+        if start:
+            if mel.ndim != 3 or mel.shape[2] != self.d_model:
+                raise ValueError(
+                    f"encoder from layer {start} expects hidden states [batch, frames, "
+                    f"{self.d_model}], got {mel.shape}"
+                )
+            return self._from(mel, start)
         if mel.ndim != 3 or mel.shape[1] != self.num_mel_bins:
             raise ValueError(
                 f"encoder expects log-mel [batch, {self.num_mel_bins}, frames], got {mel.shape}"
@@ -191,8 +205,12 @@ class Encoder(nn.Module):
         )
         # Shorter contexts use the head of the table, as Whisper does for short inputs.
         x = _constrain(x + table[: x.shape[1]].astype(self.dtype))
+        return self._from(x, 0)
+
+    def _from(self, x: jax.Array, start: int) -> tuple[jax.Array, dict]:
+        """Layers `start`.. and the final norm (called from `__call__`, inside its scope)."""
         out = {}
-        for i in range(self.layers):
+        for i in range(start, self.layers):
             x = EncoderLayer(
                 self.d_model, self.num_heads, self.ffn_dim, self.dtype, name=f"layers_{i}"
             )(x)
@@ -299,6 +317,13 @@ class Whisper(nn.Module):
 
     def encode(self, mel: jax.Array) -> tuple[jax.Array, dict]:
         return self.encoder(mel)
+
+    def forward_from(self, hidden: jax.Array, tokens: jax.Array, *, start: int):
+        """Teacher-forced pass from encoder layer `start`'s input `hidden` [B, T, D] (layer
+        `start - 1`'s output) -> (logits, out): the layers below are frozen and cached."""
+        enc, out = self.encoder(hidden, start=start)
+        logits, dec_out, _ = self.decoder(tokens, self.decoder.cross_kv(enc))
+        return logits, {**out, **dec_out}
 
     def decode_forced(self, enc: jax.Array, tokens: jax.Array):
         """Teacher-forced decoder on a given encoder output `enc` [B, T, D] -> (logits, out).

@@ -84,10 +84,16 @@ def _id_mask(vocab: int, ids: tuple[int, ...]) -> jax.Array:
     return jnp.asarray(mask)
 
 
-def _start(model: Whisper, params, mel, spec: DecodeSpec, copies: int):
-    """Encode, project cross K/V, allocate the cache and prefill the prompt for `copies` per row."""
+def encode(params, mel, *, model: Whisper) -> jax.Array:
+    """The encoder's output `[B, F/2, D]` of log-mel `[B, n_mels, F]`."""
+    return model.apply({"params": params}, mel, method=Whisper.encode)[0]
+
+
+def _start(model: Whisper, params, x, spec: DecodeSpec, copies: int, encoded: bool = False):
+    """Encode (unless `encoded`: `x` is already the encoder's output), project cross K/V,
+    allocate the cache and prefill the prompt for `copies` per row."""
     variables = {"params": params}
-    enc, _ = model.apply(variables, mel, method=Whisper.encode)
+    enc = x if encoded else encode(params, x, model=model)
     if copies > 1:
         enc = jnp.repeat(enc, copies, axis=0)
     rows = enc.shape[0]
@@ -143,9 +149,10 @@ def _masked_logprobs(logits, step, spec: DecodeSpec, vocab: int, tokens=None):
     return jax.nn.log_softmax(logits, axis=-1)
 
 
-def greedy(params, mel, *, model: Whisper, spec: DecodeSpec) -> jax.Array:
-    """Greedy decoding. Returns new tokens [B, max_new_tokens], padded with EOT after EOT."""
-    cross, cache, last = _start(model, params, mel, spec, 1)
+def greedy(params, mel, *, model: Whisper, spec: DecodeSpec, encoded: bool = False) -> jax.Array:
+    """Greedy decoding of log-mel `mel` (with `encoded`: of the encoder's output). Returns new
+    tokens [B, max_new_tokens], padded with EOT after EOT."""
+    cross, cache, last = _start(model, params, mel, spec, 1, encoded)
     rows, p = mel.shape[0], len(spec.prompt)
     tokens = jnp.full((rows, spec.max_new_tokens), spec.eot, jnp.int32)
 
@@ -236,11 +243,13 @@ def _beam_core(b: int, spec: DecodeSpec, vocab: int, last, caches, logprobs, ext
     return jnp.take_along_axis(pool_seqs, best[:, None, None], axis=1)[:, 0]
 
 
-def beam_search(params, mel, *, model: Whisper, spec: DecodeSpec) -> jax.Array:
-    """Beam search with `spec.beam_size` beams (`_beam_core`). Returns the best hypothesis
-    [B, max_new_tokens]."""
+def beam_search(
+    params, mel, *, model: Whisper, spec: DecodeSpec, encoded: bool = False
+) -> jax.Array:
+    """Beam search with `spec.beam_size` beams (`_beam_core`), from log-mel or (`encoded`) the
+    encoder's output. Returns the best hypothesis [B, max_new_tokens]."""
     p, v = len(spec.prompt), model.vocab_size
-    cross, cache, last = _start(model, params, mel, spec, spec.beam_size)
+    cross, cache, last = _start(model, params, mel, spec, spec.beam_size, encoded)
 
     def logprobs(last, i, tokens):
         return _masked_logprobs(last, i, spec, v, tokens)
@@ -254,9 +263,16 @@ def beam_search(params, mel, *, model: Whisper, spec: DecodeSpec) -> jax.Array:
     return _beam_core(mel.shape[0], spec, v, last, cache, logprobs, extend)
 
 
+@functools.lru_cache(maxsize=8)
+def make_encode_fn(model: Whisper):
+    """A jitted `fn(params, mel) -> encoder output [B, F/2, D]`, one per model per process."""
+    return jax.jit(functools.partial(encode, model=model))
+
+
 @functools.lru_cache(maxsize=64)
-def make_generate_fn(model: Whisper, spec: DecodeSpec):
-    """A jitted `fn(params, mel) -> tokens [B, max_new_tokens]` for the spec's beam size.
+def make_generate_fn(model: Whisper, spec: DecodeSpec, encoded: bool = False):
+    """A jitted `fn(params, mel) -> tokens [B, max_new_tokens]` for the spec's beam size; with
+    `encoded`, `fn(params, enc)` decodes from the encoder's output (`make_encode_fn`).
 
     One function per (model, spec) for the whole process: every WER pass of a run (before,
     during and after training, every split) reuses its traces instead of re-tracing.
@@ -267,7 +283,7 @@ def make_generate_fn(model: Whisper, spec: DecodeSpec):
             f"decoder's {model.max_target_positions} positions"
         )
     step = greedy if spec.beam_size == 1 else beam_search
-    return jax.jit(functools.partial(step, model=model, spec=spec))
+    return jax.jit(functools.partial(step, model=model, spec=spec, encoded=encoded))
 
 
 # ----- ensemble decoding across tokenizers -----

@@ -294,6 +294,7 @@ def transcribe_utts(
     n_frames: int,
     max_batches: int = 0,
     desc: str = "eval",
+    reuse_encoder: bool = False,
 ) -> Transcripts:
     """Hypotheses of every utterance of a split (see the module docstring for long ones).
 
@@ -304,19 +305,33 @@ def transcribe_utts(
       n_frames: preferred mel frames per window (0: the model's whole context).
       max_batches: if set, only the first `max_batches * batch_size` utterances.
       desc: progress-bar label.
+      reuse_encoder: serve the encoder's outputs from the process's memo (`encoder_memo`), for
+        students evaluated again and again with the same encoder weights.
 
     Returns:
       `Transcripts`, which unpacks as `(ids, hyps)`; pass it to `score(..., transcripts=)`.
     """
     from mkd_jax.transcriber import long_form_texts
 
-    fn = decode.make_generate_fn(model, spec)
+    if reuse_encoder:
+        from mkd_jax import encoder_memo
+
+        encode = encoder_memo.make_encoder(model, params)
+        from_enc = decode.make_generate_fn(model, spec, encoded=True)
+
+        def generate(mels):
+            return from_enc(params, encode(mels[model.num_mel_bins]))
+    else:
+        fn = decode.make_generate_fn(model, spec)
+
+        def generate(mels):
+            return fn(params, mels[model.num_mel_bins])
 
     def long_form(clips):
         return long_form_texts(model, params, tokenizer, spec, clips, batch_size=batch_size)
 
     dec = _Decoder(
-        generate=lambda mels: fn(params, mels[model.num_mel_bins]),
+        generate=generate,
         n_mels=(model.num_mel_bins,),
         full_frames=2 * model.max_source_positions,
         tokenizer=tokenizer,
@@ -327,9 +342,12 @@ def transcribe_utts(
         if spec.no_timestamps >= 0 and 2 * model.max_source_positions == features.N_FRAMES
         else None,
     )
-    return _transcribe(
+    out = _transcribe(
         dec, utts, batch_size=batch_size, n_frames=n_frames, max_batches=max_batches, desc=desc
     )
+    if reuse_encoder:
+        logging.info("%s: encoder memo %s", desc, encoder_memo.stats())
+    return out
 
 
 def transcribe_ensemble(

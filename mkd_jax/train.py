@@ -65,6 +65,7 @@ def _wer(cfg, roles, merged, utts, split, max_batches, *, zero_shot: bool = Fals
             n_frames=cfg.data.n_frames,
             max_batches=max_batches,
             desc=f"decode {split}",
+            reuse_encoder=True,
         )
 
     if zero_shot and cfg.student.checkpoint and max_batches == 0:
@@ -107,10 +108,11 @@ def _real_agreement(cfg, roles, merged, source) -> dict | None:
         return None
     bs, cache, tokens = cfg.data.eval_batch_size, agreement.cache_dir(), cfg.eval.max_new_tokens
 
-    def decoder(model, params, tok, spec, n_frames, desc):
+    def decoder(model, params, tok, spec, n_frames, desc, reuse_encoder=False):
         return lambda utts: transcribe_utts(
-            model, params, tok, spec, utts, batch_size=bs, n_frames=n_frames, desc=desc
-        )
+            model, params, tok, spec, utts, batch_size=bs, n_frames=n_frames, desc=desc,
+            reuse_encoder=reuse_encoder,
+        )  # fmt: skip
 
     t_model, t_params, t_tok, t_folder = roles["teachers"][name]
     t_spec = decode.spec_from_folder(t_folder, t_tok, max_new_tokens=tokens)
@@ -123,7 +125,7 @@ def _real_agreement(cfg, roles, merged, source) -> dict | None:
     student, params_s, tok, folder = roles["student"]
     spec = decode.spec_from_folder(folder, tok, max_new_tokens=tokens, beam_size=cfg.eval.beam_size)
     n_frames = cfg.data.n_frames
-    before = decoder(student, params_s, tok, spec, n_frames, "agreement before")
+    before = decoder(student, params_s, tok, spec, n_frames, "agreement before", True)
     if cfg.student.checkpoint:  # the untrained student is the same in every run: cache it
         settings = {"max_new_tokens": tokens, "beam_size": cfg.eval.beam_size}
         zero_shot = agreement.as_transcripts(
@@ -134,7 +136,7 @@ def _real_agreement(cfg, roles, merged, source) -> dict | None:
         )  # fmt: skip
     else:
         zero_shot = before(real)
-    after = decoder(student, merged, tok, spec, n_frames, "agreement after")(real)
+    after = decoder(student, merged, tok, spec, n_frames, "agreement after", True)(real)
     out = {"split": agreement.SPLIT, "reference": name}
     for when, tr in (("before", zero_shot), ("after", after)):
         out[when] = {**agreement.agreement(tr, ref, real), "n_frames": n_frames}

@@ -78,8 +78,9 @@ def test_too_many_new_tokens_is_rejected(pair):
 # ----- ensemble decoding: tiny random Flax models with the toy tokenizers of test_token_align -----
 
 
-def _tiny(vocab: int, n_mels: int, seed: int):
-    """A small random Whisper; parameters drawn in numpy from the shapes (eager init is slow)."""
+def _tiny(vocab: int, n_mels: int, seed: int, **fields):
+    """A small random Whisper (`fields` override its config); parameters drawn in numpy from the
+    shapes (eager init is slow)."""
     import flax.linen as nn
     import jax
 
@@ -95,6 +96,7 @@ def _tiny(vocab: int, n_mels: int, seed: int):
         decoder_attention_heads=2,
         encoder_ffn_dim=64,
         decoder_ffn_dim=64,
+        **fields,
     )
     rng = np.random.default_rng(seed)
     shapes = nn.unbox(abstract_params(model, frames=40))

@@ -17,11 +17,11 @@ output at the student's 30 s frames: it gets LoRA on the last encoder layer too 
 30 s; the cache then holds the output of the three frozen layers below, so its step runs the last
 encoder layer and the decoder. It runs after the frozen-encoder rows, and the variant
 `row6_top_encoder` (ours with the same trainable layer, mappers on the decoder and the encoder
-output)
-comes last: decoder-only LoRA against encoder + decoder LoRA. Each finished run's report lands
-in results/ablation_power/runs/, so the ablation resumes run by run in a later session on
-another machine; `ablation.md` is rewritten after each row. Cost per run on the 2-core machine:
-BUILD_NOTES "Ablation with power".
+output) comes last: decoder-only LoRA against encoder + decoder LoRA. Every row, CE-only row 2
+included, reports its real-audio agreement with base (`eval.agreement_reference`). Each finished
+run's report lands in results/ablation_power/runs/, so the ablation resumes run by run in a later
+session on another machine; `ablation.md` is rewritten after each row. Cost per run on the 2-core
+machine: BUILD_NOTES "Ablation with power".
 """
 
 from ml_collections import ConfigDict
@@ -50,6 +50,8 @@ def get_config():
     c.data.source.fractions = (0.6, 0.15, 0.25)
     c.total_steps = 300
     c.ckpt.every_steps = 100
+    # Every row's real-audio agreement is measured against base, CE-only row 2 included.
+    c.eval.agreement_reference = "base"
     c.ablation = ConfigDict(
         dict(
             rows=(1, 2, 3, 4, 6, 7, 5),  # row 5 last: it is the expensive one

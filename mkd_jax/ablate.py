@@ -203,7 +203,7 @@ def best_baseline(results: dict, dev: str):
 
 
 def _agreement_cell(reports: list) -> str:
-    """Real-audio agreement after training (WER % vs the first teacher's transcripts), mean."""
+    """Real-audio agreement after training (WER % vs the reference's transcripts), mean."""
     found = [r["agreement"]["after"] for r in reports if (r.get("agreement") or {}).get("after")]
     if not found:
         return "-"
@@ -247,10 +247,10 @@ def summarise(base, results: dict) -> tuple[str, list]:
         f"an interval that excludes 0 is beyond resampling noise. Best baseline: {best_txt}, the "
         "row of 2-5 with the lowest dev WER. "
         f"{OOD_SPLIT}: TTS engines never "
-        "used in training. Real-audio agreement: the trained student's WER against its first "
-        "teacher's transcripts of real recordings (real_unlabelled), seed mean; rows without "
-        "teachers have none. Every row decodes at the training context, with 30 s for longer "
-        "utterances.",
+        "used in training. Real-audio agreement: the trained student's WER against a reference "
+        "model's transcripts of real recordings (real_unlabelled; `eval.agreement_reference`, "
+        "else the row's first teacher), seed mean; '-' where a run did not measure it. Every row "
+        "decodes at the training context, with 30 s for longer utterances.",
     ]
     return "\n".join(lines), plot
 

@@ -247,5 +247,9 @@ def base_config() -> ConfigDict:
     c.mesh = MESH
     c.sharding_rules = SHARDING_RULES
     c.ckpt = ConfigDict(dict(every_steps=50, max_to_keep=2))
-    c.eval = ConfigDict(dict(every_steps=0, max_batches=0, max_new_tokens=96, beam_size=1))
+    # agreement_reference: a model name or folder whose transcripts of the real recordings the
+    # student is compared with before and after training; "" = the first teacher.
+    c.eval = ConfigDict(
+        dict(every_steps=0, max_batches=0, max_new_tokens=96, beam_size=1, agreement_reference="")
+    )
     return c

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from absl import flags, logging
-from ml_collections import config_flags
+from ml_collections import ConfigDict, config_flags
 
 from mkd_jax import cli
 from mkd_jax.cli import RunFailed
@@ -83,29 +83,46 @@ def _wer(cfg, roles, merged, utts, split, max_batches, *, zero_shot: bool = Fals
     return res
 
 
-def _real_agreement(cfg, roles, merged, source) -> dict | None:
-    """The student's WER against the first teacher's transcripts of `real_unlabelled`, before
-    and after training, both at the training context (like for like).
+def _agreement_reference(cfg, roles):
+    """`(name, Role)` whose transcripts the student is compared with: `eval.agreement_reference`
+    (a model name or folder, so runs without teachers, e.g. CE only, are compared too), else the
+    first teacher; None when there is neither or the teacher is randomly initialised."""
+    from mkd_jax.roles import build_role
 
-    The teacher decodes once at its whole context (30 s for Whisper), greedy; its transcripts and
-    the untrained student's are cached under the asset cache (`agreement.cache_dir()`), so reruns
-    and ablation rows decode only the trained student. None without teachers, without that
-    split, or for a randomly initialised teacher.
-    """
-    from mkd_jax import agreement, decode
-    from mkd_jax.evaluate import transcribe_utts
-
+    ref = cfg.eval.get("agreement_reference", "")
+    if ref:
+        return ref, build_role(ConfigDict(dict(checkpoint=ref, tokenizer="", dtype="float32")), ref)
     if not roles["teachers"]:
         return None
     name = next(iter(roles["teachers"]))
     if not cfg.teachers[name].checkpoint:
         logging.info("teachers.%s is randomly initialised: no real-audio agreement", name)
         return None
+    return name, roles["teachers"][name]
+
+
+def _real_agreement(cfg, roles, merged, source) -> dict | None:
+    """The student's WER against a reference model's transcripts of `real_unlabelled` (see
+    `_agreement_reference`), before and after training, both at the training context (like for
+    like).
+
+    The reference decodes once at its whole context (30 s for Whisper), greedy; its transcripts
+    and the untrained student's are cached under the asset cache (`agreement.cache_dir()`), so
+    reruns and ablation rows decode only the trained student. None without a reference or
+    without that split.
+    """
+    from mkd_jax import agreement, decode
+    from mkd_jax.evaluate import transcribe_utts
+
     real = agreement.load_split_if_present(
         source, agreement.SPLIT, require_text=False, max_utts=agreement.MAX_CLIPS
     )
     if real is None:
         return None
+    found = _agreement_reference(cfg, roles)
+    if found is None:
+        return None
+    name, reference_role = found
     bs, cache, tokens = cfg.data.eval_batch_size, agreement.cache_dir(), cfg.eval.max_new_tokens
 
     def decoder(model, params, tok, spec, n_frames, desc, reuse_encoder=False):
@@ -114,7 +131,7 @@ def _real_agreement(cfg, roles, merged, source) -> dict | None:
             reuse_encoder=reuse_encoder,
         )  # fmt: skip
 
-    t_model, t_params, t_tok, t_folder = roles["teachers"][name]
+    t_model, t_params, t_tok, t_folder = reference_role
     t_spec = decode.spec_from_folder(t_folder, t_tok, max_new_tokens=tokens)
     t_frames = 2 * t_model.max_source_positions
     t_decode = decoder(t_model, t_params, t_tok, t_spec, t_frames, f"reference {name}")

@@ -407,6 +407,21 @@ def _check_cadences(cfg, dims) -> None:
     _int(cfg, "eval.beam_size", 1, 16)
     max_pos = dims["student"].get("max_target_positions", MAX_TARGET_POSITIONS)
     _int(cfg, "eval.max_new_tokens", 1, max_pos - 8)
+    ref = cfg.eval.get("agreement_reference", "")
+    if not isinstance(ref, str):
+        raise ConfigError("eval.agreement_reference", ref, "must be a model name, a folder or ''")
+    if ref:
+        from mkd_jax import assets  # imports flax: only once a reference is named
+
+        try:
+            assets.resolve_model(ref)
+        except (OSError, ValueError) as e:
+            raise ConfigError(
+                "eval.agreement_reference",
+                ref,
+                f"not a usable model ({str(e).splitlines()[0]})",
+                f"use one of {', '.join(assets.MODELS)}, an HF Whisper folder or ''",
+            ) from None
 
 
 def validate(cfg) -> None:

@@ -285,3 +285,29 @@ def test_demo_reuses_the_students_scores_from_trains_report(monkeypatch, tmp_pat
     assert second["rows"][5]["results"] == first["rows"][5]["results"]  # 3 s: decoded, not read
     decoded_again = fake.calls - calls
     assert 0 < decoded_again < calls
+
+
+def test_runs_without_teachers_are_compared_with_a_named_reference(tmp_path):
+    """CE-only runs have no teacher: `eval.agreement_reference` names the model their
+    real-audio agreement is measured against; by default it is the first teacher."""
+    from pathlib import Path
+
+    from test_evaluate import _save_tiny
+    from test_token_align import _toy
+
+    from mkd_jax import train
+    from mkd_jax.config_base import load_config_file
+
+    cfg = load_config_file(Path(__file__).resolve().parent.parent / "configs/tiny.py")
+    assert train._agreement_reference(cfg, {"teachers": {}}) is None
+    first = Role(None, None, None, tmp_path / "teacher")
+    assert cfg.teachers  # the tiny config's teachers are random: no reference unless named
+    name = next(iter(cfg.teachers))
+    with cfg.unlocked():
+        cfg.teachers[name].checkpoint = "base"
+    assert train._agreement_reference(cfg, {"teachers": {name: first}}) == (name, first)
+    _save_tiny(tmp_path / "ref", _toy(multilingual=False), 80, seed=0)
+    cfg.eval.agreement_reference = str(tmp_path / "ref")
+    got_name, role = train._agreement_reference(cfg, {"teachers": {name: first}})
+    assert got_name == str(tmp_path / "ref")
+    assert role.folder == tmp_path / "ref" and role.model.d_model == 32

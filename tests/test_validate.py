@@ -62,6 +62,8 @@ BAD = [
     ("eval.beam_size", 0, "eval.beam_size", ">= 1"),
     ("eval.max_new_tokens", 1000, "eval.max_new_tokens", "<="),
     ("eval.max_batches", -2, "eval.max_batches", ">= -1"),
+    ("eval.agreement_reference", 3, "eval.agreement_reference", "model name"),
+    ("eval.agreement_reference", "/no/such/model", "eval.agreement_reference", "not a usable"),
     ("mesh", (("data", -1), ("data", 1)), "mesh", "repeat"),
     ("mesh", (("data", -1), ("fsdp", -1)), "mesh", "at most one -1"),
     ("teachers.a.weight", -1.0, "teachers.a.weight", ">= 0"),

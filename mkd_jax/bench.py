@@ -5,6 +5,7 @@
     python -m mkd_jax.bench distill [--rounds=3]      # see bench_distill.py
     python -m mkd_jax.bench distill_kd_gap            # the KD term from a top-k cache vs exact
     python -m mkd_jax.bench longform --source=disk:CORPUS --split=test_ood [--minutes=3]
+    python -m mkd_jax.bench eval_reuse [--models=tiny.en] [--clips=16]
 
 `features`: log-mel speed (x real time) on batches of 16 x 30 s clips, alone and through the
 whole batching pipeline (FLAC decode, resample, log-mel, tokens).
@@ -15,6 +16,11 @@ time / ours), for our jitted decoder, `generate`, and CTranslate2 when the `ctra
 is installed (converted from the same weights, float32), on the same clips and log-mel features,
 in rounds that alternate between them in one run (median shown). Warm-up (our compile) is apart.
 The clips are synthesised speech (Kokoro voices), or the files given with `--audio`.
+
+`eval_reuse`: a WER pass of a student whose encoder is frozen, encoding every batch (as before
+`encoder_memo`) against decoding from the memo's encoder outputs (every pass after the first in a
+process: after training, each seed and ablation row), batch 16, 30 s windows, alternating rounds;
+checks that both give the same tokens.
 """
 
 from __future__ import annotations
@@ -184,6 +190,61 @@ def bench_decode():
         print(f"  sample ({name}): {texts_of(tokens['mkd_jax'][1][:1])[0]!r}")
 
 
+def _reuse_passes(name: str):
+    """`{label: pass(mel chunk) -> tokens}` for one model: encoding every batch, and decoding
+    from `encoder_memo` (warm after the first pass, as after training in a process)."""
+    from mkd_jax import decode, encoder_memo
+    from mkd_jax.assets import load_model
+    from mkd_jax.data.tokenizers import load_tokenizer
+
+    model, params, config = load_model(name)
+    tok = load_tokenizer(config["_folder"], model_vocab_size=model.vocab_size)
+    spec = decode.spec_from_folder(config["_folder"], tok, max_new_tokens=FLAGS.max_new_tokens)
+    plain = decode.make_generate_fn(model, spec)
+    from_enc = decode.make_generate_fn(model, spec, encoded=True)
+    encode = encoder_memo.make_encoder(model, params)
+    return model.num_mel_bins, {
+        "encode every pass": lambda c: np.asarray(plain(params, c)),
+        "frozen encoder, memo": lambda c: np.asarray(from_enc(params, encode(c))),
+    }
+
+
+def bench_eval_reuse():
+    """Per model: greedy decoding of the clips at batch 16 from log-mel (encoder every batch)
+    and from a warm `encoder_memo` (decoder only), alternating rounds; median RTF and ratio."""
+    from mkd_jax import encoder_memo
+    from mkd_jax.data import features
+
+    clips = _clips(FLAGS.clips)
+    audio_s = sum(len(c) for c in clips) / features.SAMPLE_RATE
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"{len(clips)} clips, {audio_s:.1f} s of audio, 30 s windows, batch 16, greedy, "
+        f"median of {FLAGS.rounds} alternating rounds"
+    )
+    for name in FLAGS.models:
+        n_mels, runs = _reuse_passes(name)
+        mel = features.log_mel(clips, n_mels=n_mels)
+        chunks = [mel[i : i + 16] for i in range(0, len(mel), 16)]
+        walls = {k: [] for k in runs}
+        out = {k: [run(c) for c in chunks] for k, run in runs.items()}  # warm-up; fills the memo
+        same = all(np.array_equal(a, b) for a, b in zip(*out.values(), strict=True))
+        for _ in range(FLAGS.rounds):
+            for k, run in runs.items():
+                t0 = time.perf_counter()
+                for c in chunks:
+                    run(c)
+                walls[k].append(time.perf_counter() - t0)
+        med = {k: float(np.median(v)) for k, v in walls.items()}
+        base = med["encode every pass"]
+        for k in runs:
+            print(f"{name:8} {k:>22} RTF {med[k] / audio_s:6.3f}  x {base / med[k]:5.2f}")
+        print(f"  tokens identical: {same}; memo {encoder_memo.stats()}")
+        if not same:
+            raise RuntimeError(f"{name}: decoding from the memo changed the tokens")
+        encoder_memo.clear()
+
+
 def bench_features():
     """log-mel alone, then the whole input pipeline (FLAC decode + log-mel + tokens, batches of
     16 x 29 s) with its work in a thread of this process (0 workers) or in 1 and 2 Grain worker
@@ -239,7 +300,7 @@ def bench_features():
 
 
 def main(argv):
-    kinds = ("decode", "features", "distill", "distill_kd_gap", "longform")
+    kinds = ("decode", "features", "distill", "distill_kd_gap", "longform", "eval_reuse")
     if len(argv) != 2 or argv[1] not in kinds:
         raise app.UsageError(f"usage: python -m mkd_jax.bench {'|'.join(kinds)} [flags]")
     if argv[1] == "distill":
@@ -257,6 +318,8 @@ def main(argv):
         if not FLAGS.source:
             raise app.UsageError("longform needs --source=KIND:PATH")
         bench_longform(FLAGS.models[0], parse_source(FLAGS.source), FLAGS.split, FLAGS.minutes)
+    elif argv[1] == "eval_reuse":
+        bench_eval_reuse()
     else:
         bench_decode() if argv[1] == "decode" else bench_features()
 

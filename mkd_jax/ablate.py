@@ -95,6 +95,51 @@ def entries(ab: ConfigDict) -> dict:
     return out
 
 
+def corpus_digest(source: dict) -> str:
+    """sha256 of the corpus the runs train and score on: the bytes of every Arrow file of a saved
+    dataset (the synthetic corpus: audio included), else of every file under the source's path.
+
+    Synthesis is deterministic on one machine kind but not across CPUs (Kokoro's ONNX kernels
+    differ between AVX2 and AVX-512: the same 1.3 h corpus rebuilt on another machine changed
+    tiny.en's zero-shot dev WER from 10.24 to 9.95), so runs from another build never share a
+    table (`check_corpus`)."""
+    import hashlib
+
+    root = Path(source.get("path") or "")
+    files = sorted(root.rglob("*.arrow")) or sorted(p for p in root.rglob("*") if p.is_file())
+    if not files:
+        raise ValueError(f"data.source.path={str(root)!r}: no corpus files to fingerprint")
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(root)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 24):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def check_corpus(kept: Path, digest: str) -> None:
+    """Keep `kept` (finished runs' reports) only if they were made on this corpus build: reports
+    of another build move to `<kept>_stale_<digest>` (kept, never mixed into this table)."""
+    import shutil
+
+    mark = kept / "corpus.json"
+    if kept.is_dir() and any(kept.iterdir()):
+        old = json.loads(mark.read_text())["sha256"] if mark.is_file() else "unknown"
+        if old == digest:
+            return
+        stale = kept.parent / f"{kept.name}_stale_{old[:12]}"
+        logging.warning(
+            "%s: finished runs were made on another build of the corpus (%s, now %s); moved to "
+            "%s and run again here",
+            kept, old[:12], digest[:12], stale,
+        )  # fmt: skip
+        shutil.rmtree(stale, ignore_errors=True)
+        kept.rename(stale)
+    kept.mkdir(parents=True, exist_ok=True)
+    mark.write_text(json.dumps({"sha256": digest}) + "\n")
+
+
 def _key_dir(key) -> str:
     return f"row{key}" if isinstance(key, int) else str(key)
 
@@ -135,7 +180,7 @@ def zero_shot(base, kept: Path) -> dict:
         source = resolve_source(base.data.source)
         splits = (base.data.eval_split, base.data.test_split, OOD_SPLIT)
         after = {
-            s: _test_wer(base.student.checkpoint, base, source, s)
+            s: _test_wer(base.student.checkpoint, base, source, s, reuse_encoder=True)
             for s in splits
             if s != OOD_SPLIT or load_split_if_present(source, s) is not None
         }
@@ -286,6 +331,10 @@ def main(argv):
     root, out = Path(FLAGS.workdir), Path(FLAGS.results)
     kept = out / "runs"
     todo = entries(ab)  # checks the variants before any run starts
+    from mkd_jax.roles import resolve_source
+
+    digest = corpus_digest(resolve_source(base.data.source))  # builds the corpus if missing
+    check_corpus(kept, digest)
     from mkd_jax.config_base import DEMO_CORPUS_HOURS
     from mkd_jax.demo import ensure_base_ft
 
@@ -327,6 +376,8 @@ def write_results(
 ) -> str:
     """`ablation.md` and `ablation.png` of the rows finished so far; returns the markdown."""
     ab = base.ablation
+    mark = out / "runs" / "corpus.json"
+    corpus = json.loads(mark.read_text())["sha256"][:12] if mark.is_file() else "unknown"
     zero = results.get(1)
     if zero and not zero[2][0].get("agreement"):  # row 1's agreement is every run's "before"
         before = [
@@ -347,7 +398,8 @@ def write_results(
         f"Trained runs: {len(every)}, {run_h:.2f} h of wall time in all (the sum of each run's "
         f"training and evaluation, on the machine that ran it; zero-shot and caches apart). "
         f"Wall time of this invocation: {wall_s / 60:.1f} min "
-        f"(runs whose report is in {out / 'runs'} are reused).\n"
+        f"(runs whose report is in {out / 'runs'} are reused; all of them were made on the corpus "
+        f"build {corpus} named in {out / 'runs' / 'corpus.json'}).\n"
     )
     (out / "ablation.md").write_text(text)
     return text

@@ -65,24 +65,29 @@ def _trained_member(run_dir: Path, cfg) -> tuple:
     return model, params, tok, spec
 
 
-def _transcribe(members: list, utts, n_frames: int, cfg, desc: str):
-    """One model (`transcribe_utts`) or an ensemble (`transcribe_ensemble`) on a split."""
+def _transcribe(members: list, utts, n_frames: int, cfg, desc: str, reuse_encoder=False):
+    """One model (`transcribe_utts`, `reuse_encoder` as there) or an ensemble
+    (`transcribe_ensemble`) on a split."""
     from mkd_jax.evaluate import transcribe_ensemble, transcribe_utts
 
     kw = dict(batch_size=cfg.data.eval_batch_size, n_frames=n_frames, desc=desc)
     if len(members) == 1:
-        return transcribe_utts(*members[0], utts, **kw)
+        return transcribe_utts(*members[0], utts, **kw, reuse_encoder=reuse_encoder)
     return transcribe_ensemble(members, utts, **kw)
 
 
-def _test_wer(model_name: str, cfg, source: dict, split: str, n_frames: int = 0) -> dict:
+def _test_wer(
+    model_name: str, cfg, source: dict, split: str, n_frames: int = 0, reuse_encoder=False
+) -> dict:
     """Greedy WER of a checkpoint on a whole split, at `n_frames` (default: the run's context;
-    evaluate falls back to 30 s for longer utterances); `score(...)["all"]` with its context."""
+    evaluate falls back to 30 s for longer utterances); `score(...)["all"]` with its context.
+    `reuse_encoder`: keep its encoder outputs for later passes (`encoder_memo`)."""
     from mkd_jax.evaluate import load_scoring_split, score
 
     utts = load_scoring_split(source, split)
     n_frames = n_frames or cfg.data.n_frames
-    tr = _transcribe([_member(model_name, cfg)], utts, n_frames, cfg, f"{model_name} {split}")
+    member = [_member(model_name, cfg)]
+    tr = _transcribe(member, utts, n_frames, cfg, f"{model_name} {split}", reuse_encoder)
     return score(utts, tr.ids, tr.hyps, transcripts=tr)["all"]
 
 

@@ -128,6 +128,34 @@ def test_runs_resume_from_committed_reports_without_training(monkeypatch, tmp_pa
     assert again == first and len(trained) == 1 and not work.exists()
 
 
+def test_reports_of_another_corpus_build_are_set_aside_not_mixed(tmp_path):
+    """Synthesis differs across CPUs, so the kept reports name their corpus build: the same
+    build keeps them, another moves them aside (kept, not used) and starts afresh."""
+    corpus = tmp_path / "corpus" / "dev"
+    corpus.mkdir(parents=True)
+    (corpus / "data-00000-of-00001.arrow").write_bytes(b"audio v1")
+    (corpus / "state.json").write_text('{"_fingerprint": "random"}')
+    source = {"kind": "disk", "path": str(tmp_path / "corpus")}
+    v1 = ablate.corpus_digest(source)
+    (corpus / "state.json").write_text('{"_fingerprint": "other"}')  # not the content
+    assert ablate.corpus_digest(source) == v1
+    kept = tmp_path / "results" / "runs"
+    (kept / "row2" / "lr0.001" / "seed0").mkdir(parents=True)
+    (kept / "row2" / "lr0.001" / "seed0" / "report.json").write_text("{}")
+    ablate.check_corpus(kept, v1)  # reports without a build mark are of an unknown build
+    assert not (kept / "row2").exists()
+    assert (tmp_path / "results" / "runs_stale_unknown" / "row2").is_dir()
+    (kept / "row2").mkdir()
+    ablate.check_corpus(kept, v1)  # the same build: kept
+    assert (kept / "row2").is_dir()
+    (corpus / "data-00000-of-00001.arrow").write_bytes(b"audio v2")
+    v2 = ablate.corpus_digest(source)
+    assert v2 != v1
+    ablate.check_corpus(kept, v2)
+    assert (tmp_path / "results" / f"runs_stale_{v1[:12]}" / "row2").is_dir()
+    assert sorted(p.name for p in kept.iterdir()) == ["corpus.json"]
+
+
 def test_a_partial_ablation_writes_its_table_and_says_what_is_missing(tmp_path):
     c = _demo_ablation()
     c.ablation.rows = (1, 2, 6)

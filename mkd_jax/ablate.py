@@ -121,20 +121,21 @@ def corpus_digest(source: dict) -> str:
 def check_corpus(kept: Path, digest: str) -> None:
     """Keep `kept` (finished runs' reports) only if they were made on this corpus build: reports
     of another build move to `<kept>_stale_<digest>` (kept, never mixed into this table)."""
-    import shutil
-
     mark = kept / "corpus.json"
     if kept.is_dir() and any(kept.iterdir()):
         old = json.loads(mark.read_text())["sha256"] if mark.is_file() else "unknown"
         if old == digest:
             return
         stale = kept.parent / f"{kept.name}_stale_{old[:12]}"
+        n = 1
+        while stale.exists():  # never overwrite reports set aside before
+            n += 1
+            stale = kept.parent / f"{kept.name}_stale_{old[:12]}_{n}"
         logging.warning(
             "%s: finished runs were made on another build of the corpus (%s, now %s); moved to "
             "%s and run again here",
             kept, old[:12], digest[:12], stale,
         )  # fmt: skip
-        shutil.rmtree(stale, ignore_errors=True)
         kept.rename(stale)
     kept.mkdir(parents=True, exist_ok=True)
     mark.write_text(json.dumps({"sha256": digest}) + "\n")
@@ -162,7 +163,12 @@ def run_row(base, root: Path, kept: Path, key, entry, lr: float, seed: int) -> d
     done = workdir / "report.json"
     if not done.is_file():
         t0 = time.time()
-        train.run(row_config(base, row, lr=lr, seed=seed, overrides=overrides), workdir)
+        out = train.run(row_config(base, row, lr=lr, seed=seed, overrides=overrides), workdir)
+        if "stopped_by" in out:  # SIGTERM or Ctrl-C: the run is checkpointed, not finished
+            raise cli.RunFailed(
+                f"{workdir}: stopped at step {out['step']} ({out['stopped_by']}); rerun the "
+                "same command to resume"
+            )
         logging.info("%s lr %g seed %d took %.1f min", key, lr, seed, (time.time() - t0) / 60)
     saved.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(done, saved)

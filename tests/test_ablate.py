@@ -111,7 +111,10 @@ def test_runs_resume_from_committed_reports_without_training(monkeypatch, tmp_pa
     def fake_run(cfg, workdir):
         trained.append((cfg.seed, cfg.optim.lr, cfg.loss.w_ce))
         workdir.mkdir(parents=True)
+        if cfg.seed == 9:  # SIGTERM: checkpointed, no report
+            return {"step": 5, "stopped_by": "SIGTERM"}
         (workdir / "report.json").write_text(json.dumps(_rep([1] * 10)))
+        return {"step": 300}
 
     monkeypatch.setattr(train, "run", fake_run)
     entry = ablate.entries(c.ablation)["row3_kd_only"]
@@ -126,6 +129,12 @@ def test_runs_resume_from_committed_reports_without_training(monkeypatch, tmp_pa
     shutil.rmtree(work)
     again = ablate.run_row(c, work, kept, "row3_kd_only", entry, 1e-3, 2)
     assert again == first and len(trained) == 1 and not work.exists()
+    # A stopped run fails in one line that says how to resume, and keeps nothing as finished.
+    from mkd_jax.cli import RunFailed
+
+    with pytest.raises(RunFailed, match="stopped at step 5 .SIGTERM.; rerun the same command"):
+        ablate.run_row(c, work, kept, "row3_kd_only", entry, 1e-3, 9)
+    assert not (kept / "row3_kd_only" / "lr0.001" / "seed9").exists()
 
 
 def test_reports_of_another_corpus_build_are_set_aside_not_mixed(tmp_path):
@@ -154,6 +163,11 @@ def test_reports_of_another_corpus_build_are_set_aside_not_mixed(tmp_path):
     ablate.check_corpus(kept, v2)
     assert (tmp_path / "results" / f"runs_stale_{v1[:12]}" / "row2").is_dir()
     assert sorted(p.name for p in kept.iterdir()) == ["corpus.json"]
+    (kept / "row3").mkdir()  # a second set of unmarked reports: the first set stays
+    (kept / "corpus.json").unlink()
+    ablate.check_corpus(kept, v2)
+    assert (tmp_path / "results" / "runs_stale_unknown" / "row2").is_dir()
+    assert (tmp_path / "results" / "runs_stale_unknown_2" / "row3").is_dir()
 
 
 def test_a_partial_ablation_writes_its_table_and_says_what_is_missing(tmp_path):

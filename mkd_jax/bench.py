@@ -6,6 +6,7 @@
     python -m mkd_jax.bench distill_kd_gap            # the KD term from a top-k cache vs exact
     python -m mkd_jax.bench longform --source=disk:CORPUS --split=test_ood [--minutes=3]
     python -m mkd_jax.bench eval_reuse [--models=tiny.en] [--clips=16]
+    python -m mkd_jax.bench attention                  # one encoder attention vs torch SDPA
 
 `features`: log-mel speed (x real time) on batches of 16 x 30 s clips, alone and through the
 whole batching pipeline (FLAC decode, resample, log-mel, tokens).
@@ -245,6 +246,47 @@ def bench_eval_reuse():
         encoder_memo.clear()
 
 
+def bench_attention():
+    """One self-attention of base's encoder at 30 s (batch 4, 8 heads, 1500 frames, head dim
+    64, float32): the model's einsum form (`models.whisper.Attention.attend` without the
+    projections) and PyTorch's fused `scaled_dot_product_attention` on the same arrays,
+    alternating rounds; the gap behind the identical-work and decode-speed figures."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    b, h, t, d = 4, 8, 1500, 64
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((b, t, h, d)).astype(np.float32) for _ in range(3))
+
+    @jax.jit
+    def ours(q, k, v):
+        logits = jnp.einsum("bthd,bshd->bhts", q * d**-0.5, k)
+        return jnp.einsum("bhts,bshd->bthd", jax.nn.softmax(logits, axis=-1), v)
+
+    qt, kt, vt = (torch.from_numpy(x).transpose(1, 2).contiguous() for x in (q, k, v))
+    qj, kj, vj = (jnp.asarray(x) for x in (q, k, v))
+    runs = {
+        "ours (XLA einsum)": lambda: ours(qj, kj, vj).block_until_ready(),
+        "torch SDPA": lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt),
+    }
+    got = np.asarray(runs["ours (XLA einsum)"]())
+    want = runs["torch SDPA"]().transpose(1, 2).numpy()
+    walls = {name: [] for name in runs}
+    for _ in range(FLAGS.rounds):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            walls[name].append(time.perf_counter() - t0)
+    flops = 4 * b * h * t * t * d
+    ref = float(np.median(walls["torch SDPA"]))
+    print(f"attention [B={b}, H={h}, T={t}, Dh={d}] f32, median of {FLAGS.rounds} rounds")
+    for name, w in walls.items():
+        m = float(np.median(w))
+        print(f"{name:>18} {m:6.3f} s  {flops / m / 1e9:6.1f} GFLOP/s  x torch {ref / m:5.2f}")
+    print(f"  max abs difference {np.abs(got - want).max():.2e}")
+
+
 def bench_features():
     """log-mel alone, then the whole input pipeline (FLAC decode + log-mel + tokens, batches of
     16 x 29 s) with its work in a thread of this process (0 workers) or in 1 and 2 Grain worker
@@ -300,7 +342,15 @@ def bench_features():
 
 
 def main(argv):
-    kinds = ("decode", "features", "distill", "distill_kd_gap", "longform", "eval_reuse")
+    kinds = (
+        "decode",
+        "features",
+        "distill",
+        "distill_kd_gap",
+        "longform",
+        "eval_reuse",
+        "attention",
+    )
     if len(argv) != 2 or argv[1] not in kinds:
         raise app.UsageError(f"usage: python -m mkd_jax.bench {'|'.join(kinds)} [flags]")
     if argv[1] == "distill":
@@ -320,6 +370,8 @@ def main(argv):
         bench_longform(FLAGS.models[0], parse_source(FLAGS.source), FLAGS.split, FLAGS.minutes)
     elif argv[1] == "eval_reuse":
         bench_eval_reuse()
+    elif argv[1] == "attention":
+        bench_attention()
     else:
         bench_decode() if argv[1] == "decode" else bench_features()
 

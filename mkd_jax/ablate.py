@@ -102,11 +102,19 @@ def corpus_digest(source: dict) -> str:
     Synthesis is deterministic on one machine kind but not across CPUs (Kokoro's ONNX kernels
     differ between AVX2 and AVX-512: the same 1.3 h corpus rebuilt on another machine changed
     tiny.en's zero-shot dev WER from 10.24 to 9.95), so runs from another build never share a
-    table (`check_corpus`)."""
+    table (`check_corpus`). A source without local files (a hub dataset) is named by its
+    description only."""
     import hashlib
 
-    root = Path(source.get("path") or "")
-    files = sorted(root.rglob("*.arrow")) or sorted(p for p in root.rglob("*") if p.is_file())
+    path = source.get("path")
+    if not path or not Path(path).exists():  # a hub dataset: only its description is known
+        text = json.dumps(source, sort_keys=True, default=str)
+        return "source-" + hashlib.sha256(text.encode()).hexdigest()
+    root = Path(path)
+    if root.is_file():
+        files, root = [root], root.parent
+    else:
+        files = sorted(root.rglob("*.arrow")) or sorted(p for p in root.rglob("*") if p.is_file())
     if not files:
         raise ValueError(f"data.source.path={str(root)!r}: no corpus files to fingerprint")
     h = hashlib.sha256()

@@ -275,12 +275,12 @@ def summarise(base, results: dict) -> tuple[str, list]:
     dev, test = base.data.eval_split, base.data.test_split
     best = best_baseline(results, dev)
     lines = [
-        "| row | method | best LR (dev) | dev WER % mean [min, max] (n) | "
+        "| row | method | best LR (dev) | seeds | dev WER % mean [min, max] (n) | "
         "test WER % mean [min, max] (n) | test vs row 2 (95% CI) | test vs best baseline | "
         f"{OOD_SPLIT} WER % mean [min, max] (n) | {OOD_SPLIT} vs row 2 (95% CI) | "
         f"{OOD_SPLIT} vs best baseline | real-audio agreement WER % (n) | "
         "trainable % of largest teacher | step s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     plot = []
     for key, (label, lr, reports) in results.items():
@@ -290,7 +290,8 @@ def summarise(base, results: dict) -> tuple[str, list]:
         pct = reports[0]["params"].get("pct_of_largest_teacher")
         step = [r["median_step_s"] for r in reports if r.get("median_step_s")]
         cells = [
-            str(key), label, str(lr) if lr else "-", d_cell, t_cell,
+            str(key), label, str(lr) if lr else "-", str(len(reports)) if lr else "-",
+            d_cell, t_cell,
             _vs(results, 2, key, test), _vs(results, best, key, test), o_cell,
             _vs(results, 2, key, OOD_SPLIT), _vs(results, best, key, OOD_SPLIT),
             _agreement_cell(reports), f"{pct:.3f}" if pct else "-",

@@ -66,6 +66,20 @@ def _clips(n: int) -> list[np.ndarray]:
     return [synthesize(SENTENCES[i % len(SENTENCES)], VOICES[i % len(VOICES)]) for i in range(n)]
 
 
+def _clips_with_header(setting: str):
+    """The benchmark clips and their audio seconds, after printing the machine and settings."""
+    from mkd_jax.data import features
+
+    clips = _clips(FLAGS.clips)
+    audio_s = sum(len(c) for c in clips) / features.SAMPLE_RATE
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"{len(clips)} clips, {audio_s:.1f} s of audio, 30 s windows, {setting}greedy, "
+        f"median of {FLAGS.rounds} alternating rounds"
+    )
+    return clips, audio_s
+
+
 def _ours(name, max_new):
     """`(run(mel) -> token rows, compile(mel) -> seconds)` for our jitted greedy decoder."""
     from mkd_jax import decode
@@ -144,13 +158,7 @@ def bench_decode():
     from mkd_jax.data import features
 
     batch_sizes = [int(b) for b in FLAGS.batch_sizes]
-    clips = _clips(FLAGS.clips)
-    audio_s = sum(len(c) for c in clips) / features.SAMPLE_RATE
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"{len(clips)} clips, {audio_s:.1f} s of audio, 30 s windows, greedy, "
-        f"median of {FLAGS.rounds} alternating rounds"
-    )
+    clips, audio_s = _clips_with_header("")
     header = (
         f"{'model':8} {'batch':>5} {'impl':>8} {'RTF':>7} {'tok/s':>7} {'x torch':>7} "
         f"{'warm-up s':>9}"
@@ -216,13 +224,7 @@ def bench_eval_reuse():
     from mkd_jax import encoder_memo
     from mkd_jax.data import features
 
-    clips = _clips(FLAGS.clips)
-    audio_s = sum(len(c) for c in clips) / features.SAMPLE_RATE
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"{len(clips)} clips, {audio_s:.1f} s of audio, 30 s windows, batch 16, greedy, "
-        f"median of {FLAGS.rounds} alternating rounds"
-    )
+    clips, audio_s = _clips_with_header("batch 16, ")
     for name in FLAGS.models:
         n_mels, runs = _reuse_passes(name)
         mel = features.log_mel(clips, n_mels=n_mels)

@@ -79,19 +79,31 @@ def row_config(
 
 
 def entries(ab: ConfigDict) -> dict:
-    """Row key -> `(METHOD.md row, label, overrides)`: the rows, then the variants by name.
+    """Row key -> `(METHOD.md row, label, overrides)`, in the order the runs go.
 
-    `ablation.row_set.row<N>` gives a METHOD.md row overrides of its own (row 5's FitNets needs a
-    trainable encoder layer where the other rows keep the encoder frozen)."""
+    `ablation.rows` names METHOD.md rows (ints) and may name variants (strings) to place them
+    among the rows (a variant of row 3 right after row 3, say); variants it does not name run
+    after it, in their own order. `ablation.row_set.row<N>` gives a METHOD.md row overrides of
+    its own (row 5's FitNets needs a trainable encoder layer where the other rows keep the
+    encoder frozen)."""
     row_set = ab.get("row_set") or {}
-    out = {
-        row: (row, ROWS[row], tuple(tuple(o) for o in row_set.get(f"row{row}", ())))
-        for row in ab.rows
-    }
-    for name, v in (ab.get("variants") or {}).items():
+    variants = dict(ab.get("variants") or {})
+    for name, v in variants.items():
         if v.row not in ROWS or v.row == 1:
             raise ValueError(f"ablation.variants.{name}.row={v.row}: choose a trained row 2-7")
-        out[name] = (int(v.row), str(v.label), tuple(tuple(o) for o in v.set))
+    out = {}
+    for key in (*ab.rows, *(n for n in variants if n not in ab.rows)):
+        if isinstance(key, str):
+            if key not in variants:
+                raise ValueError(
+                    f"ablation.rows names {key!r}: no such variant (have: {sorted(variants)})"
+                )
+            v = variants[key]
+            out[key] = (int(v.row), str(v.label), tuple(tuple(o) for o in v.set))
+        elif key in ROWS:
+            out[key] = (key, ROWS[key], tuple(tuple(o) for o in row_set.get(f"row{key}", ())))
+        else:
+            raise ValueError(f"ablation.rows names {key!r}: METHOD.md rows are 1-7")
     return out
 
 

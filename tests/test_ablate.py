@@ -91,6 +91,18 @@ def test_variants_change_only_what_they_name():
     assert tuple(six.mappers.sides) == ("decoder",) and list(six.teachers) == ["base"]
 
 
+def test_rows_place_variants_and_unnamed_variants_run_last():
+    c = _demo_ablation()
+    c.ablation.rows = (1, 3, "row3_kd_only", 2)
+    assert list(ablate.entries(c.ablation)) == [1, 3, "row3_kd_only", 2, "row6_decoder"]
+    c.ablation.rows = (1, "row9")
+    with pytest.raises(ValueError, match="ablation.rows names 'row9': no such variant"):
+        ablate.entries(c.ablation)
+    c.ablation.rows = (1, 8)
+    with pytest.raises(ValueError, match="ablation.rows names 8: METHOD.md rows are 1-7"):
+        ablate.entries(c.ablation)
+
+
 def test_a_bad_variant_fails_before_any_run():
     c = _demo_ablation()
     c.ablation.variants.row3_kd_only.row = 1

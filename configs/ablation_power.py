@@ -58,8 +58,19 @@ def get_config():
             # grid the cross-tokenizer KD is judged with), then ours, the other baselines, and
             # last the two rows with a trainable encoder layer (row 5, row6_top_encoder), whose
             # steps run an encoder layer and cost more.
-            rows=(1, 2, 3, "row3_kd_only", 6, "row6_kd_only", "row6_ce_0p3", 4, 7,
-                  "row7_weighted", 5),
+            rows=(
+                1,
+                2,
+                3,
+                "row3_kd_only",
+                6,
+                "row6_kd_only",
+                "row6_ce_0p3",
+                4,
+                7,
+                "row7_weighted",
+                5,
+            ),
             seeds=(0, 1, 2),
             lr_grid=(1e-4, 5e-4, 2e-3),
             single_teacher="base",

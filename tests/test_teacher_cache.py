@@ -190,6 +190,38 @@ def test_stale_key_rebuilds_and_interrupted_build_resumes(tiny_librispeech, tmp_
     assert not np.array_equal(rebuilt[f"{uid}/c:a/p"], whole[f"{uid}/c:a/p"])
 
 
+def test_a_new_teacher_set_copies_the_student_encoder_from_a_sibling_cache(
+    tiny_librispeech, tmp_path, monkeypatch
+):
+    cfg = _frozen_encoder(tiny_config(tiny_librispeech))
+    cfg.cache.enabled, cfg.cache.top_k, cfg.cache.dir = True, 4, str(tmp_path / "cache")
+    first = _ensure(cfg, _parts(cfg))
+    cfg.loss.temperature = 1.0  # other teacher targets, the same student encoder
+    parts = _parts(cfg)
+    encoded = []
+    real = teacher_cache._targets
+    monkeypatch.setattr(
+        teacher_cache, "_targets", lambda *a, **k: encoded.append(k["student"]) or real(*a, **k)
+    )
+    second = _ensure(cfg, parts)
+    assert second != first and encoded and not any(encoded)  # the student encoder never ran
+    manifest = json.loads((second / "manifest.json").read_text())
+    assert manifest["student_from"] == json.loads((first / "manifest.json").read_text())["key"]
+    # Equal to the same cache built where no sibling exists.
+    cfg.cache.dir = str(tmp_path / "alone")
+    alone = _ensure(cfg, parts)
+    assert json.loads((alone / "manifest.json").read_text())["student_from"] is None
+    copied, computed = _shards(second), _shards(alone)
+    assert copied.keys() == computed.keys()
+    for k in computed:
+        np.testing.assert_allclose(copied[k], computed[k], rtol=1e-6, atol=1e-6, err_msg=k)
+    # Another student context is another student material: no donor, the encoder runs.
+    cfg.cache.dir, cfg.data.n_frames = str(tmp_path / "cache"), cfg.data.n_frames // 2
+    encoded.clear()
+    _ensure(cfg, _parts(cfg))
+    assert encoded and all(encoded)
+
+
 def test_projected_size_over_free_disk_refuses_before_work(tiny_librispeech, tmp_path, monkeypatch):
     cfg = _frozen_encoder(tiny_config(tiny_librispeech))
     cfg.cache.enabled, cfg.cache.dir = True, str(tmp_path / "cache")

@@ -380,48 +380,58 @@ def _rows(out: dict, batch: dict, table: dict) -> dict[str, dict[str, np.ndarray
 _STUDENT_MATERIAL = ("format", "student", "corpus", "n_frames", "buckets", "prompt")
 
 
-class _Donor:
-    """The student fields of another complete cache of the same student encoder and corpus.
+class _Shards:
+    """Lazy reads of a cache folder's tensors by utterance: which shard holds each utterance
+    (from the shards' metadata), each shard opened (mmap) on first use."""
 
-    The student's frozen encoder output is most of a cache's build time (8.5 of ~11 min for
-    tiny.en at 30 s on the 1.3 h corpus here) and does not depend on the teachers, so a cache for
-    a new teacher set copies it from a sibling instead of recomputing it."""
-
-    def __init__(self, folder: Path, manifest: dict):
+    def __init__(self, folder: Path):
         from safetensors import safe_open
 
-        self.folder, self.key = folder, manifest["key"]
-        self._where, self._files = {}, {}
-        for path in sorted(folder.glob("shard-*.safetensors")):
+        self.folder, self.where, self._files = Path(folder), {}, {}
+        for path in sorted(self.folder.glob("shard-*.safetensors")):
             with safe_open(str(path), "numpy") as f:
                 for uid in json.loads(f.metadata()["uids"]):
-                    self._where[uid] = path
-
-    @classmethod
-    def find(cls, folder: Path, material: dict, utts) -> _Donor | None:
-        """A complete sibling of `folder` (same parent) whose student material equals ours and
-        that holds every utterance; None when there is none."""
-        if not material["student"].get("sites"):
-            return None
-        want = json.loads(json.dumps({k: material[k] for k in _STUDENT_MATERIAL}))  # as stored
-        for other in sorted(folder.parent.glob(f"*/{MANIFEST}")):
-            m = _read(other)
-            if other.parent == folder or not m or not m.get("complete") or m.get("failed"):
-                continue
-            if {k: m.get("material", {}).get(k) for k in _STUDENT_MATERIAL} != want:
-                continue
-            donor = cls(other.parent, m)
-            if set(utts.ids) <= donor._where.keys():
-                return donor
-        return None
+                    self.where[uid] = path
 
     def get(self, uid: str, key: str) -> np.ndarray:
-        path = self._where[uid]
+        path = self.where.get(uid)
+        if path is None:
+            raise CacheError(
+                f"{self.folder}: utterance {uid!r} is not in the teacher cache; delete the "
+                "folder to rebuild it"
+            )
         if path not in self._files:
             from safetensors import safe_open
 
             self._files[path] = safe_open(str(path), "numpy")
         return self._files[path].get_tensor(f"{uid}/{key}")
+
+    def __getstate__(self):
+        """Open files stay behind (a Grain worker re-opens them as it reads)."""
+        return dict(self.__dict__, _files={})
+
+
+def _donor(folder: Path, material: dict, utts) -> tuple[str, _Shards] | None:
+    """`(key, shards)` of a complete sibling of `folder` (same parent) whose student material
+    equals ours and that holds every utterance: its student fields are ours. None if there is
+    none, or when the cache holds no student fields.
+
+    The student's frozen encoder output is most of a cache's build time (a student-only cache of
+    tiny.en at 30 s on the 1.3 h corpus took 514 s here) and does not depend on the teachers, so
+    a cache for a new teacher set copies it from a sibling instead of recomputing it."""
+    if not material["student"].get("sites"):
+        return None
+    want = json.loads(json.dumps({k: material[k] for k in _STUDENT_MATERIAL}))  # as stored
+    for other in sorted(folder.parent.glob(f"*/{MANIFEST}")):
+        m = _read(other)
+        if other.parent == folder or not m or not m.get("complete") or m.get("failed"):
+            continue
+        if {k: m.get("material", {}).get(k) for k in _STUDENT_MATERIAL} != want:
+            continue
+        shards = _Shards(other.parent)
+        if set(utts.ids) <= shards.where.keys():
+            return m["key"], shards
+    return None
 
 
 def _progress_path(folder: Path, process: int) -> Path:
@@ -528,11 +538,11 @@ def _build(cfg, roles, setup, utts, tokenizers, buckets, folder, key, material, 
         },
     }
     frozen = sharding.put(frozen, sh)
-    donor = _Donor.find(folder, material, utts)
+    donor = _donor(folder, material, utts)
     if donor is not None:
         logging.info(
             "teacher cache: the student encoder's outputs come from %s (same student, corpus "
-            "and context); only the teachers run", donor.folder,
+            "and context); only the teachers run", donor[1].folder,
         )  # fmt: skip
     student_keys = [k for k in table if k.startswith("c:student/")] if donor else []
     fn = jax.jit(functools.partial(_targets, setup=setup, student=donor is None))
@@ -563,7 +573,7 @@ def _build(cfg, roles, setup, utts, tokenizers, buckets, folder, key, material, 
             out = compute(batch)
             per = _rows(out, batch, {k: v for k, v in table.items() if k not in student_keys})
             for uid, item in per.items():
-                item.update({k: donor.get(uid, k) for k in student_keys})
+                item.update({k: donor[1].get(uid, k) for k in student_keys})
             for uid in batch["ids"]:
                 if uid and uid not in per:
                     progress["failed"].append(str(uid))
@@ -600,7 +610,7 @@ def _build(cfg, roles, setup, utts, tokenizers, buckets, folder, key, material, 
             "bytes_per_hour": size / max(hours, 1e-9),
             "projected_bytes": projected,
             "build_seconds": seconds,
-            "student_from": donor.key if donor else None,
+            "student_from": donor[0] if donor else None,
         }
         _write_json(folder / MANIFEST, manifest)
         logging.info(
@@ -641,8 +651,6 @@ class CachedBatches:
     """
 
     def __init__(self, batches, folder: Path, spec: CacheSpec, setup, n_frames: int):
-        from safetensors import safe_open
-
         self.batches, self.folder, self.n_enc = batches, Path(folder), n_frames // 2
         manifest = _read(self.folder / MANIFEST)
         if not manifest or not manifest.get("complete"):
@@ -650,24 +658,7 @@ class CachedBatches:
         self.failed = set(manifest["failed"])
         self.table = fields(spec, setup)
         self.student_cached = bool(spec.student_sites)
-        self._files, self._where = {}, {}
-        for path in sorted(self.folder.glob("shard-*.safetensors")):
-            with safe_open(str(path), "numpy") as f:
-                for uid in json.loads(f.metadata()["uids"]):
-                    self._where[uid] = path
-
-    def _get(self, uid: str, key: str) -> np.ndarray:
-        path = self._where.get(uid)
-        if path is None:
-            raise CacheError(
-                f"{self.folder}: utterance {uid!r} is not in the teacher cache; delete the "
-                "folder to rebuild it"
-            )
-        if path not in self._files:
-            from safetensors import safe_open
-
-            self._files[path] = safe_open(str(path), "numpy")
-        return self._files[path].get_tensor(f"{uid}/{key}")
+        self.shards = _Shards(self.folder)
 
     def attach(self, batch: dict) -> dict:
         rows = len(batch["ids"])
@@ -688,7 +679,7 @@ class CachedBatches:
                 valid[r] = 0.0
                 continue
             for key, (kind, _, _) in self.table.items():
-                value = self._get(uid, key)
+                value = self.shards.get(uid, key)
                 if kind is None:
                     arrays[key][r] = value
                 else:
@@ -702,9 +693,8 @@ class CachedBatches:
         return out
 
     def __getstate__(self):
-        """What `attach` needs in a Grain worker: open shard files and the wrapped iterator stay
-        behind (the worker re-opens files as it reads them)."""
-        return dict(self.__dict__, _files={}, batches=None)
+        """What `attach` needs in a Grain worker: the wrapped iterator stays behind."""
+        return dict(self.__dict__, batches=None)
 
     def __iter__(self):
         return self

@@ -2,7 +2,7 @@
 
     python -m mkd_jax.bench decode [--models=tiny.en,base] [--batch_sizes=1,16] [--clips=16]
     python -m mkd_jax.bench features
-    python -m mkd_jax.bench distill [--rounds=3]      # see bench_distill.py
+    python -m mkd_jax.bench distill [--rounds=3] [--distill_batch=4]   # see bench_distill.py
     python -m mkd_jax.bench distill_kd_gap            # the KD term from a top-k cache vs exact
     python -m mkd_jax.bench longform --source=disk:CORPUS --split=test_ood [--minutes=3]
     python -m mkd_jax.bench eval_reuse [--models=tiny.en] [--clips=16]
@@ -45,6 +45,9 @@ flags.DEFINE_string("audio", None, "Glob of audio files to use instead of synthe
 flags.DEFINE_integer("max_new_tokens", 96, "Token limit per clip.")
 flags.DEFINE_boolean("torch", True, "Also time transformers' PyTorch generate.")
 flags.DEFINE_integer("rounds", 3, "decode, distill: alternating timed rounds (median shown).")
+flags.DEFINE_integer(
+    "distill_batch", 4, "distill: utterances per step (an accelerator needs more)."
+)
 flags.DEFINE_string("source", None, "longform: KIND:PATH of a corpus (see mkd_jax.evaluate).")
 flags.DEFINE_string("split", "test_ood", "longform: the split whose utterances are joined.")
 flags.DEFINE_float("minutes", 3.0, "longform: minimum length of each joined recording.")
@@ -98,6 +101,7 @@ def _ours(name, max_new):
 
 
 def _torch(name, max_new):
+    import jax
     import torch
     from transformers import WhisperForConditionalGeneration
 
@@ -105,7 +109,9 @@ def _torch(name, max_new):
     from mkd_jax.decode import strip
 
     torch.set_num_threads(os.cpu_count() or 1)
+    dev = "cuda" if jax.default_backend() != "cpu" and torch.cuda.is_available() else "cpu"
     ref = WhisperForConditionalGeneration.from_pretrained(assets.resolve_model(name)).eval()
+    ref = ref.to(dev)
     kwargs = dict(max_new_tokens=max_new, num_beams=1, do_sample=False)
     if ref.generation_config.is_multilingual:
         kwargs.update(language="en", task="transcribe")
@@ -113,7 +119,7 @@ def _torch(name, max_new):
 
     def run(mel):
         with torch.inference_mode():
-            return strip(ref.generate(torch.tensor(mel), **kwargs).numpy(), eot)
+            return strip(ref.generate(torch.tensor(mel).to(dev), **kwargs).cpu().numpy(), eot)
 
     return run
 
@@ -358,7 +364,7 @@ def main(argv):
     if argv[1] == "distill":
         from mkd_jax.bench_distill import bench_distill
 
-        bench_distill(_clips, rounds=FLAGS.rounds)
+        bench_distill(_clips, rounds=FLAGS.rounds, batch_size=FLAGS.distill_batch)
     elif argv[1] == "distill_kd_gap":
         from mkd_jax.bench_distill import kd_gap_only
 

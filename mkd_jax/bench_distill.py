@@ -16,6 +16,14 @@ loss CE + T^2 KL (T = 2), AdamW.
 - `torch`: transformers' PyTorch Whisper + PEFT LoRA + an `nn.Linear` projector, the teacher
   once per step under `no_grad`, default attention, every core, no gradient checkpointing.
 
+On an accelerator (JAX's default backend is not the CPU) the reference runs on CUDA, the rows
+that answer CPU questions (round 1's merged LoRA, encoder LoRA, the top-k KD gap) stay out, and
+bf16 rows join the table: ours with bf16 compute (`role.dtype`; float32 parameters, layer
+norms and losses), uncached and cached, and the reference under `torch.autocast(bfloat16)`.
+The peak is then the bf16 matmul rate measured in the run, and the device's peak memory is
+printed (ours for all our rows in one process, the reference's per row). `--distill_batch`
+sets the batch (4 by default; an accelerator needs more to fill it).
+
 Every implementation is warmed (compile time reported apart), then timed in alternating rounds;
 the table shows medians, samples/s, label tokens/s, ratios to the reference, XLA's FLOPs per
 step, utilisation against a matmul peak measured in the same run, and memory.
@@ -38,11 +46,11 @@ from mkd_jax.config_base import LORA_DECODER, LORA_ENCODER, base_config, role
 BATCH, TOKENS, FRAMES, RANK, TEMPERATURE, TOP_K = 4, 32, 3000, 32, 2.0, 64
 
 
-def _config(variant: str):
+def _config(variant: str, batch: int = BATCH, dtype: str = "float32"):
     c = base_config()
-    c.student = role(checkpoint="tiny.en")
-    c.teachers.base = role(checkpoint="base")
-    c.data.n_frames, c.data.token_buckets, c.data.batch_size = FRAMES, (TOKENS,), BATCH
+    c.student = role(checkpoint="tiny.en", dtype=dtype)
+    c.teachers.base = role(checkpoint="base", dtype=dtype)
+    c.data.n_frames, c.data.token_buckets, c.data.batch_size = FRAMES, (TOKENS,), batch
     c.lora.targets = (LORA_DECODER, LORA_ENCODER) if variant == "encoder_lora" else (LORA_DECODER,)
     c.lora.rank, c.lora.alpha, c.lora.dropout = RANK, float(RANK), 0.0
     c.mappers.strategy, c.mappers.kind, c.mappers.loss = "last", "linear", "mse"
@@ -55,7 +63,7 @@ def _config(variant: str):
     return c
 
 
-def _batch(roles, setup, make_clips):
+def _batch(roles, setup, make_clips, batch: int = BATCH):
     """One batch of synthesised speech, as the batcher builds it (features computed here)."""
     import tempfile
 
@@ -64,7 +72,7 @@ def _batch(roles, setup, make_clips):
     from mkd_jax.corpus.sentences import HARVARD
     from mkd_jax.data import batching, features, loaders
 
-    clips = make_clips(BATCH)
+    clips = make_clips(batch)
     folder = Path(tempfile.mkdtemp(prefix="mkd_bench_")) / "bench" / "19" / "198"
     folder.mkdir(parents=True)
     lines = []
@@ -78,18 +86,18 @@ def _batch(roles, setup, make_clips):
     cross = [n for n, ix in setup.vocab_index.items() if ix is not None]
     toks.update({n: roles["teachers"][n].tokenizer for n in cross})
     it = batching.BatchIterator(
-        utts, toks, buckets=batching.make_buckets((TOKENS,), (FRAMES,), BATCH),
+        utts, toks, buckets=batching.make_buckets((TOKENS,), (FRAMES,), batch),
         shuffle=False, prefetch=0, process_index=0, process_count=1,
     )  # fmt: skip
-    batch = next(it)
-    assert batch["mel"].shape[::2] == (BATCH, FRAMES)
-    return {k: v for k, v in batch.items() if k != "ids"}
+    out = next(it)
+    assert out["mel"].shape[::2] == (batch, FRAMES)
+    return {k: v for k, v in out.items() if k != "ids"}
 
 
 class _Ours:
     """One jitted step of a variant, with its inputs on device."""
 
-    def __init__(self, variant, roles, batch, *, merged: bool = False):
+    def __init__(self, variant, roles, batch, *, merged: bool = False, dtype: str = "float32"):
         import dataclasses
 
         import jax
@@ -99,7 +107,7 @@ class _Ours:
         from mkd_jax.state import init_state, init_trainable, make_setup, make_step_fn, make_tx
         from mkd_jax.teacher_cache import _targets
 
-        cfg = _config(variant)
+        cfg = _config(variant, len(batch["mel"]), dtype)
         setup = dataclasses.replace(make_setup(cfg, roles), lora_merged=merged)
         mesh = sharding.make_mesh(cfg.mesh)
         rules = tuple(tuple(r) for r in cfg.sharding_rules)
@@ -150,7 +158,9 @@ class _Ours:
 class _Torch:
     """The reference step, written the paper's way."""
 
-    def __init__(self, roles, setup, batch):
+    def __init__(self, roles, setup, batch, *, bf16: bool = False):
+        import contextlib
+
         import torch
         from peft import LoraConfig, get_peft_model
         from transformers import WhisperForConditionalGeneration
@@ -158,6 +168,12 @@ class _Torch:
         torch.set_num_threads(os.cpu_count() or 1)
         torch.manual_seed(0)
         self.torch = torch
+        self.dev = "cuda" if _accelerator() and torch.cuda.is_available() else "cpu"
+        self.amp = (
+            torch.autocast(self.dev, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        )
+        if self.dev == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         folder_s, folder_t = roles["student"].folder, roles["teachers"]["base"].folder
         self.teacher = WhisperForConditionalGeneration.from_pretrained(folder_t).eval()
         student = WhisperForConditionalGeneration.from_pretrained(folder_s)
@@ -169,23 +185,35 @@ class _Torch:
         self.student.train()
         d_s, d_t = student.config.d_model, self.teacher.config.d_model
         self.proj = torch.nn.Linear(d_s, d_t)
+        self.teacher, self.student, self.proj = (
+            m.to(self.dev) for m in (self.teacher, self.student, self.proj)
+        )
         params = [p for p in self.student.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW([*params, *self.proj.parameters()], lr=1e-3)
-        t = lambda x: torch.from_numpy(np.array(x))  # noqa: E731
+        t = lambda x: torch.from_numpy(np.array(x)).to(self.dev)  # noqa: E731
         self.mel = t(batch["mel"])
         self.dec, self.labels = t(batch["decoder_input"]).long(), t(batch["labels"]).long()
         self.mask = t(batch["mask"])
         self.t_dec = t(batch["t:base/decoder_input"]).long()
         self.rows = t(batch["t:base/rows"]).long()
         index = setup.vocab_index["base"]
-        self.index = torch.from_numpy(np.maximum(index, 0)).long()
-        self.support = torch.from_numpy(index >= 0)
+        self.index = t(np.maximum(index, 0)).long()
+        self.support = t(index >= 0)
         frames = (t(batch["audio_frames"]) + 1) // 2
-        self.frame_mask = (torch.arange(FRAMES // 2)[None, :] < frames[:, None]).float()
+        grid = torch.arange(FRAMES // 2, device=self.dev)
+        self.frame_mask = (grid[None, :] < frames[:, None]).float()
         self.tokens = float(self.mask.sum())
         self.run()
+        if self.dev == "cuda":
+            self.device_peak = torch.cuda.max_memory_allocated()
 
     def run(self):
+        with self.amp:
+            self._step()
+        if self.dev == "cuda":
+            self.torch.cuda.synchronize()
+
+    def _step(self):
         torch, T = self.torch, TEMPERATURE
         with torch.no_grad():
             t_out = self.teacher(
@@ -197,7 +225,7 @@ class _Torch:
             t_logits = torch.gather(
                 t_out.logits, 1, rows[..., None].expand(-1, -1, t_out.logits.shape[-1])
             )
-            p_t = torch.softmax(t_logits / T, -1).index_select(-1, self.index)
+            p_t = torch.softmax(t_logits.float() / T, -1).index_select(-1, self.index)
             p_t = torch.where(self.support, p_t, 0.0) * valid[..., None]
             p_t = p_t / p_t.sum(-1, keepdim=True).clamp(min=1e-30)
         out = self.student(
@@ -214,7 +242,7 @@ class _Torch:
         kl = (torch.special.xlogy(p_t, p_t) - p_t * log_q).sum(-1)
         kd = T * T * (kl * kd_mask).sum() / kd_mask.sum()
         pred = self.proj(out.encoder_last_hidden_state)
-        mse = ((pred - t_enc) ** 2).mean(-1)
+        mse = ((pred.float() - t_enc.float()) ** 2).mean(-1)
         mse = (mse * self.frame_mask).sum() / self.frame_mask.sum()
         loss = ce + kd + mse
         self.opt.zero_grad(set_to_none=True)
@@ -287,13 +315,29 @@ def kd_gap_only(make_clips) -> dict:
     return _print_kd_gap(roles, batch)
 
 
+def _accelerator() -> bool:
+    import jax
+
+    return jax.default_backend() != "cpu"
+
+
+def _device_peak_bytes() -> int | None:
+    """The accelerator's peak bytes in use so far (None on the CPU, which does not say)."""
+    import jax
+
+    if not _accelerator():
+        return None
+    return (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
+
+
 def _matmul_peak(seconds: float = 2.0) -> float:
-    """FLOP/s of a jitted f32 2048^3 matmul on this machine, now."""
+    """FLOP/s of a jitted square matmul on this machine, now: f32 2048^3 on the CPU, bf16
+    8192^3 on an accelerator."""
     import jax
     import jax.numpy as jnp
 
-    n = 2048
-    a = jnp.ones((n, n), jnp.float32)
+    n, dtype = (8192, jnp.bfloat16) if _accelerator() else (2048, jnp.float32)
+    a = jnp.ones((n, n), dtype)
     f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()
     runs, t0 = 0, time.perf_counter()
@@ -303,7 +347,7 @@ def _matmul_peak(seconds: float = 2.0) -> float:
     return 2 * n**3 * runs / (time.perf_counter() - t0)
 
 
-def bench_distill(make_clips, rounds: int = 3) -> dict:
+def bench_distill(make_clips, rounds: int = 3, batch_size: int = BATCH) -> dict:
     """Prints the table; `make_clips(n)` gives n 16 kHz clips (bench.py's)."""
     import warnings
 
@@ -318,14 +362,23 @@ def bench_distill(make_clips, rounds: int = 3) -> dict:
 
     roles = build_roles(_config("uncached"))
     setup = make_setup(_config("uncached"), roles)
-    batch = _batch(roles, setup, make_clips)
-    impls = {
-        "ours": _Ours("uncached", roles, batch),
-        "ours, LoRA merged (round 1)": _Ours("uncached", roles, batch, merged=True),
-        "ours cached, frozen encoder": _Ours("frozen_encoder", roles, batch),
-        "ours cached, encoder LoRA": _Ours("encoder_lora", roles, batch),
-        "torch + PEFT (reference)": _Torch(roles, setup, batch),
-    }
+    batch = _batch(roles, setup, make_clips, batch_size)
+    impls = {"ours": _Ours("uncached", roles, batch)}
+    if not _accelerator():  # round 1's forward and encoder LoRA: the CPU's questions
+        impls["ours, LoRA merged (round 1)"] = _Ours("uncached", roles, batch, merged=True)
+    impls["ours cached, frozen encoder"] = _Ours("frozen_encoder", roles, batch)
+    if not _accelerator():
+        impls["ours cached, encoder LoRA"] = _Ours("encoder_lora", roles, batch)
+    if _accelerator():
+        roles_bf16 = build_roles(_config("uncached", dtype="bfloat16"))
+        impls["ours, bf16"] = _Ours("uncached", roles_bf16, batch, dtype="bfloat16")
+        impls["ours cached, frozen encoder, bf16"] = _Ours(
+            "frozen_encoder", roles_bf16, batch, dtype="bfloat16"
+        )
+    jax_peak = _device_peak_bytes()
+    impls["torch + PEFT (reference)"] = _Torch(roles, setup, batch)
+    if _accelerator():
+        impls["torch + PEFT, bf16 autocast"] = _Torch(roles, setup, batch, bf16=True)
     times = {name: [] for name in impls}
     for _ in range(rounds):  # alternating, so drift on a shared machine hits all alike
         for name, impl in impls.items():
@@ -334,10 +387,15 @@ def bench_distill(make_clips, rounds: int = 3) -> dict:
             times[name].append(time.perf_counter() - t0)
     peak = _matmul_peak()
     ref = statistics.median(times["torch + PEFT (reference)"])
+    import jax
+
+    kind = "bf16" if _accelerator() else "f32"
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"matmul peak {peak / 1e9:.0f} GFLOP/s (f32, measured now)\n"
-        f"work: base -> tiny.en, batch {BATCH}, {FRAMES // 100} s features, {TOKENS} positions, "
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{jax.devices()[0].device_kind} ({jax.default_backend()}); "
+        f"matmul peak {peak / 1e9:.0f} GFLOP/s ({kind}, measured now)\n"
+        f"work: base -> tiny.en, batch {batch_size}, {FRAMES // 100} s features, "
+        f"{TOKENS} positions, "
         f"LoRA r={RANK} decoder, linear projector + MSE, CE + T^2 KL (T={TEMPERATURE:g}), AdamW; "
         f"median of {rounds} alternating rounds, compile apart"
     )
@@ -352,7 +410,7 @@ def bench_distill(make_clips, rounds: int = 3) -> dict:
         flops = getattr(impl, "flops", impls["ours"].flops)  # identical work for the reference
         row = {
             "s_per_step": t,
-            "samples_per_s": BATCH / t,
+            "samples_per_s": batch_size / t,
             "tokens_per_s": impl.tokens / t,
             "x_ref": ref / t,
             "gflop": flops / 1e9,
@@ -367,10 +425,22 @@ def bench_distill(make_clips, rounds: int = 3) -> dict:
             f"{row['x_ref']:6.2f} {row['gflop']:7.1f} {row['utilisation']:5.0%} {compile_s} "
             f"{memory}"
         )
-    result["kd_gap"] = _print_kd_gap(roles, batch)
+    if not _accelerator():  # a numerical property of the top-k cache, the same on every device
+        result["kd_gap"] = _print_kd_gap(roles, batch)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
     print(
         f"peak resident memory of the process (all implementations): {rss:.0f} MB; the "
         "reference's GFLOP is that of our uncached step (identical work)"
     )
+    if jax_peak is not None:
+        torch_peaks = ", ".join(
+            f"{name} {impl.device_peak / 1e9:.2f} GB"
+            for name, impl in impls.items()
+            if getattr(impl, "device_peak", None)
+        )
+        print(
+            f"device memory at its peak: ours (all our implementations, one process) "
+            f"{jax_peak / 1e9:.2f} GB; {torch_peaks}"
+        )
+        result["device_peak_bytes"] = {"ours": jax_peak}
     return result

@@ -78,7 +78,7 @@ def _batch(roles, setup, make_clips, batch: int = BATCH):
     lines = []
     for i, clip in enumerate(clips):
         sf.write(folder / f"19-198-{i:04d}.flac", clip, features.SAMPLE_RATE)
-        lines.append(f"19-198-{i:04d} {HARVARD[i]}")
+        lines.append(f"19-198-{i:04d} {HARVARD[i % len(HARVARD)]}")
     (folder / "19-198.trans.txt").write_text("\n".join(lines) + "\n")
     source = {"kind": "librispeech", "path": str(folder.parents[2])}
     utts = loaders.load_split(source, "bench")

@@ -59,6 +59,19 @@ def _constrain(x: jax.Array) -> jax.Array:
     return nn.with_logical_constraint(x, ACT)
 
 
+def fused_attention(q: jax.Array, k: jax.Array, mask) -> bool:
+    """Whether `Attention.attend` runs cuDNN's fused (flash) attention: on a GPU, with
+    half-precision inputs, for unmasked self-attention (the encoder's: at 30 s its [B, H, 1500,
+    1500] scores never materialise). Elsewhere the einsum form runs (on the CPU XLA's fused
+    `dot_product_attention` was slower: BUILD_NOTES, "Teacher-output cache and step speed")."""
+    return (
+        mask is None
+        and jax.default_backend() == "gpu"
+        and q.dtype in (jnp.bfloat16, jnp.float16)
+        and q.shape[1] == k.shape[1]
+    )
+
+
 class Attention(nn.Module):
     """Multi-head attention; the key projection has no bias, as in Whisper."""
 
@@ -85,6 +98,9 @@ class Attention(nn.Module):
         """Queries from `x` [B, T, D] attend to `k`, `v` [B, S, H, Dh]; `mask` ~ [B, H, T, S]."""
         head_dim = self.d_model // self.num_heads
         q = self._split(self.q_proj(x)) * head_dim**-0.5  # [B, T, H, Dh]
+        if fused_attention(q, k, mask):
+            y = jax.nn.dot_product_attention(q, k, v, scale=1.0, implementation="cudnn")
+            return self.out_proj(y.reshape(x.shape[0], x.shape[1], self.d_model))
         logits = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
         if mask is not None:
             logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)

@@ -133,3 +133,26 @@ def test_sharded_safetensors_folder_loads(pair, tmp_path):
         strict=True,
     ):
         np.testing.assert_array_equal(a, b, err_msg=k)
+
+
+def test_fused_attention_path_equals_the_einsum_form(monkeypatch):
+    """The GPU's fused-attention call (layout [B, T, H, Dh], queries already scaled) computes
+    the same attention as the einsum form; on the CPU XLA's implementation stands in for
+    cuDNN's, which only a GPU has."""
+    from mkd_jax.models import whisper
+
+    layer = whisper.Attention(d_model=64, num_heads=4)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 50, 64))
+    params = layer.init(jax.random.PRNGKey(1), x)
+    einsum = layer.apply(params, x)
+    calls, real = [], jax.nn.dot_product_attention
+
+    def xla(*args, **kwargs):
+        calls.append(kwargs["implementation"])
+        return real(*args, **{**kwargs, "implementation": "xla"})
+
+    monkeypatch.setattr(whisper, "fused_attention", lambda q, k, mask: mask is None)
+    monkeypatch.setattr(jax.nn, "dot_product_attention", xla)
+    fused = layer.apply(params, x)
+    assert calls == ["cudnn"]
+    np.testing.assert_allclose(np.asarray(fused), np.asarray(einsum), rtol=1e-5, atol=1e-5)

@@ -14,13 +14,15 @@ WORDS = [4] * 10
 BASE = SimpleNamespace(data=SimpleNamespace(eval_split="dev", test_split="test"))
 
 
-def _rep(errs, ood=True, agree=None, dev=None):
+def _rep(errs, ood=True, agree=None, dev=None, agree_before=None):
     after = {"dev": _result(dev or errs, WORDS), "test": _result(errs, WORDS)}
     if ood:
         after["test_ood"] = _result(errs, WORDS)
     r = {"after": after, "params": {"pct_of_largest_teacher": 0.5}, "median_step_s": 1.0}
     if agree is not None:
         r["agreement"] = {"after": {**_result([agree] * 10, WORDS), "reference": "base"}}
+        if agree_before is not None:
+            r["agreement"]["before"] = {**_result([agree_before] * 10, WORDS), "reference": "base"}
     return r
 
 
@@ -28,7 +30,7 @@ def test_ablation_table_has_n_test_ood_and_intervals_against_row_2():
     results = {
         1: ("zero-shot", None, [_rep([2] * 10, ood=False)]),
         2: ("CE", 1e-3, [_rep([1] * 10), _rep([1] * 10)]),
-        6: ("ours", 1e-3, [_rep([0] * 10, agree=1), _rep([1] * 10, agree=2)]),
+        6: ("ours", 1e-3, [_rep([0] * 10, agree=1, agree_before=3), _rep([1] * 10, agree=2)]),
     }
     table, plot = ablate.summarise(BASE, results)
     lines = table.splitlines()
@@ -43,6 +45,11 @@ def test_ablation_table_has_n_test_ood_and_intervals_against_row_2():
     # Row 6: seed-mean errors 0.5 per utterance vs row 2's 1: -12.5 points, test and test_ood,
     # against row 2 and against the best baseline (row 2 again).
     assert row6.count("-12.50 [-12.50, -12.50]") == 4 and "37.50 vs base (10 / 11)" in row6
+    # Against zero-shot (2 errors an utterance): -37.5 on test; row 1 scored no test_ood. The
+    # agreement: seed-mean 1.5 errors a clip after, 3 before (the run's zero-shot): -37.5.
+    assert "| -37.50 [-37.50, -37.50] | 12.50" in row6
+    assert "37.50 vs base (10 / 11); -37.50 [-37.50, -37.50] vs zero-shot" in row6
+    assert row6.split(" | ")[12] == "-"  # test_ood vs zero-shot
     assert [p[3] is None for p in plot] == [True, False, False]
     assert "Best baseline: row 2 (CE)" in table
 

@@ -17,11 +17,17 @@ output at the student's 30 s frames: it gets LoRA on the last encoder layer too 
 30 s; the cache then holds the output of the three frozen layers below, so its step runs the last
 encoder layer and the decoder. It runs after the frozen-encoder rows, and the variant
 `row6_top_encoder` (ours with the same trainable layer, mappers on the decoder and the encoder
-output) comes last: decoder-only LoRA against encoder + decoder LoRA. Every row, CE-only row 2
-included, reports its real-audio agreement with base (`eval.agreement_reference`). Each finished
-run's report lands in results/ablation_power/runs/, so the ablation resumes run by run in a later
-session on another machine; `ablation.md` is rewritten after each row. Cost per run on the 2-core
-machine: BUILD_NOTES "Ablation with power".
+output) comes last: decoder-only LoRA against encoder + decoder LoRA.
+
+The `_noise` variants train rows 2, 3 (KD only) and 6 on the train split with additive noise
+(`data.train_noise`). On the clean train split the teacher gives the transcripts no higher
+likelihood than the student (`python -m mkd_jax.headroom`); on held-out voices, on unseen engines
+and on the noised train split it does. Row 2 with noise is their control.
+
+Every row, CE-only row 2 included, reports its real-audio agreement with base
+(`eval.agreement_reference`). Each finished run's report lands in results/ablation_power/runs/,
+so the ablation resumes run by run in a later session on another machine; `ablation.md` is
+rewritten after each row. Cost per run on the 2-core machine: BUILD_NOTES "Ablation with power".
 """
 
 from ml_collections import ConfigDict
@@ -32,6 +38,9 @@ from mkd_jax.config_base import LORA_DECODER, load_config_file
 LORA_LAST_ENCODER_LAYER = (
     r"encoder/layers_3/(self_attn/(q_proj|k_proj|v_proj|out_proj)|fc1|fc2)/kernel"
 )
+
+# Additive noise of the `_noise` variants' training audio (data.train_noise), dB.
+NOISE_SNRS_DB = (0, 5, 10)
 
 # Its layer map (row 6 has one teacher, base): the uniform decoder map of row 6 (tiny.en's 4
 # decoder layers to base's 6: [1, 2, 3, 5]) plus the encoder output, the one encoder site
@@ -64,6 +73,9 @@ def get_config():
                 3,
                 "row3_kd_only",
                 6,
+                "row3_kd_only_noise",
+                "row2_noise",
+                "row6_noise",
                 "row6_kd_only",
                 "row6_ce_0p3",
                 4,
@@ -82,6 +94,25 @@ def get_config():
                 ),
             ),
             variants=dict(
+                # Training audio where the teacher knows more than the student (BUILD_NOTES
+                # "Headroom"): the same train split with additive noise, one draw per utterance
+                # at 0, 5 or 10 dB; every evaluation split stays clean. Row 2 with the same noise
+                # is the control: what the noisy audio gives without a teacher.
+                row3_kd_only_noise=dict(
+                    row=3,
+                    label="row 3 without CE, train audio noised",
+                    set=(("loss.w_ce", 0.0), ("data.train_noise.snr_db", NOISE_SNRS_DB)),
+                ),
+                row2_noise=dict(
+                    row=2,
+                    label="row 2, train audio noised",
+                    set=(("data.train_noise.snr_db", NOISE_SNRS_DB),),
+                ),
+                row6_noise=dict(
+                    row=6,
+                    label="row 6, train audio noised",
+                    set=(("data.train_noise.snr_db", NOISE_SNRS_DB),),
+                ),
                 row3_kd_only=dict(
                     row=3, label="row 3 without CE (KD only)", set=(("loss.w_ce", 0.0),)
                 ),

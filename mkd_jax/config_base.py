@@ -187,6 +187,12 @@ def base_config() -> ConfigDict:
             # A folder written by `python -m mkd_jax.pseudolabel`: train on its teacher labels
             # (column `label`) instead of the train split's transcripts; "" for the transcripts.
             train_labels="",
+            # Additive noise on data.source's training audio (evaluation stays clean): per
+            # utterance one draw of a kind and an SNR in dB from these lists, fixed by its id, so
+            # the teacher cache holds. KD transfers where the teachers know more than the student
+            # (`python -m mkd_jax.headroom`), which on clean synthetic speech they may not.
+            # snr_db=() turns it off.
+            train_noise=ConfigDict(dict(snr_db=(), kinds=("white", "pink", "brown"))),
         )
     )
     c.student = role()

@@ -192,6 +192,9 @@ def train_input(cfg, roles, setup):
     source = train_source(cfg)
     streamed = source.get("streaming", False)
     utts = None if streamed else loaders.load_split(source, cfg.data.train_split)
+    noise = cfg.data.get("train_noise")
+    if utts is not None and noise is not None and tuple(noise.snr_db):
+        utts = utts.with_noise(tuple(noise.snr_db), tuple(noise.kinds))
     tokenizers = {batching.STUDENT: roles["student"].tokenizer}
     tokenizers.update(
         {n: roles["teachers"][n].tokenizer for n, ix in setup.vocab_index.items() if ix is not None}

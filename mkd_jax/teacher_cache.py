@@ -240,16 +240,19 @@ def key_material(cfg, roles, setup, utts, buckets, source) -> dict:
     tmp = memo_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(memo))
     os.replace(tmp, memo_path)
+    corpus = {
+        "source": source.get("path") or source.get("name") or "",
+        "split": cfg.data.train_split,
+        "utterances": len(utts),
+        "digest": corpus_digest(utts),
+    }
+    if getattr(utts, "noise", None):  # only when on: clean keys stay what they were
+        corpus["train_noise"] = [list(x) for x in utts.noise]
     return {
         "format": FORMAT,
         "student": student,
         "teachers": teachers,
-        "corpus": {
-            "source": source.get("path") or source.get("name") or "",
-            "split": cfg.data.train_split,
-            "utterances": len(utts),
-            "digest": corpus_digest(utts),
-        },
+        "corpus": corpus,
         "n_frames": int(cfg.data.n_frames),
         "teacher_frames": setup.teacher_frames,
         "buckets": [[b.n_frames, b.n_tokens, b.batch_size] for b in buckets],

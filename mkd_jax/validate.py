@@ -19,6 +19,7 @@ MAPPER_ALIGN = ("auto", "avgpool", "interp")
 ENSEMBLES = ("mean", "weights", "best")
 KD_SUPPORTS = ("shared", "student")
 DTYPES = ("float32", "bfloat16")
+NOISE_KINDS = ("white", "pink", "brown")  # corpus.augment.NOISE_KINDS (a test keeps them equal)
 # Whisper's decoder has 448 learned positions; its encoder 1500 frames = 3000 mel frames (30 s).
 MAX_TARGET_POSITIONS = 448
 MAX_MEL_FRAMES = 3000
@@ -168,6 +169,20 @@ def _check_data(cfg, dims) -> None:
                     "data.source.streaming", True, f"a streamed source cannot be used with {key}",
                     "list the source (streaming=False) for that",
                 )  # fmt: skip
+    noise = d.get("train_noise")
+    if noise is not None and tuple(noise.snr_db):
+        snrs, kinds = tuple(noise.snr_db), tuple(noise.kinds)
+        if not all(isinstance(x, (int, float)) and -20 <= x <= 60 for x in snrs):
+            raise ConfigError("data.train_noise.snr_db", snrs, "needs SNRs in dB within [-20, 60]")
+        if not kinds or not set(kinds) <= set(NOISE_KINDS):
+            raise ConfigError(
+                "data.train_noise.kinds", kinds, f"needs one or more of {NOISE_KINDS}"
+            )
+        if d.source.get("streaming", False):
+            raise ConfigError(
+                "data.train_noise.snr_db", snrs, "a streamed source cannot be noised",
+                "list the source (streaming=False) or set snr_db=()",
+            )  # fmt: skip
     labels = d.get("train_labels", "")
     if labels and not (Path(labels) / f"{d.train_split}.jsonl").is_file():
         raise ConfigError(

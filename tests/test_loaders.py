@@ -251,3 +251,21 @@ def test_config_errors(tmp_path):
     _write(tmp_path / "a.wav", 1.0)
     with pytest.raises(ValueError, match="duplicate utterance ids.*'a'"):
         load_split({"kind": "manifest", "path": str(tmp_path / "m.csv")}, "train")
+
+
+def test_training_noise_is_fixed_by_the_id_and_holds_its_snr(tiny_librispeech):
+    utts = load_split({"kind": "librispeech", "path": str(tiny_librispeech)}, "train")
+    noisy = utts.with_noise((10,), ("pink",))
+    clean = utts.audio(0)
+    first = noisy.audio(0)
+    np.testing.assert_array_equal(first, noisy.audio(0))  # every read, the same draw
+    noise = first - clean
+    snr = 10 * np.log10(np.mean(clean.astype(np.float64) ** 2) / np.mean(noise**2))
+    assert abs(snr - 10.0) < 0.01, snr  # 0.1-amplitude tones: no rescaling needed
+    other = noisy.audio(1) - utts.audio(1)
+    n = min(len(noise), len(other))
+    assert abs(np.corrcoef(noise[:n], other[:n])[0, 1]) < 0.2  # each id its own draw
+    np.testing.assert_array_equal(utts.audio(0), clean)  # the source split stays clean
+    np.testing.assert_array_equal(noisy.select([1, 0]).audio(1), first)  # selection keeps it
+    with pytest.raises(ValueError, match="needs SNRs"):
+        utts.with_noise((), ("pink",))

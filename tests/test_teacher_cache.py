@@ -222,6 +222,31 @@ def test_a_new_teacher_set_copies_the_student_encoder_from_a_sibling_cache(
     assert encoded and all(encoded)
 
 
+def test_a_noisy_training_split_is_another_cache_and_clean_keys_stay(tiny_librispeech, tmp_path):
+    cfg = _frozen_encoder(tiny_config(tiny_librispeech))
+    cfg.cache.enabled, cfg.cache.top_k, cfg.cache.dir = True, 4, str(tmp_path / "cache")
+    roles, setup, source, utts, toks, buckets = _parts(cfg)
+    clean = teacher_cache.key_material(cfg, roles, setup, utts, buckets, source)
+    assert "train_noise" not in clean["corpus"]  # keys of caches built before the option hold
+    clean_folder = _ensure(cfg, (roles, setup, source, utts, toks, buckets))
+    noisy_utts = utts.with_noise((0,), ("white",))
+    noisy = teacher_cache.key_material(cfg, roles, setup, noisy_utts, buckets, source)
+    assert noisy["corpus"]["train_noise"] == [[0.0], ["white"]]
+    folder = _ensure(cfg, (roles, setup, source, noisy_utts, toks, buckets))
+    assert folder != clean_folder
+    # No student-encoder donor across the noise: the noisy audio was encoded, not copied.
+    assert json.loads((folder / "manifest.json").read_text())["student_from"] is None
+    a, b = _shards(clean_folder), _shards(folder)
+    uid = utts.ids[0]
+    enc = [k for k in a if k.startswith(f"{uid}/") and "encoder" in k]
+    assert enc and not np.allclose(a[enc[0]], b[enc[0]])
+    # The config option is what gives training (and so the cache) that split.
+    from mkd_jax.roles import train_input
+
+    cfg.data.train_noise.snr_db, cfg.data.train_noise.kinds = (0,), ("white",)
+    assert train_input(cfg, roles, setup)[1].noise == ((0.0,), ("white",))
+
+
 def test_projected_size_over_free_disk_refuses_before_work(tiny_librispeech, tmp_path, monkeypatch):
     cfg = _frozen_encoder(tiny_config(tiny_librispeech))
     cfg.cache.enabled, cfg.cache.dir = True, str(tmp_path / "cache")

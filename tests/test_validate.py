@@ -56,6 +56,8 @@ BAD = [
     ("data.source.kind", "s3", "data.source.kind", "choose one of"),
     ("data.source.max_seconds", 0.0, "data.source.max_seconds", "exceed min_seconds"),
     ("data.source.max_bad_fraction", 2.0, "data.source.max_bad_fraction", "<= 1.0"),
+    ("data.train_noise.snr_db", (5, 99), "data.train_noise.snr_db", "within [-20, 60]"),
+    ("data.train_noise.snr_db", ("5dB",), "data.train_noise.snr_db", "within [-20, 60]"),
     ("ckpt.every_steps", 0, "ckpt.every_steps", ">= 1"),
     ("ckpt.max_to_keep", 0, "ckpt.max_to_keep", ">= 1"),
     ("log_every_steps", 0, "log_every_steps", ">= 1"),
@@ -177,4 +179,18 @@ def test_synth_fractions_are_three_positive_shares(fractions):
     with pytest.raises(ConfigError, match=r"data\.source\.fractions=.*summing to 1"):
         validate(cfg)
     cfg.data.source.fractions = (0.6, 0.15, 0.25)
+    validate(cfg)
+
+
+def test_train_noise_kinds_are_the_augmenters():
+    from mkd_jax.corpus import augment
+    from mkd_jax.validate import NOISE_KINDS
+
+    assert NOISE_KINDS == augment.NOISE_KINDS
+    cfg = tiny()
+    cfg.data.train_noise.snr_db = (0, 5)
+    cfg.data.train_noise.kinds = ("pink", "violet")
+    with pytest.raises(ConfigError, match="data.train_noise.kinds="):
+        validate(cfg)
+    cfg.data.train_noise.kinds = ("pink",)
     validate(cfg)

@@ -8,6 +8,7 @@ An augmentation is described by a short string recorded in the manifest, e.g.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from fractions import Fraction
 
@@ -121,3 +122,20 @@ def set_level(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Scale to a random peak of -12 to -1 dBFS, so a model cannot key on loudness."""
     peak = float(np.max(np.abs(x))) or 1.0
     return (x * (10 ** (rng.uniform(-12, -1) / 20) / peak)).astype(np.float32)
+
+
+def training_noise(x: np.ndarray, utt_id: str, snrs_db, kinds) -> np.ndarray:
+    """`x` plus one noise draw fixed by the utterance id: a kind from `kinds`, an SNR from
+    `snrs_db`, both uniform (`data.train_noise`).
+
+    The draw depends on the id alone, not on the epoch, the run or its seed: an utterance sounds
+    the same every time it is read, so the teacher-output cache of a noisy training split stays
+    valid and is shared by every seed. Rescaled to a peak of 0.99 when the sum would clip.
+    """
+    seed = int.from_bytes(hashlib.sha256(f"train_noise/{utt_id}".encode()).digest()[:8], "little")
+    rng = np.random.default_rng(seed)
+    kind = kinds[int(rng.integers(len(kinds)))]
+    snr = float(snrs_db[int(rng.integers(len(snrs_db)))])
+    y = add_noise(np.asarray(x, np.float32), snr, kind, rng)
+    peak = float(np.max(np.abs(y))) if len(y) else 0.0
+    return (y * (0.99 / peak)).astype(np.float32) if peak > 0.99 else y

@@ -260,6 +260,7 @@ class Utterances:
     _audio: _Audio | None
     _rows: np.ndarray  # [N] row of each utterance in the source
     _spec: tuple | None = None  # (source config, split): how to re-open the audio
+    noise: tuple | None = None  # (snrs_db, kinds) of `with_noise`, else None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -289,9 +290,21 @@ class Utterances:
     def audio(self, i: int) -> np.ndarray:
         """Utterance `i` as 16 kHz mono float32; raises `AudioError` naming it if decoding fails."""
         try:
-            return self._opened().read(int(self._rows[i]))
+            clip = self._opened().read(int(self._rows[i]))
         except AudioError as e:
             raise AudioError(f"{self.source} id {self.ids[i]!r}", str(e), e.reason) from e
+        if self.noise is None:
+            return clip
+        from mkd_jax.corpus.augment import training_noise
+
+        return training_noise(clip, self.ids[i], *self.noise)
+
+    def with_noise(self, snrs_db, kinds) -> Utterances:
+        """These utterances with additive noise, one draw per utterance id
+        (`corpus.augment.training_noise`): the same audio on every read."""
+        if not snrs_db or not kinds:
+            raise ValueError(f"with_noise needs SNRs and kinds, got {snrs_db!r}, {kinds!r}")
+        return dataclasses.replace(self, noise=(tuple(map(float, snrs_db)), tuple(kinds)))
 
     def where(self, i: int) -> str:
         return f"id {self.ids[i]!r} ({self._opened().where(int(self._rows[i]))})"

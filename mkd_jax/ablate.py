@@ -108,7 +108,7 @@ def entries(ab: ConfigDict) -> dict:
 
 
 def corpus_digest(source: dict) -> str:
-    """sha256 of the corpus the runs train and score on: the bytes of every Arrow file of a saved
+    """sha256 of the corpus the runs train and score on: the bytes of every data file of a saved
     dataset (the synthetic corpus: audio included), else of every file under the source's path.
 
     Synthesis is deterministic on one machine kind but not across CPUs (Kokoro's ONNX kernels
@@ -126,7 +126,11 @@ def corpus_digest(source: dict) -> str:
     if root.is_file():
         files, root = [root], root.parent
     else:
-        files = sorted(root.rglob("*.arrow")) or sorted(p for p in root.rglob("*") if p.is_file())
+        files = (
+            sorted(_dataset_files(root))
+            or sorted(root.rglob("*.arrow"))
+            or sorted(p for p in root.rglob("*") if p.is_file())
+        )
     if not files:
         raise ValueError(f"data.source.path={str(root)!r}: no corpus files to fingerprint")
     h = hashlib.sha256()
@@ -136,6 +140,17 @@ def corpus_digest(source: dict) -> str:
             while chunk := fh.read(1 << 24):
                 h.update(chunk)
     return h.hexdigest()
+
+
+def _dataset_files(root: Path) -> list[Path]:
+    """The Arrow files a saved `datasets` dataset consists of: those each split's `state.json`
+    names. Not every `*.arrow` under it: `datasets` writes `cache-*.arrow` files beside a split
+    whenever a program maps over it, and they are not the corpus."""
+    files = []
+    for state in root.rglob("state.json"):
+        names = json.loads(state.read_text()).get("_data_files", [])
+        files += [state.parent / f["filename"] for f in names]
+    return files
 
 
 def check_corpus(kept: Path, digest: str) -> None:

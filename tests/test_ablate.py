@@ -189,6 +189,21 @@ def test_reports_of_another_corpus_build_are_set_aside_not_mixed(tmp_path):
     assert (tmp_path / "results" / "runs_stale_unknown_2" / "row3").is_dir()
 
 
+def test_the_corpus_digest_ignores_the_caches_datasets_writes_beside_a_split(tmp_path):
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"id": ["a", "b"], "text": ["one", "two"]})
+    datasets.DatasetDict(train=ds).save_to_disk(tmp_path / "corpus")
+    source = {"kind": "disk", "path": str(tmp_path / "corpus")}
+    before = ablate.corpus_digest(source)
+    loaded = datasets.load_from_disk(str(tmp_path / "corpus"))
+    loaded["train"].map(lambda r: {"text": r["text"].upper()})  # writes cache-*.arrow there
+    assert list((tmp_path / "corpus" / "train").glob("cache-*.arrow"))
+    assert ablate.corpus_digest(source) == before
+    datasets.DatasetDict(train=ds.select([1, 0])).save_to_disk(tmp_path / "other")
+    assert ablate.corpus_digest({"kind": "disk", "path": str(tmp_path / "other")}) != before
+
+
 def test_a_partial_ablation_writes_its_table_and_says_what_is_missing(tmp_path):
     c = _demo_ablation()
     c.ablation.rows = (1, 2, 6)

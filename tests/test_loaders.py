@@ -135,8 +135,9 @@ def test_hf_load_from_disk(tmp_path):
     assert utts.extras["voice_seen"] == [True, False, True, False]
     row = datasets.load_from_disk(str(tmp_path / "corpus"))["train"][2]
     np.testing.assert_array_equal(utts.audio(2), read_audio(row["audio"]["bytes"]))
-    with pytest.raises(KeyError, match="validation"):
+    with pytest.raises(KeyError, match="validation") as e:
         load_split({"kind": "disk", "path": str(tmp_path / "corpus")}, "validation")
+    assert isinstance(e.value, ValueError)  # so every command prints it as one line
 
 
 def test_hf_load_dataset_parquet_with_array_and_path_audio(tmp_path):

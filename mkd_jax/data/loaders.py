@@ -72,6 +72,11 @@ class BadInputError(ValueError):
     """Too much of a source is unusable; the message names the source, the counts and the limit."""
 
 
+class UnknownSplitError(ValueError, KeyError):
+    """A split the source does not have: a bad value (so every command's one-line error) and a
+    missing key (so callers that look a split up can catch it as one)."""
+
+
 @dataclass
 class BadInputReport:
     """Per-reason counts of skipped utterances from one source, for the end-of-pass summary."""
@@ -444,7 +449,7 @@ def _hf(cfg: dict, split: str) -> tuple[str, _Candidates]:
         ds = datasets.load_from_disk(cfg["path"])
         if isinstance(ds, datasets.DatasetDict):
             if split not in ds:
-                raise KeyError(f"{cfg['path']} has splits {sorted(ds)}, not {split!r}")
+                raise UnknownSplitError(f"{cfg['path']} has splits {sorted(ds)}, not {split!r}")
             ds = ds[split]
     for key in ("audio_column", "text_column"):
         if cfg[key] not in ds.column_names:

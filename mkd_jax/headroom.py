@@ -141,7 +141,7 @@ def format_table(split: str, n: int, n_all: int, rows: dict, comparisons: dict) 
 def main(argv):
     del argv
     from mkd_jax.evaluate import parse_source
-    from mkd_jax.roles import build_role, resolve_source
+    from mkd_jax.roles import build_role, noised, resolve_source
 
     cfg = FLAGS.config
     if cfg is None:
@@ -166,10 +166,10 @@ def main(argv):
     utts = loaders.load_split(source, FLAGS.split)
     if len(utts) == 0:
         raise ValueError(f"split {FLAGS.split!r} of {source.get('path')} has no usable utterance")
-    noise = cfg.data.get("train_noise")
-    if FLAGS.split == cfg.data.train_split and noise is not None and tuple(noise.snr_db):
-        utts = utts.with_noise(tuple(noise.snr_db), tuple(noise.kinds))  # as training reads it
-        print(f"{FLAGS.split}: noised as training reads it (data.train_noise {noise.to_dict()})")
+    if FLAGS.split == cfg.data.train_split:
+        utts = noised(cfg, utts)
+        if utts.noise is not None:
+            print(f"{FLAGS.split}: noised as training reads it (data.train_noise {utts.noise})")
     idx = select(len(utts), FLAGS.limit)
     longest = max(float(utts.durations[i]) for i in idx)
     for label, (_, frames) in where.items():

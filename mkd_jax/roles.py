@@ -183,6 +183,14 @@ def train_source(cfg) -> dict:
     )
 
 
+def noised(cfg, utts):
+    """The training split as training reads it: with `data.train_noise` when that is on."""
+    noise = cfg.data.get("train_noise")
+    if noise is None or not tuple(noise.snr_db):
+        return utts
+    return utts.with_noise(tuple(noise.snr_db), tuple(noise.kinds))
+
+
 def train_input(cfg, roles, setup):
     """`(source, utts, tokenizers, buckets)` of the training split, as training and the teacher
     cache both read it: the student's tokenizer and every cross-vocabulary teacher's. A streamed
@@ -191,10 +199,7 @@ def train_input(cfg, roles, setup):
 
     source = train_source(cfg)
     streamed = source.get("streaming", False)
-    utts = None if streamed else loaders.load_split(source, cfg.data.train_split)
-    noise = cfg.data.get("train_noise")
-    if utts is not None and noise is not None and tuple(noise.snr_db):
-        utts = utts.with_noise(tuple(noise.snr_db), tuple(noise.kinds))
+    utts = None if streamed else noised(cfg, loaders.load_split(source, cfg.data.train_split))
     tokenizers = {batching.STUDENT: roles["student"].tokenizer}
     tokenizers.update(
         {n: roles["teachers"][n].tokenizer for n, ix in setup.vocab_index.items() if ix is not None}

@@ -246,7 +246,7 @@ def key_material(cfg, roles, setup, utts, buckets, source) -> dict:
         "utterances": len(utts),
         "digest": corpus_digest(utts),
     }
-    if getattr(utts, "noise", None):  # only when on: clean keys stay what they were
+    if utts.noise is not None:  # only when on: clean keys stay what they were
         corpus["train_noise"] = [list(x) for x in utts.noise]
     return {
         "format": FORMAT,

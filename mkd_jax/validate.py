@@ -12,6 +12,8 @@ import math
 import re
 from pathlib import Path
 
+from mkd_jax.corpus.augment import NOISE_KINDS
+
 SOURCE_KINDS = ("synth", "disk", "librispeech", "hf", "manifest")
 MAPPER_STRATEGIES = ("last", "uniform", "explicit")
 MAPPER_KINDS = ("linear", "mlp")
@@ -19,7 +21,6 @@ MAPPER_ALIGN = ("auto", "avgpool", "interp")
 ENSEMBLES = ("mean", "weights", "best")
 KD_SUPPORTS = ("shared", "student")
 DTYPES = ("float32", "bfloat16")
-NOISE_KINDS = ("white", "pink", "brown")  # corpus.augment.NOISE_KINDS (a test keeps them equal)
 # Whisper's decoder has 448 learned positions; its encoder 1500 frames = 3000 mel frames (30 s).
 MAX_TARGET_POSITIONS = 448
 MAX_MEL_FRAMES = 3000

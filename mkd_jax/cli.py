@@ -4,7 +4,8 @@ A bad config, file or value (`ValueError`, `OSError` and their subclasses: `Conf
 `AudioError`, `CheckpointError`, ...) prints `error: <message>` and exits 2; a run that stopped
 because it went wrong (`RunFailed`, e.g. a non-finite loss) prints the same and exits 1.
 `--verbose` re-raises, for the full traceback. INFO lines of libraries (orbax writes dozens per
-checkpoint) stay below the console; the project's own INFO lines show.
+checkpoint) stay below the console; the project's own INFO lines show. Freed host memory is
+kept for reuse (`host_memory`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import sys
 
 from absl import app, flags
+
+from mkd_jax import host_memory
 
 FLAGS = flags.FLAGS
 
@@ -55,6 +58,7 @@ def run(main) -> None:
 
     def wrapped(argv):
         quiet_library_logs()
+        host_memory.keep_freed_memory()
         try:
             return main(argv)
         except (ValueError, OSError, RunFailed) as e:

@@ -10,6 +10,10 @@ import jax  # noqa: E402
 
 jax.config.update("jax_threefry_partitionable", True)
 
+from mkd_jax import host_memory  # noqa: E402
+
+host_memory.keep_freed_memory()  # as every command does (cli.run)
+
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

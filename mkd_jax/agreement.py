@@ -220,20 +220,23 @@ def student_agreement(
     batch_size: int,
     n_frames: int,
     desc: str = "agreement",
+    reuse_encoder: bool = False,
 ) -> dict[str, dict]:
     """Decode the student once at `n_frames` and score it against each reference.
 
     Args:
       student: `(model, params, tokenizer, spec)`, as `evaluate.transcribe_utts` takes them.
       refs: `{label: reference(...)}`.
+      reuse_encoder: as `evaluate.transcribe_utts`.
 
     Returns:
       `{label: agreement(...)}`, each with the `n_frames` the student was decoded at.
     """
     model, params, tok, spec = student
     tr = transcribe_utts(
-        model, params, tok, spec, utts, batch_size=batch_size, n_frames=n_frames, desc=desc
-    )
+        model, params, tok, spec, utts, batch_size=batch_size, n_frames=n_frames, desc=desc,
+        reuse_encoder=reuse_encoder,
+    )  # fmt: skip
     out = {}
     for label, ref in refs.items():
         out[label] = {**agreement(tr, ref, utts), "n_frames": n_frames}

@@ -338,8 +338,9 @@ def ensemble_allowed(index, specs, models) -> tuple[np.ndarray, np.ndarray]:
     return allowed, first
 
 
-def _ensemble_parts(params, mels, weights, models, specs, index, copies: int):
+def _ensemble_parts(params, mels, weights, models, specs, index, copies: int, encoded: bool):
     """Shared by greedy and beam ensemble decoding: `(lasts, caches, mean_probs, extend)`.
+    With `encoded`, `mels` are the members' encoder outputs (`make_encode_fn`).
 
     `mean_probs(lasts, step) -> [R, V_0]` mixture over the allowed tokens (-1 elsewhere);
     `extend(caches, tokens [R] in member 0's ids, step) -> (lasts, caches)` feeds each member its
@@ -351,7 +352,8 @@ def _ensemble_parts(params, mels, weights, models, specs, index, copies: int):
     to_member = [jnp.asarray(ix) for ix in index]
     rows = mels[0].shape[0] * copies
     starts = [
-        _start(m, p, x, s, copies) for m, p, x, s in zip(models, params, mels, specs, strict=True)
+        _start(m, p, x, s, copies, encoded)
+        for m, p, x, s in zip(models, params, mels, specs, strict=True)
     ]
     cross = tuple(s[0] for s in starts)
 
@@ -381,12 +383,15 @@ def _ensemble_parts(params, mels, weights, models, specs, index, copies: int):
     return tuple(s[2] for s in starts), tuple(s[1] for s in starts), mean_probs, extend
 
 
-def ensemble_greedy(params, mels, weights, *, models, specs, index) -> jax.Array:
+def ensemble_greedy(
+    params, mels, weights, *, models, specs, index, encoded: bool = False
+) -> jax.Array:
     """Greedy decoding from the weighted mean of the members' next-token distributions.
 
     Args:
       params: per-member parameter trees (a tuple).
-      mels: per-member log-mel `[B, n_mels_k, F]` (members may differ in mel bins).
+      mels: per-member log-mel `[B, n_mels_k, F]` (members may differ in mel bins); with
+        `encoded`, per-member encoder outputs `[B, F/2, D_k]`.
       weights: `[K]` member weights summing to 1 (traced, so changing them does not recompile).
       models, specs: per-member `Whisper` and `DecodeSpec` (each in its own ids).
       index: `ensemble_index` output.
@@ -395,7 +400,7 @@ def ensemble_greedy(params, mels, weights, *, models, specs, index) -> jax.Array
       New tokens `[B, max_new_tokens]` in member 0's ids, padded with its EOT after EOT.
     """
     lasts, caches, mean_probs, extend = _ensemble_parts(
-        params, mels, weights, models, specs, index, 1
+        params, mels, weights, models, specs, index, 1, encoded
     )
     n, eot = specs[0].max_new_tokens, specs[0].eot
     rows = mels[0].shape[0]
@@ -422,12 +427,14 @@ def ensemble_greedy(params, mels, weights, *, models, specs, index) -> jax.Array
     return jax.lax.while_loop(cond, body, state)[3]
 
 
-def ensemble_beam(params, mels, weights, *, models, specs, index) -> jax.Array:
+def ensemble_beam(
+    params, mels, weights, *, models, specs, index, encoded: bool = False
+) -> jax.Array:
     """Beam search (`specs[0].beam_size` beams, `_beam_core`) on the log of the weighted mean of
     the members' next-token distributions; arguments and result as `ensemble_greedy`."""
     k = specs[0].beam_size
     lasts, caches, mean_probs, extend = _ensemble_parts(
-        params, mels, weights, models, specs, index, k
+        params, mels, weights, models, specs, index, k, encoded
     )
 
     def logprobs(lasts, i, tokens):
@@ -445,8 +452,9 @@ def _ensemble_weights(weights, k: int) -> np.ndarray:
     return (w / w.sum()).astype(np.float32)
 
 
-def make_ensemble_generate_fn(models, specs, tokenizers, weights=None):
-    """`fn(params_tuple, mels_tuple, weights=None) -> tokens [B, max_new_tokens]` in member 0's ids.
+def make_ensemble_generate_fn(models, specs, tokenizers, weights=None, encoded: bool = False):
+    """`fn(params_tuple, mels_tuple, weights=None) -> tokens [B, max_new_tokens]` in member 0's ids;
+    with `encoded`, `fn(params_tuple, encoder_outputs_tuple, ...)` (`make_encode_fn`'s outputs).
 
     Member 0's spec sets the token limit and the beam size (1: greedy); each member's prompt,
     suppress lists and EOT are its own.
@@ -479,7 +487,9 @@ def make_ensemble_generate_fn(models, specs, tokenizers, weights=None):
         if ix[eot] != spec.eot:
             raise ValueError(f"ensemble member {k}: end-of-text maps to {ix[eot]}, not {spec.eot}")
     step = ensemble_greedy if beams == 1 else ensemble_beam
-    jitted = jax.jit(functools.partial(step, models=models, specs=specs, index=index))
+    jitted = jax.jit(
+        functools.partial(step, models=models, specs=specs, index=index, encoded=encoded)
+    )
 
     def generate(params, mels, weights=None):
         w = default if weights is None else _ensemble_weights(weights, len(models))

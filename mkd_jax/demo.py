@@ -66,13 +66,14 @@ def _trained_member(run_dir: Path, cfg) -> tuple:
 
 
 def _transcribe(members: list, utts, n_frames: int, cfg, desc: str, reuse_encoder=False):
-    """One model (`transcribe_utts`, `reuse_encoder` as there) or an ensemble
-    (`transcribe_ensemble`) on a split."""
+    """One model (`transcribe_utts`) or an ensemble (`transcribe_ensemble`) on a split;
+    `reuse_encoder` as there."""
     from mkd_jax.evaluate import transcribe_ensemble, transcribe_utts
 
     kw = dict(batch_size=cfg.data.eval_batch_size, n_frames=n_frames, desc=desc)
+    kw["reuse_encoder"] = reuse_encoder
     if len(members) == 1:
-        return transcribe_utts(*members[0], utts, **kw, reuse_encoder=reuse_encoder)
+        return transcribe_utts(*members[0], utts, **kw)
     return transcribe_ensemble(members, utts, **kw)
 
 
@@ -199,6 +200,10 @@ def evaluate_demo(workdir: Path, cfg, source: dict, ft_merged: Path, run_dir: Pa
       `{label, n_frames, results: {split: score(...)["all"]}}`, changes of
       `{label, results: {split: compare(before, after)}}`, and the real-audio agreement of the
       student rows against base's and the ensemble's transcripts (`agreement.py`).
+
+    Every decoding reads its encoder outputs through the process's memo (`encoder_memo`), so each
+    encoder runs once per window: base_ft has base's encoder (decoder LoRA), the ensemble reuses
+    its members' outputs, and the frozen-encoder student's come from training's report passes.
     """
     from mkd_jax import agreement
     from mkd_jax.evaluate import compare, score
@@ -214,7 +219,7 @@ def evaluate_demo(workdir: Path, cfg, source: dict, ft_merged: Path, run_dir: Pa
         utts, desc = splits[split], f"{system.label} ({_secs(system.n_frames)}) {split}"
 
         def fn():
-            tr = _transcribe(system.members(), utts, system.n_frames, cfg, desc)
+            tr = _transcribe(system.members(), utts, system.n_frames, cfg, desc, True)
             return score(utts, tr.ids, tr.hyps, transcripts=tr)["all"]
 
         return _cached(workdir / "eval" / f"{system.key}.{split}.{system.n_frames}f.json", fn)
@@ -252,7 +257,7 @@ def evaluate_demo(workdir: Path, cfg, source: dict, ft_merged: Path, run_dir: Pa
             label,
             ckpts,
             lambda u, s=system, label=label: _transcribe(
-                s.members(), u, FULL_FRAMES, cfg, f"reference {label}"
+                s.members(), u, FULL_FRAMES, cfg, f"reference {label}", True
             ),
             real,
             n_frames=FULL_FRAMES,
@@ -271,6 +276,7 @@ def evaluate_demo(workdir: Path, cfg, source: dict, ft_merged: Path, run_dir: Pa
                 batch_size=cfg.data.eval_batch_size,
                 n_frames=s.n_frames,
                 desc=f"{s.label} ({_secs(s.n_frames)}) {agreement.SPLIT}",
+                reuse_encoder=True,
             ),
         )
         agree.append({"label": s.label, "n_frames": s.n_frames, "results": res})

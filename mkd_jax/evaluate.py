@@ -359,6 +359,7 @@ def transcribe_ensemble(
     n_frames: int,
     max_batches: int = 0,
     desc: str = "ensemble",
+    reuse_encoder: bool = False,
 ) -> Transcripts:
     """As `transcribe_utts`, decoding from an ensemble's mean next-token distribution (greedy, or
     beam search when the first member's spec has `beam_size > 1`).
@@ -367,20 +368,37 @@ def transcribe_ensemble(
       members: `[(model, params, tokenizer, spec), ...]`; the first member's vocabulary is the
         decoding vocabulary (see `decode.make_ensemble_generate_fn` for the shared-token rule).
       weights: per-member weights (default equal).
+      reuse_encoder: serve each member's encoder outputs from the process's memo
+        (`encoder_memo`), e.g. those of its own evaluation as a single model just before.
     """
     models, params, toks, specs = (tuple(x) for x in zip(*members, strict=True))
-    fn = decode.make_ensemble_generate_fn(models, specs, toks, weights)
+    fn = decode.make_ensemble_generate_fn(models, specs, toks, weights, encoded=reuse_encoder)
+    if reuse_encoder:
+        from mkd_jax import encoder_memo
+
+        encoders = [encoder_memo.make_encoder(m, p) for m, p in zip(models, params, strict=True)]
+
+        def inputs(mels):
+            return [e(mels[m.num_mel_bins]) for e, m in zip(encoders, models, strict=True)]
+    else:
+
+        def inputs(mels):
+            return [mels[m.num_mel_bins] for m in models]
+
     dec = _Decoder(
-        generate=lambda mels: fn(params, [mels[m.num_mel_bins] for m in models]),
+        generate=lambda mels: fn(params, inputs(mels)),
         n_mels=tuple(sorted({m.num_mel_bins for m in models})),
         full_frames=min(2 * m.max_source_positions for m in models),
         tokenizer=toks[0],
         eot=specs[0].eot,
         max_new_tokens=specs[0].max_new_tokens,
     )
-    return _transcribe(
+    out = _transcribe(
         dec, utts, batch_size=batch_size, n_frames=n_frames, max_batches=max_batches, desc=desc
     )
+    if reuse_encoder:
+        logging.info("%s: encoder memo %s", desc, encoder_memo.stats())
+    return out
 
 
 def _rate(fn, refs, hyps) -> float:

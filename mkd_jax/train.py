@@ -134,7 +134,8 @@ def _real_agreement(cfg, roles, merged, source) -> dict | None:
     t_model, t_params, t_tok, t_folder = reference_role
     t_spec = decode.spec_from_folder(t_folder, t_tok, max_new_tokens=tokens)
     t_frames = 2 * t_model.max_source_positions
-    t_decode = decoder(t_model, t_params, t_tok, t_spec, t_frames, f"reference {name}")
+    # Through the memo: a later ensemble reference (the demo's) reuses this encoder's outputs.
+    t_decode = decoder(t_model, t_params, t_tok, t_spec, t_frames, f"reference {name}", True)
     ref = agreement.reference(
         name, [t_folder], t_decode, real, n_frames=t_frames, cache=cache,
         settings={"max_new_tokens": tokens},

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 from test_evaluate import CLIPS, SPEC, _Fake, _Model, _Tok, _write_corpus
 
-from mkd_jax import agreement, decode, evaluate
+from mkd_jax import agreement, decode, encoder_memo, evaluate
 from mkd_jax.data import loaders
 from mkd_jax.roles import Role
 
@@ -162,11 +162,13 @@ def _fake_demo_inputs(monkeypatch, tmp_path):
     fake = _Fake()
     monkeypatch.setattr(decode, "make_generate_fn", fake.make)
 
-    def make_ensemble(models, specs, toks, weights):
+    def make_ensemble(models, specs, toks, weights, encoded=False):
         single = fake.make(None, specs[0])
         return lambda params, mels: single(None, mels[0])
 
     monkeypatch.setattr(decode, "make_ensemble_generate_fn", make_ensemble)
+    # The demo decodes through the encoder memo; the fake models' "encoder" passes log-mel on.
+    monkeypatch.setattr(encoder_memo, "make_encoder", lambda model, params: lambda mel: mel)
     cfg = ConfigDict(
         {
             "data": {"eval_split": "dev", "test_split": "test", "n_frames": 100,

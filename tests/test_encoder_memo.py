@@ -82,3 +82,47 @@ def test_the_memo_stays_within_its_byte_budget(system, monkeypatch):
     encode(_mel(80, batch=2, frames=100, seed=0))  # the oldest was evicted
     assert encoder_memo.stats()["hits"] == 1 and encoder_memo.stats()["misses"] == 5
     encoder_memo.clear()
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_ensemble_decoding_from_encoder_outputs_equals_decoding_from_log_mel(beams):
+    from test_decode import _tiny as tiny
+
+    en, multi = _toy(multilingual=False), _toy(multilingual=True)
+    m_en, p_en = tiny(en.model_vocab_size, 80, seed=0)
+    m_multi, p_multi = tiny(multi.model_vocab_size, 128, seed=1)
+    s_en = dataclasses.replace(_spec(en), beam_size=beams)
+    members = ([m_en, m_multi], [s_en, _spec(multi)], [en, multi])
+    mels = (_mel(80, seed=2), _mel(128, seed=2))
+    encs = tuple(
+        decode.make_encode_fn(m)(p, x)
+        for m, p, x in zip(members[0], (p_en, p_multi), mels, strict=True)
+    )
+    from_enc = decode.make_ensemble_generate_fn(*members, encoded=True)((p_en, p_multi), encs)
+    plain = decode.make_ensemble_generate_fn(*members)((p_en, p_multi), mels)
+    np.testing.assert_array_equal(from_enc, plain)
+    assert len({tuple(r) for r in np.asarray(plain)}) > 1  # real, differing decodes
+
+
+def test_an_ensemble_reads_the_encoder_outputs_its_members_left(system, tmp_path):
+    """The demo decodes each teacher, then their ensemble: the ensemble encodes nothing again,
+    and its tokens are those of decoding the ensemble from log-mel."""
+    tok, model, params, spec = system
+    clips = [(0.6, "a"), (2.5, "b"), (0.9, "c"), (1.4, "d"), (0.3, "e")]
+    utts = loaders.load_split(_write_corpus(tmp_path, clips), "test")
+    other = jax.tree.map(lambda x: x, params)  # a second member: same encoder, new decoder
+    other["decoder"]["layer_norm"] = {
+        **params["decoder"]["layer_norm"],
+        "bias": params["decoder"]["layer_norm"]["bias"] + np.float32(0.5),
+    }
+    members = [(model, params, tok, spec), (model, other, tok, spec)]
+    kw = dict(batch_size=2, n_frames=100)
+
+    encoder_memo.clear()
+    evaluate.transcribe_utts(*members[0], utts, **kw, reuse_encoder=True)
+    batches = encoder_memo.stats()["misses"]
+    memo = evaluate.transcribe_ensemble(members, utts, **kw, reuse_encoder=True).hyps
+    assert encoder_memo.stats()["misses"] == batches  # both members hit: one shared encoder
+    assert encoder_memo.stats()["hits"] == 2 * batches
+    assert memo == evaluate.transcribe_ensemble(members, utts, **kw).hyps
+    encoder_memo.clear()

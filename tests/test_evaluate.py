@@ -63,7 +63,9 @@ class _Fake:
         self.fail, self.empty, self.no_eot = set(fail), set(empty), set(no_eot)
         self.calls, self.frames = 0, []
 
-    def make(self, model, spec):
+    def make(self, model, spec, encoded=False):
+        # `encoded`: the input is an "encoder output"; the demo's tests pass log-mel through a
+        # stand-in memo (`_fake_demo_inputs`), so it reads the same.
         def generate(params, mel):
             k, self.calls = self.calls, self.calls + 1
             self.frames.append(mel.shape[2])
@@ -199,7 +201,8 @@ def test_ensemble_members_get_their_own_features(monkeypatch, utts):
 
     seen = {}
 
-    def make(models, specs, toks, weights):
+    def make(models, specs, toks, weights, encoded=False):
+        assert not encoded  # log-mel in, unless the memo is asked for
         seen["weights"] = weights
         single = _Fake().make(None, specs[0])
 

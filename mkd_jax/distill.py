@@ -64,6 +64,9 @@ class Setup:
     lora_merged: bool = False
     # Mel frames the teachers read (the head of the batch's mel), 0 for all of them.
     teacher_frames: int = 0
+    # Teacher -> an earlier teacher with the same encoder, definition and weights (a variant
+    # tuned with decoder LoRA, as the demo's base_ft): its encoder runs once (`state.py`).
+    shared_encoder: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def merged_student(trainable, frozen, setup: Setup, rng=None):
@@ -94,7 +97,17 @@ def _teacher_mask(name, batch, setup: Setup) -> jax.Array:
     return batch["mask"] * (batch[f"t:{name}/rows"] >= 0).astype(jnp.float32)
 
 
-def _teacher(name, model, params, batch, setup: Setup, v_s: int) -> dict:
+def _teacher_mel(batch, setup: Setup) -> jax.Array:
+    return batch["mel"][..., : setup.teacher_frames] if setup.teacher_frames else batch["mel"]
+
+
+def _encode_teacher(model, params, batch, setup: Setup) -> tuple[jax.Array, dict]:
+    """A teacher's encoder output and its encoder sites, constant for the step."""
+    enc = model.apply({"params": params}, _teacher_mel(batch, setup), method=Whisper.encode)
+    return jax.lax.stop_gradient(enc)
+
+
+def _teacher(name, model, params, batch, setup: Setup, v_s: int, encoded) -> dict:
     """One teacher's tempered target on student positions and what goes with it.
 
     Keys: `probs` [B, S, V_s], `mask` [B, S] (where it has a target), `feats` (its sites, decoder
@@ -104,12 +117,16 @@ def _teacher(name, model, params, batch, setup: Setup, v_s: int) -> dict:
     utterance, for the cache) and, across tokenizers,
     `dropped` (the tempered mass on tokens without a student counterpart, mean over aligned rows)
     and `kept` [B, S] (per position, the mass that had a counterpart).
+
+    `encoded`: `_encode_teacher`'s output for this teacher's encoder.
     """
     cross = setup.vocab_index[name] is not None
     prefix = f"t:{name}/" if cross else ""
-    mel = batch["mel"][..., : setup.teacher_frames] if setup.teacher_frames else batch["mel"]
-    logits_t, out_t = model.apply({"params": params}, mel, batch[prefix + "decoder_input"])
-    logits_t, out_t = jax.lax.stop_gradient((logits_t, out_t))
+    enc, enc_out = encoded
+    logits_t, dec_out = model.apply(
+        {"params": params}, enc, batch[prefix + "decoder_input"], method=Whisper.decode_forced
+    )
+    logits_t, out_t = jax.lax.stop_gradient((logits_t, {**enc_out, **dec_out}))
     labels_t, mask_t = batch[prefix + "labels"], batch[prefix + "mask"]
     hit = (jnp.argmax(logits_t, axis=-1) == labels_t).astype(jnp.float32) * mask_t
     res = {
@@ -151,10 +168,14 @@ def teacher_outputs(frozen, batch, setup: Setup) -> dict[str, dict]:
     uncached step share one definition of the target.
     """
     v_s = setup.student.vocab_size
-    ts = {
-        name: _teacher(name, model, frozen["teachers"][name], batch, setup, v_s)
-        for name, model in setup.teachers.items()
-    }
+    ts, encoded = {}, {}
+    for name, model in setup.teachers.items():
+        source = setup.shared_encoder.get(name, name)  # teachers sharing an encoder run it once
+        if source not in encoded:
+            params = frozen["teachers"][source]
+            encoded[source] = _encode_teacher(setup.teachers[source], params, batch, setup)
+        params = frozen["teachers"][name]
+        ts[name] = _teacher(name, model, params, batch, setup, v_s, encoded[source])
     support = kd_support(ts, setup)
     for t in ts.values():
         t["probs"] = losses.restrict(t["probs"], support)

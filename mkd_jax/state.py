@@ -30,6 +30,29 @@ def _layers(model) -> dict[str, int]:
     )
 
 
+def shared_encoders(teachers) -> dict[str, str]:
+    """Teacher -> the first earlier teacher with the same encoder: the same definition and
+    byte-identical encoder weights (a variant tuned with decoder LoRA, as the demo's base_ft),
+    so the step and the teacher cache run that encoder once. Empty for abstract roles (AOT
+    plans then count every encoder) and for parameters this process cannot read whole."""
+    from mkd_jax.encoder_memo import weights_fingerprint
+
+    first, out = {}, {}
+    for name, (model, params, *_) in teachers.items():
+        leaves = jax.tree.leaves(params["encoder"])
+        if not all(getattr(x, "is_fully_addressable", True) for x in leaves) or any(
+            isinstance(x, jax.ShapeDtypeStruct) for x in leaves
+        ):
+            return {}
+        key = (model, weights_fingerprint(params["encoder"]))
+        if key in first:
+            out[name] = first[key]
+            logging.info("teacher %s has teacher %s's encoder: it runs once", name, first[key])
+        else:
+            first[key] = name
+    return out
+
+
 def make_setup(cfg, roles) -> Setup:
     """Static step settings: models, layer map, vocabulary maps and loss weights."""
     student, tok_s = roles["student"].model, roles["student"].tokenizer
@@ -94,6 +117,7 @@ def make_setup(cfg, roles) -> Setup:
             if cfg.data.get("teacher_frames", 0) in (0, cfg.data.n_frames)
             else int(cfg.data.teacher_frames)
         ),
+        shared_encoder=shared_encoders(teachers),
     )
     if cfg.get("cache") and cfg.cache.enabled:
         from mkd_jax.teacher_cache import make_spec

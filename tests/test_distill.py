@@ -114,3 +114,39 @@ def test_unmerged_lora_equals_merged(parts):
     drop = dataclasses.replace(setup, lora_dropout=0.5)
     loss = jax.jit(lambda t, f, b, r: distill.loss_fn(t, f, b, r, 0, setup=drop)[0])
     assert float(loss(trainable, frozen, batch, jax.random.PRNGKey(0))) != float(l_u)
+
+
+def test_teachers_with_one_encoder_run_it_once(parts):
+    """A teacher tuned with decoder LoRA (the demo's base_ft) shares its source's encoder: the
+    step runs that encoder once and gets the targets of running both."""
+    import dataclasses
+
+    cfg, _, _, frozen, batch = parts
+    cfg = cfg.copy_and_resolve_references()
+    cfg.teachers.c = cfg.teachers.a.copy_and_resolve_references()  # a's architecture
+    roles = build_roles(cfg)
+    c, a_params = roles["teachers"]["c"], roles["teachers"]["a"].params
+    decoder = jax.tree.map(lambda x: np.asarray(x) * np.float32(1.05), a_params["decoder"])
+    roles["teachers"]["c"] = c._replace(params={**a_params, "decoder": decoder})
+    setup = make_setup(cfg, roles)
+    assert setup.shared_encoder == {"c": "a"}
+    frozen = frozen_params(roles)
+
+    def outputs(s):
+        fn = jax.jit(lambda f, b: distill.teacher_outputs(f, b, s))
+        return fn(frozen, batch), fn.lower(frozen, batch).compile().cost_analysis()["flops"]
+
+    shared, flops = outputs(setup)
+    each, flops_each = outputs(dataclasses.replace(setup, shared_encoder={}))
+    for name in ("a", "b", "c"):
+        for key in ("probs", "nll", "hits"):
+            np.testing.assert_allclose(shared[name][key], each[name][key], rtol=1e-6, atol=1e-7)
+    assert not np.allclose(shared["c"]["nll"], shared["a"]["nll"])  # c's own decoder
+    assert flops < 0.9 * flops_each  # one encoder fewer
+
+    # Another encoder weight, and the teachers no longer share.
+    enc = jax.tree.map(lambda x: np.array(x), a_params["encoder"])
+    enc["layer_norm"]["bias"] = enc["layer_norm"]["bias"] + np.float32(1e-3)
+    roles["teachers"]["c"] = c._replace(params={**a_params, "decoder": decoder, "encoder": enc})
+    assert make_setup(cfg, roles).shared_encoder == {}
+    assert make_setup(cfg, build_roles(cfg, abstract=True)).shared_encoder == {}

@@ -578,12 +578,13 @@ def parse_source(spec: str) -> dict:
     return {"kind": kind, "path": path}
 
 
-def _decode_kwargs(n_frames: int, desc: str) -> dict:
+def _decode_kwargs(n_frames: int, desc: str, reuse_encoder: bool) -> dict:
     return dict(
         batch_size=FLAGS.batch_size,
         n_frames=n_frames,
         max_batches=FLAGS.max_batches,
         desc=desc,
+        reuse_encoder=reuse_encoder,
     )
 
 
@@ -602,8 +603,18 @@ def _model_member(name: str, beam_size: int):
 def _systems(restored) -> list[tuple[str, Callable]]:
     """`[(name, fn(utts) -> Transcripts)]`; models load their weights when they run.
 
-    `restored` is `state.restore_run(FLAGS.workdir)`, or None without a workdir.
+    `restored` is `state.restore_run(FLAGS.workdir)`, or None without a workdir. With more than
+    one system every decoding goes through the encoder memo (`encoder_memo`), so systems that
+    share an encoder (a frozen-encoder student and its zero-shot self, a model and an ensemble
+    that holds it, a decoder-tuned variant) encode each window once.
     """
+    with_models = FLAGS["model"].present or not (FLAGS.workdir or FLAGS.ensemble)
+    count = (
+        (restored is not None) * (1 + FLAGS.zero_shot)
+        + with_models * len(FLAGS.model)
+        + bool(FLAGS.ensemble)
+    )
+    reuse = count > 1
     systems = []
     if restored is not None:
         import jax
@@ -622,18 +633,19 @@ def _systems(restored) -> list[tuple[str, Callable]]:
             )
             n_frames = FLAGS.n_frames or cfg.data.n_frames
             desc = f"{'zero-shot ' * zero_shot}{FLAGS.workdir}"
-            return transcribe_utts(model, params, tok, spec, utts, **_decode_kwargs(n_frames, desc))
+            kwargs = _decode_kwargs(n_frames, desc, reuse)
+            return transcribe_utts(model, params, tok, spec, utts, **kwargs)
 
         if FLAGS.zero_shot:
             name = f"{cfg.student.checkpoint} (zero-shot)"
             systems.append((name, lambda utts: run_workdir(utts, True)))
         systems.append((FLAGS.workdir, lambda utts: run_workdir(utts, False)))
-    if FLAGS["model"].present or not (FLAGS.workdir or FLAGS.ensemble):
+    if with_models:
         for name in FLAGS.model:
 
             def run_model(utts, name=name):
                 model, params, tok, spec = _model_member(name, FLAGS.beam_size)
-                kwargs = _decode_kwargs(FLAGS.n_frames, name)
+                kwargs = _decode_kwargs(FLAGS.n_frames, name, reuse)
                 return transcribe_utts(model, params, tok, spec, utts, **kwargs)
 
             systems.append((name, run_model))
@@ -649,7 +661,7 @@ def _systems(restored) -> list[tuple[str, Callable]]:
 
         def run_ensemble(utts):
             members = [_model_member(n, FLAGS.beam_size) for n in names]
-            kwargs = _decode_kwargs(FLAGS.n_frames, label)
+            kwargs = _decode_kwargs(FLAGS.n_frames, label, reuse)
             return transcribe_ensemble(members, utts, weights=weights, **kwargs)
 
         systems.append((label, run_ensemble))

@@ -269,6 +269,7 @@ def test_real_models_and_the_command_line(tmp_path):
     """Tiny random models end to end (compiles several programs; about a minute on 2 cores)."""
     import json
     import os
+    import re
     import subprocess
     import sys
 
@@ -317,6 +318,11 @@ def test_real_models_and_the_command_line(tmp_path):
         assert res["all"]["n_scored"] == res["all"]["n_total"] == 5
         assert res["all"]["context"] == single.context
     assert set(report["hypotheses"][str(tmp_path / "en")]) == set(utts.ids)
+    # Three systems: the ensemble decodes from the encoder outputs its members' own rows left.
+    memo = [ln for ln in run.stderr.splitlines() if "encoder memo" in ln]
+    misses = [int(re.search(r"'misses': (\d+)", ln).group(1)) for ln in memo]
+    assert len(memo) == 3 and "ensemble(" in memo[-1], run.stderr[-3000:]
+    assert misses[0] > 0 and misses[2] == misses[1], memo
 
 
 def test_utterances_over_30_s_go_long_form(monkeypatch, tmp_path):

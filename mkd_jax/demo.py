@@ -70,8 +70,12 @@ def _transcribe(members: list, utts, n_frames: int, cfg, desc: str, reuse_encode
     `reuse_encoder` as there."""
     from mkd_jax.evaluate import transcribe_ensemble, transcribe_utts
 
-    kw = dict(batch_size=cfg.data.eval_batch_size, n_frames=n_frames, desc=desc)
-    kw["reuse_encoder"] = reuse_encoder
+    kw = dict(
+        batch_size=cfg.data.eval_batch_size,
+        n_frames=n_frames,
+        desc=desc,
+        reuse_encoder=reuse_encoder,
+    )
     if len(members) == 1:
         return transcribe_utts(*members[0], utts, **kw)
     return transcribe_ensemble(members, utts, **kw)

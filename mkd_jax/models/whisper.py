@@ -91,21 +91,26 @@ class Attention(nn.Module):
         return x.reshape(b, t, self.num_heads, self.d_model // self.num_heads)
 
     def project_kv(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Keys and values, each [B, S, H, Dh]."""
-        return self._split(self.k_proj(x)), self._split(self.v_proj(x))
+        """Keys and values, each [B, H, S, Dh]: heads before positions, the layout the attention
+        products read. Decoding keeps the cross-attention K/V of 1500 frames across all its
+        steps; stored [B, S, H, Dh], every step would transpose all of it again (XLA:CPU's
+        batched dot wants its batch dimensions major)."""
+        heads = lambda y: self._split(y).transpose(0, 2, 1, 3)  # noqa: E731
+        return heads(self.k_proj(x)), heads(self.v_proj(x))
 
     def attend(self, x: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
-        """Queries from `x` [B, T, D] attend to `k`, `v` [B, S, H, Dh]; `mask` ~ [B, H, T, S]."""
+        """Queries from `x` [B, T, D] attend to `k`, `v` [B, H, S, Dh]; `mask` ~ [B, H, T, S]."""
         head_dim = self.d_model // self.num_heads
         q = self._split(self.q_proj(x)) * head_dim**-0.5  # [B, T, H, Dh]
         if fused_attention(q, k, mask):
+            k, v = (a.transpose(0, 2, 1, 3) for a in (k, v))  # cuDNN reads [B, S, H, Dh]
             y = jax.nn.dot_product_attention(q, k, v, scale=1.0, implementation="cudnn")
             return self.out_proj(y.reshape(x.shape[0], x.shape[1], self.d_model))
-        logits = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
+        logits = jnp.einsum("bthd,bhsd->bhts", q, k, preferred_element_type=jnp.float32)
         if mask is not None:
             logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        y = jnp.einsum("bhts,bshd->bthd", probs, v)
+        y = jnp.einsum("bhts,bhsd->bthd", probs, v)
         return self.out_proj(y.reshape(x.shape[0], x.shape[1], self.d_model))
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -149,12 +154,12 @@ class DecoderLayer(nn.Module):
         return self.encoder_attn.project_kv(enc)
 
     def __call__(self, x, cross_kv, mask, cache=None, pos=None):
-        """One block. With `cache` ({"k", "v"} [B, T_max, H, Dh]) keys are written at `pos`."""
+        """One block. With `cache` ({"k", "v"} [B, H, T_max, Dh]) keys are written at `pos`."""
         h = self.self_attn_layer_norm(x).astype(self.dtype)
         k, v = self.self_attn.project_kv(h)
         if cache is not None:
-            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, pos, 0, 0))
-            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, pos, 0, 0))
+            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, 0, pos, 0))
+            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, 0, pos, 0))
             cache = {"k": k, "v": v}
         x = x + self.self_attn.attend(h, k, v, mask)
         h = self.encoder_attn_layer_norm(x).astype(self.dtype)
@@ -274,7 +279,7 @@ class Decoder(nn.Module):
         x = self.embed_tokens(tokens).astype(self.dtype) + positions.astype(self.dtype)
         x = _constrain(x)
         q_pos = pos + jnp.arange(s)
-        k_pos = q_pos if cache is None else jnp.arange(cache[0]["k"].shape[1])
+        k_pos = q_pos if cache is None else jnp.arange(cache[0]["k"].shape[2])
         mask = (k_pos[None, :] <= q_pos[:, None])[None, None]  # [1, 1, S, K]
         out, new_cache = {}, []
         for i, block in enumerate(self.blocks):
@@ -359,9 +364,9 @@ class Whisper(nn.Module):
         return logits, cache
 
     def init_cache(self, batch: int, max_len: int) -> list[dict]:
-        """Zeroed self-attention cache: one {"k", "v"} [B, max_len, H, Dh] per decoder layer."""
+        """Zeroed self-attention cache: one {"k", "v"} [B, H, max_len, Dh] per decoder layer."""
         h = self.decoder_attention_heads
-        shape = (batch, max_len, h, self.d_model // h)
+        shape = (batch, h, max_len, self.d_model // h)
         return [
             {"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype)}
             for _ in range(self.decoder_layers)

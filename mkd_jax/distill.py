@@ -128,7 +128,7 @@ def _teacher(name, model, params, batch, setup: Setup, v_s: int, encoded) -> dic
     )
     logits_t, out_t = jax.lax.stop_gradient((logits_t, {**enc_out, **dec_out}))
     labels_t, mask_t = batch[prefix + "labels"], batch[prefix + "mask"]
-    hit = (jnp.argmax(logits_t, axis=-1) == labels_t).astype(jnp.float32) * mask_t
+    hit = losses.is_top1(logits_t, labels_t).astype(jnp.float32) * mask_t
     res = {
         "nll": losses.nll_per_utt(logits_t, labels_t, mask_t),
         "hits": jnp.sum(hit, axis=-1),  # [B] per utterance, so a cache can store them
@@ -209,6 +209,10 @@ def cached_teachers(batch, setup: Setup) -> dict[str, dict]:
             "hits": batch[c + "hits"],
             "count": batch[c + "count"],
             "acc": jnp.sum(batch[c + "hits"]) / jnp.maximum(jnp.sum(batch[c + "count"]), 1.0),
+            # The target's top id, from its k cached ids (`probs` peaks there too).
+            "top1": jnp.take_along_axis(
+                batch[c + "ids"], jnp.argmax(batch[c + "p"], axis=-1)[..., None], axis=-1
+            )[..., 0],
             "feats": {site: batch[c + site].astype(jnp.float32) for site in spec.sites[name]},
             "support": (
                 token_align.student_support(
@@ -281,13 +285,13 @@ def loss_fn(trainable, frozen, batch, rng, step, *, setup: Setup):
     # (ids a teacher lacks get zero target mass, so the KL pushes them down).
     ts = cached_teachers(batch, setup) if setup.cache else teacher_outputs(frozen, batch, setup)
     support = kd_support(ts, setup)
-    pred_s = jnp.argmax(logits_s, axis=-1)
     p_s1 = jax.nn.softmax(logits_s.astype(jnp.float32), axis=-1)
     feats = {}
     for name, t in ts.items():
         feats[name] = t["feats"]
         m_t = t["mask"]
-        agree = (jnp.argmax(t["probs"], axis=-1) == pred_s).astype(jnp.float32)
+        top1_t = t["top1"] if "top1" in t else jnp.argmax(t["probs"], axis=-1)
+        agree = losses.is_top1(logits_s, top1_t).astype(jnp.float32)
         metrics[f"train/agree/{name}"] = jnp.sum(agree * m_t) / jnp.maximum(jnp.sum(m_t), 1.0)
         metrics[f"train/coverage/{name}"] = jnp.sum(m_t) / jnp.maximum(jnp.sum(mask), 1.0)
         metrics[f"train/acc/{name}"] = t["acc"]

@@ -106,10 +106,21 @@ def nll_per_utt(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Ar
     return jnp.sum(token_nll(logits, labels) * mask.astype(jnp.float32), axis=-1)
 
 
+def is_top1(scores: jax.Array, ids: jax.Array) -> jax.Array:
+    """bool [B, S]: whether `ids` [B, S] is where `scores` [B, S, V] peaks (a tie for the top
+    counts too, unlike `argmax`'s first index).
+
+    A max and a gather rather than `argmax == ids`: XLA:CPU runs a max over 51,864 logits about
+    15x faster than an argmax, which had cost the demo's training step a fifth of its time in
+    metrics alone (BUILD_NOTES "The training step's argmaxes")."""
+    top = jnp.max(scores, axis=-1)
+    at = jnp.take_along_axis(scores, ids[..., None].astype(jnp.int32), axis=-1, mode="clip")
+    return at[..., 0] >= top
+
+
 def top1_hits(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
     """Teacher-forced top-1 accuracy on the unmasked labels (0 when none are)."""
-    hit = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
-    return masked_mean(hit, mask)
+    return masked_mean(is_top1(logits, labels).astype(jnp.float32), mask)
 
 
 # ----- logit distillation -----

@@ -131,6 +131,9 @@ def ensure_base_ft(workdir: Path, source=None) -> Path:
         cfg = load_config_file(ROOT / "configs/base_supervised.py")
         if source is not None:
             cfg.data.source = source
+        # No WER passes in this stage: the demo's table scores base_ft on every split itself
+        # (its dev, test and test_ood passes here cost 2 min and were all decoded again).
+        cfg.eval.max_batches = -1
         _train(cfg, sup_dir)
         export.export(sup_dir, ft_dir, merged_only=True)
     return merged

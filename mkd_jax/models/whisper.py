@@ -90,27 +90,36 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         return x.reshape(b, t, self.num_heads, self.d_model // self.num_heads)
 
-    def project_kv(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Keys and values, each [B, H, S, Dh]: heads before positions, the layout the attention
-        products read. Decoding keeps the cross-attention K/V of 1500 frames across all its
-        steps; stored [B, S, H, Dh], every step would transpose all of it again (XLA:CPU's
-        batched dot wants its batch dimensions major)."""
-        heads = lambda y: self._split(y).transpose(0, 2, 1, 3)  # noqa: E731
-        return heads(self.k_proj(x)), heads(self.v_proj(x))
+    def project_kv(self, x: jax.Array, heads_first: bool = False) -> tuple[jax.Array, jax.Array]:
+        """Keys and values, each [B, S, H, Dh]; with `heads_first`, [B, H, S, Dh]."""
+        k, v = self._split(self.k_proj(x)), self._split(self.v_proj(x))
+        if heads_first:
+            k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+        return k, v
 
-    def attend(self, x: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
-        """Queries from `x` [B, T, D] attend to `k`, `v` [B, H, S, Dh]; `mask` ~ [B, H, T, S]."""
+    def attend(
+        self, x: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, heads_first=False
+    ) -> jax.Array:
+        """Queries from `x` [B, T, D] attend to `k`, `v` [B, S, H, Dh] (with `heads_first`:
+        [B, H, S, Dh]); `mask` ~ [B, H, T, S].
+
+        Decoding keeps its keys and values heads-first: it reads the 1500-frame cross-attention
+        K/V at every step, and XLA:CPU's batched dot wants the heads (a batch dimension) major, so
+        stored positions-first they were transposed again at every step (BUILD_NOTES "The
+        training step's argmaxes and the decoder's K/V layout"). Training and the encoders
+        keep positions-first, which their compiled programs were measured fastest with.
+        """
         head_dim = self.d_model // self.num_heads
         q = self._split(self.q_proj(x)) * head_dim**-0.5  # [B, T, H, Dh]
-        if fused_attention(q, k, mask):
-            k, v = (a.transpose(0, 2, 1, 3) for a in (k, v))  # cuDNN reads [B, S, H, Dh]
+        if fused_attention(q, k, mask) and not heads_first:
             y = jax.nn.dot_product_attention(q, k, v, scale=1.0, implementation="cudnn")
             return self.out_proj(y.reshape(x.shape[0], x.shape[1], self.d_model))
-        logits = jnp.einsum("bthd,bhsd->bhts", q, k, preferred_element_type=jnp.float32)
+        kv = "bhsd" if heads_first else "bshd"
+        logits = jnp.einsum(f"bthd,{kv}->bhts", q, k, preferred_element_type=jnp.float32)
         if mask is not None:
             logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        y = jnp.einsum("bhts,bhsd->bthd", probs, v)
+        y = jnp.einsum(f"bhts,{kv}->bthd", probs, v)
         return self.out_proj(y.reshape(x.shape[0], x.shape[1], self.d_model))
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -150,20 +159,22 @@ class DecoderLayer(nn.Module):
         self.fc1 = _dense(self.ffn_dim, ("embed", "mlp"), dtype=self.dtype, name="fc1")
         self.fc2 = _dense(self.d_model, ("mlp", "embed"), dtype=self.dtype, name="fc2")
 
-    def cross_kv(self, enc: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return self.encoder_attn.project_kv(enc)
+    def cross_kv(self, enc: jax.Array, heads_first: bool = False) -> tuple[jax.Array, jax.Array]:
+        return self.encoder_attn.project_kv(enc, heads_first)
 
     def __call__(self, x, cross_kv, mask, cache=None, pos=None):
-        """One block. With `cache` ({"k", "v"} [B, H, T_max, Dh]) keys are written at `pos`."""
+        """One block. With `cache` (decoding: {"k", "v"} [B, H, T_max, Dh], keys written at
+        `pos`) every key and value is heads-first, `cross_kv` too (`Whisper.cross_kv`)."""
+        decoding = cache is not None
         h = self.self_attn_layer_norm(x).astype(self.dtype)
-        k, v = self.self_attn.project_kv(h)
-        if cache is not None:
+        k, v = self.self_attn.project_kv(h, decoding)
+        if decoding:
             k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, 0, pos, 0))
             v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, 0, pos, 0))
             cache = {"k": k, "v": v}
-        x = x + self.self_attn.attend(h, k, v, mask)
+        x = x + self.self_attn.attend(h, k, v, mask, decoding)
         h = self.encoder_attn_layer_norm(x).astype(self.dtype)
-        x = x + self.encoder_attn.attend(h, *cross_kv, None)
+        x = x + self.encoder_attn.attend(h, *cross_kv, None, decoding)
         h = self.final_layer_norm(x).astype(self.dtype)
         x = x + self.fc2(jax.nn.gelu(self.fc1(h), approximate=False))
         return _constrain(x), cache
@@ -269,11 +280,13 @@ class Decoder(nn.Module):
         ]
         self.layer_norm = _layer_norm("layer_norm")
 
-    def cross_kv(self, enc: jax.Array) -> list[tuple[jax.Array, jax.Array]]:
-        return [block.cross_kv(enc.astype(self.dtype)) for block in self.blocks]
+    def cross_kv(self, enc: jax.Array, heads_first: bool = False) -> list[tuple]:
+        return [block.cross_kv(enc.astype(self.dtype), heads_first) for block in self.blocks]
 
     def __call__(self, tokens, cross_kv, *, cache=None, pos=0):
-        """`tokens` [B, S] at positions pos..pos+S-1 -> (logits [B, S, V] f32, out, cache)."""
+        """`tokens` [B, S] at positions pos..pos+S-1 -> (logits [B, S, V] f32, out, cache).
+
+        `cross_kv`: `cross_kv(enc)`; with `cache` (decoding), `cross_kv(enc, heads_first=True)`."""
         s = tokens.shape[1]
         positions = jax.lax.dynamic_slice_in_dim(self.embed_positions, pos, s)
         x = self.embed_tokens(tokens).astype(self.dtype) + positions.astype(self.dtype)
@@ -355,8 +368,9 @@ class Whisper(nn.Module):
         return logits, out
 
     def cross_kv(self, enc: jax.Array):
-        """Per-layer cross-attention keys and values, computed once per utterance for decoding."""
-        return self.decoder.cross_kv(enc)
+        """Per-layer cross-attention keys and values [B, H, T, Dh], computed once per utterance
+        for decoding (`decode_step`)."""
+        return self.decoder.cross_kv(enc, heads_first=True)
 
     def decode_step(self, tokens, cross_kv, cache, pos):
         """Decode `tokens` [B, S] at `pos` with a KV cache -> (logits [B, S, V], cache)."""

@@ -74,6 +74,16 @@ def test_cross_entropy_averages_tokens_not_rows():
     np.testing.assert_allclose(per_utt, [LN2, 4 * LN2], rtol=1e-6)
 
 
+def test_is_top1_agrees_with_argmax_and_counts_ties():
+    logits = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 50))
+    top = jnp.argmax(logits, axis=-1)
+    assert bool(jnp.all(losses.is_top1(logits, top)))
+    assert not bool(jnp.any(losses.is_top1(logits, (top + 1) % 50)))
+    tied = jnp.array([[[1.0, 3.0, 3.0, 0.0]]])  # argmax says 1; both tied ids are the top
+    np.testing.assert_array_equal(losses.is_top1(tied, jnp.array([[2]])), [[True]])
+    np.testing.assert_array_equal(losses.is_top1(tied, jnp.array([[3]])), [[False]])
+
+
 def test_top1_hits():
     logits = _logits([[0.6, 0.4], [0.3, 0.7], [0.9, 0.1]])
     hits = losses.top1_hits(logits, jnp.array([[0, 0, 1]]), jnp.array([[1.0, 1.0, 0.0]]))

@@ -109,6 +109,9 @@ def test_cached_step_equals_recomputation_at_full_k(tiny_librispeech, tmp_path, 
     (_, m_c), g_c = run(setup, strip(batch_c))
     for key in ("train/loss", "train/ce", "train/kd_kl", "train/acc/a", "train/acc/b"):
         np.testing.assert_allclose(m_c[key], m_ref[key], rtol=2e-5, atol=1e-6, err_msg=key)
+    # Agreement from the cached ids' top id equals the argmax of the recomputed target.
+    for key in ("train/agree/a", "train/agree/b", "train/acc/student"):
+        np.testing.assert_allclose(m_c[key], m_ref[key], rtol=1e-6, err_msg=key)
     feats = [k for k in m_ref if k.startswith("train/feat/")]
     assert feats
     for key in feats + ["train/kd/dropped_mass/b"]:

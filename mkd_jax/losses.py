@@ -111,7 +111,7 @@ def is_top1(scores: jax.Array, ids: jax.Array) -> jax.Array:
     counts too, unlike `argmax`'s first index).
 
     A max and a gather rather than `argmax == ids`: XLA:CPU runs a max over 51,864 logits about
-    15x faster than an argmax, which had cost the demo's training step a fifth of its time in
+    15x faster than an argmax, which had cost the demo's training step a sixth of its time in
     metrics alone (BUILD_NOTES "Profiles of the step and of the decoding loop")."""
     top = jnp.max(scores, axis=-1)
     at = jnp.take_along_axis(scores, ids[..., None].astype(jnp.int32), axis=-1, mode="clip")

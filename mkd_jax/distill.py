@@ -179,6 +179,7 @@ def teacher_outputs(frozen, batch, setup: Setup) -> dict[str, dict]:
     support = kd_support(ts, setup)
     for t in ts.values():
         t["probs"] = losses.restrict(t["probs"], support)
+        t["top1"] = jnp.argmax(t["probs"], axis=-1)  # the target's top id (`cached_teachers`)
     return ts
 
 
@@ -290,8 +291,7 @@ def loss_fn(trainable, frozen, batch, rng, step, *, setup: Setup):
     for name, t in ts.items():
         feats[name] = t["feats"]
         m_t = t["mask"]
-        top1_t = t["top1"] if "top1" in t else jnp.argmax(t["probs"], axis=-1)
-        agree = losses.is_top1(logits_s, top1_t).astype(jnp.float32)
+        agree = losses.is_top1(logits_s, t["top1"]).astype(jnp.float32)
         metrics[f"train/agree/{name}"] = jnp.sum(agree * m_t) / jnp.maximum(jnp.sum(m_t), 1.0)
         metrics[f"train/coverage/{name}"] = jnp.sum(m_t) / jnp.maximum(jnp.sum(mask), 1.0)
         metrics[f"train/acc/{name}"] = t["acc"]

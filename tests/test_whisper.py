@@ -156,3 +156,41 @@ def test_fused_attention_path_equals_the_einsum_form(monkeypatch):
     fused = layer.apply(params, x)
     assert calls == ["cudnn"]
     np.testing.assert_allclose(np.asarray(fused), np.asarray(einsum), rtol=1e-5, atol=1e-5)
+
+
+def test_encoder_by_tiles_matches_transformers(pair, monkeypatch):
+    """The CPU's tiled encoder attention (one device only; this suite runs on eight, so it is
+    forced here) gives transformers' encoder output and logits."""
+    from mkd_jax.models import whisper
+
+    ref, model, params, _ = pair
+    calls, real = [], whisper.attention_by_tiles
+
+    def counted(q, k, v):
+        calls.append(q.shape)
+        return real(q, k, v)
+
+    monkeypatch.setattr(
+        whisper, "tiled_attention", lambda q, k, mask: mask is None and q.shape[1] == k.shape[1]
+    )
+    monkeypatch.setattr(whisper, "attention_by_tiles", counted)
+    mel = random_mel(model.num_mel_bins)
+    with torch.no_grad():
+        o = ref(input_features=torch.tensor(mel), decoder_input_ids=torch.tensor(TOKENS))
+    logits, out = jax.jit(lambda p, m, t: model.apply({"params": p}, m, t))(params, mel, TOKENS)
+    assert len(calls) == model.encoder_layers  # every encoder layer, no decoder attention
+    enc_err = np.abs(np.asarray(out["encoder/output"]) - o.encoder_last_hidden_state.numpy())
+    assert enc_err.max() < 1e-4, enc_err.max()
+    assert np.abs(np.asarray(logits) - o.logits.numpy()).max() < 1e-4
+
+
+def test_attention_by_tiles_equals_the_einsum_form():
+    from mkd_jax.models import whisper
+
+    assert [whisper.query_blocks(t) for t in (1500, 1000, 512, 600, 3001)] == [3, 2, 1, 2, None]
+    q, k, v = jax.random.normal(jax.random.PRNGKey(0), (3, 2, 600, 3, 16))
+    want = jax.numpy.einsum(
+        "bhts,bshd->bthd", jax.nn.softmax(jax.numpy.einsum("bthd,bshd->bhts", q, k), -1), v
+    )
+    got = whisper.attention_by_tiles(q, k, v)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)

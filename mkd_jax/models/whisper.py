@@ -158,16 +158,15 @@ class Attention(nn.Module):
         q = self._split(self.q_proj(x)) * head_dim**-0.5  # [B, T, H, Dh]
         if fused_attention(q, k, mask) and not heads_first:
             y = jax.nn.dot_product_attention(q, k, v, scale=1.0, implementation="cudnn")
-            return self.out_proj(y.reshape(x.shape[0], x.shape[1], self.d_model))
-        if tiled_attention(q, k, mask) and not heads_first:
+        elif tiled_attention(q, k, mask) and not heads_first:
             y = attention_by_tiles(q, k, v)
-            return self.out_proj(y.reshape(x.shape[0], x.shape[1], self.d_model))
-        kv = "bhsd" if heads_first else "bshd"
-        logits = jnp.einsum(f"bthd,{kv}->bhts", q, k, preferred_element_type=jnp.float32)
-        if mask is not None:
-            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        y = jnp.einsum(f"bhts,{kv}->bthd", probs, v)
+        else:
+            kv = "bhsd" if heads_first else "bshd"
+            logits = jnp.einsum(f"bthd,{kv}->bhts", q, k, preferred_element_type=jnp.float32)
+            if mask is not None:
+                logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+            probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+            y = jnp.einsum(f"bhts,{kv}->bthd", probs, v)
         return self.out_proj(y.reshape(x.shape[0], x.shape[1], self.d_model))
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:

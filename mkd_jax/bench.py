@@ -13,9 +13,12 @@ whole batching pipeline (FLAC decode, resample, log-mel, tokens).
 
 `decode`: greedy decoding real-time factor (wall seconds / audio seconds, lower is better),
 generated tokens per second and speed relative to transformers' PyTorch `generate` (its median
-time / ours), for our jitted decoder, `generate`, and CTranslate2 when the `ctranslate2` package
-is installed (converted from the same weights, float32), on the same clips and log-mel features,
-in rounds that alternate between them in one run (median shown). Warm-up (our compile) is apart.
+time / ours), for our jitted decoder (float32, and `mkd bf16`: matmul operands rounded to
+bfloat16 with float32 sums, `--matmul_dtype=bfloat16` of transcribe and evaluate), `generate`
+(float32), and CTranslate2 when the `ctranslate2` package is installed (converted from the same
+weights, float32), on the same clips and log-mel features, in rounds that alternate between them
+in one run (median shown); it counts the clips whose bf16 tokens equal the float32 ones. Warm-up
+(our compile) is apart.
 The clips are synthesised speech (Kokoro voices), or the files given with `--audio`.
 
 `eval_reuse`: a WER pass of a student whose encoder is frozen, encoding every batch (as before
@@ -83,8 +86,9 @@ def _clips_with_header(setting: str):
     return clips, audio_s
 
 
-def _ours(name, max_new):
-    """`(run(mel) -> token rows, compile(mel) -> seconds)` for our jitted greedy decoder."""
+def _ours(name, max_new, matmul_dtype="float32"):
+    """`(run(mel) -> token rows, texts(rows) -> strings)` for our jitted greedy decoder, its
+    matmuls on `matmul_dtype` operands (`decode.with_matmul_dtype`)."""
     from mkd_jax import decode
     from mkd_jax.assets import load_model
     from mkd_jax.data.tokenizers import load_tokenizer
@@ -92,7 +96,7 @@ def _ours(name, max_new):
     model, params, config = load_model(name)
     tok = load_tokenizer(config["_folder"], model_vocab_size=model.vocab_size)
     spec = decode.spec_from_folder(config["_folder"], tok, max_new_tokens=max_new)
-    fn = decode.make_generate_fn(model, spec)
+    fn = decode.make_generate_fn(decode.with_matmul_dtype(model, matmul_dtype), spec)
 
     def run(mel):
         return decode.strip(np.asarray(fn(params, mel)), spec.eot)
@@ -173,7 +177,7 @@ def bench_decode():
     for name in FLAGS.models:
         mel = features.log_mel(clips, n_mels=load_model(name)[0].num_mel_bins)
         ours, texts_of = _ours(name, FLAGS.max_new_tokens)
-        impls = {"mkd_jax": ours}
+        impls = {"mkd_jax": ours, "mkd bf16": _ours(name, FLAGS.max_new_tokens, "bfloat16")[0]}
         if FLAGS.torch:
             impls["torch"] = _torch(name, FLAGS.max_new_tokens)
         ct2 = _ct2(name, FLAGS.max_new_tokens)
@@ -202,7 +206,9 @@ def bench_decode():
                     f"{tokens[k][0] / med[k]:7.1f} {ratio} {warm[k]:9.1f}",
                     flush=True,
                 )
+        same = sum(a == b for a, b in zip(tokens["mkd_jax"][1], tokens["mkd bf16"][1], strict=True))
         print(f"  sample ({name}): {texts_of(tokens['mkd_jax'][1][:1])[0]!r}")
+        print(f"  bf16 matmul operands: {same} of {len(clips)} clips' tokens equal float32's")
 
 
 def _reuse_passes(name: str):

@@ -78,6 +78,40 @@ def spec_from_folder(
     )
 
 
+MATMUL_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+
+
+def with_matmul_dtype(model: Whisper, name: str) -> Whisper:
+    """`model` whose matmuls take `name` operands ("float32": as loaded; "bfloat16": every dense
+    layer, attention product and the output layer rounds its operands to bfloat16 and accumulates
+    in float32, about 1.3x faster decoding on a CPU with AVX512-BF16, BUILD_NOTES "Matmul inputs
+    in bfloat16"). Raises ValueError naming an unknown value."""
+    if name not in MATMUL_DTYPES:
+        raise ValueError(f"matmul_dtype={name!r}: choose one of {', '.join(MATMUL_DTYPES)}")
+    if name == "bfloat16":
+        _warn_without_bf16_units()
+    return model.clone(matmul_dtype=MATMUL_DTYPES[name])
+
+
+@functools.cache
+def _warn_without_bf16_units() -> None:
+    """One warning per process where bfloat16 operands likely run slower than float32: a CPU
+    backend whose processor lists neither AVX512-BF16 nor AMX-BF16 (Linux's /proc/cpuinfo)."""
+    if jax.default_backend() != "cpu":
+        return
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return
+    if "avx512_bf16" not in flags and "amx_bf16" not in flags:
+        from absl import logging
+
+        logging.warning(
+            "matmul_dtype=bfloat16 on a CPU without AVX512-BF16 or AMX: likely slower than "
+            "float32 here; drop --matmul_dtype=bfloat16"
+        )
+
+
 def _id_mask(vocab: int, ids: tuple[int, ...]) -> jax.Array:
     mask = np.zeros(vocab, bool)
     mask[[i for i in ids if i < vocab]] = True

@@ -34,6 +34,7 @@ from absl import app, flags
 
 from mkd_jax import cli, longform, subtitles
 from mkd_jax.data.audio import MAX_SECONDS, AudioError, display_name, read_audio
+from mkd_jax.decode import MATMUL_DTYPES
 from mkd_jax.transcriber import STRATEGIES, Transcriber
 
 FLAGS = flags.FLAGS
@@ -51,6 +52,9 @@ flags.DEFINE_enum("long_form", "sequential", STRATEGIES,
                   "How audio longer than one window is transcribed.")  # fmt: skip
 flags.DEFINE_float("chunk_s", 30.0, "Chunked mode: window length in seconds (at most 30).")
 flags.DEFINE_float("stride_s", 5.0, "Chunked mode: overlap on each side of a window, seconds.")
+flags.DEFINE_enum("matmul_dtype", "float32", list(MATMUL_DTYPES),
+                  "Matmul operands: bfloat16 (float32 sums) decodes ~1.3x faster on a CPU with "
+                  "AVX512-BF16, slower without it.")  # fmt: skip
 flags.DEFINE_enum("format", "txt", subtitles.FORMATS, "Output format.")
 flags.DEFINE_string("output_dir", "", "Write <stem>.<format> per file here instead of stdout.")
 
@@ -160,6 +164,7 @@ def main(argv):
         long_form=FLAGS.long_form,
         chunk_s=FLAGS.chunk_s,
         stride_s=FLAGS.stride_s,
+        matmul_dtype=FLAGS.matmul_dtype,
     )
     done, failed = transcribe_files(
         audio_paths(paths),

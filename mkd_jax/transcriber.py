@@ -79,6 +79,7 @@ class Transcriber:
         long_form="sequential",
         chunk_s=30.0,
         stride_s=5.0,
+        matmul_dtype="float32",
     ):
         if long_form not in STRATEGIES:
             raise ValueError(f"long_form={long_form!r}: choose one of {', '.join(STRATEGIES)}")
@@ -87,7 +88,8 @@ class Transcriber:
                 f"chunk_s={chunk_s}, stride_s={stride_s}: need 0 < chunk_s <= 30 and "
                 "0 <= 2 * stride_s < chunk_s"
             )
-        self.model, self.params, config = load_model(model_name)
+        model, self.params, config = load_model(model_name)
+        self.model = decode.with_matmul_dtype(model, matmul_dtype)
         folder = config["_folder"]
         self.tokenizer = load_tokenizer(folder, model_vocab_size=self.model.vocab_size)
         self.spec = decode.spec_from_folder(

@@ -324,6 +324,16 @@ def test_real_models_and_the_command_line(tmp_path):
     assert len(memo) == 3 and "ensemble(" in memo[-1], run.stderr[-3000:]
     assert misses[0] > 0 and misses[2] == misses[1], memo
 
+    # Each --matmul_dtype value is a run of every system, compared with the first.
+    en = str(tmp_path / "en")
+    assert cmd[3].startswith("--model=") and cmd[5].startswith("--ensemble_weights=")
+    cmd = [*cmd[:3], f"--model={en}", "--matmul_dtype=float32,bfloat16", *cmd[6:]]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert list(report["systems"]) == [en, f"{en} (bfloat16 matmuls)"]
+    assert [(c["a"], c["b"]) for c in report["comparisons"]] == [tuple(report["systems"])]
+
 
 def test_utterances_over_30_s_go_long_form(monkeypatch, tmp_path):
     """A Whisper-sized context and a spec that knows <|notimestamps|>: a 70 s utterance is

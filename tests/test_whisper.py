@@ -194,3 +194,42 @@ def test_attention_by_tiles_equals_the_einsum_form():
     )
     got = whisper.attention_by_tiles(q, k, v)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_matmul_operands_stay_close_to_transformers(pair):
+    """`matmul_dtype=bfloat16`: every matmul of the forward pass (dense layers, both attention
+    products, the tied output layer) takes bfloat16 operands and returns float32 sums; the
+    encoder output and logits stay within bfloat16 rounding of transformers' float32 ones."""
+    import re
+
+    import jax.numpy as jnp
+
+    from mkd_jax import decode
+
+    ref, model, params, _ = pair
+    fast = decode.with_matmul_dtype(model, "bfloat16")
+    mel = random_mel(model.num_mel_bins)
+    apply = jax.jit(lambda p, m, t: fast.apply({"params": p}, m, t))
+    text = apply.lower(params, mel, TOKENS).as_text()
+    operands = r": \((tensor<[^>]*>), (tensor<[^>]*>)\) -> (tensor<[^>]*>)"
+    dots = re.findall(r"stablehlo\.dot_general.*?" + operands, text)
+    per_layer = 4 + 2  # q, k, v, out; fc1, fc2
+    attention_products = 2
+    want = (
+        model.encoder_layers * (per_layer + attention_products)
+        + model.decoder_layers * (2 * per_layer - 2 + 2 * attention_products)
+        + 1  # the tied output layer
+    )
+    assert len(dots) == want, (len(dots), want)
+    assert all(a.endswith("xbf16>") and b.endswith("xbf16>") for a, b, _ in dots)
+    assert all(out.endswith("xf32>") for _, _, out in dots)
+    with torch.no_grad():
+        o = ref(input_features=torch.tensor(mel), decoder_input_ids=torch.tensor(TOKENS))
+    logits, out = apply(params, mel, TOKENS)
+    want_enc, want_logits = o.encoder_last_hidden_state.numpy(), o.logits.numpy()
+    enc_err = np.abs(np.asarray(out["encoder/output"]) - want_enc).max()
+    logit_err = np.abs(np.asarray(logits) - want_logits).max()
+    # bfloat16 keeps 8 significant bits: errors near 2^-8 of the values' scale, not 1e-6.
+    assert 1e-5 < enc_err < 0.05 * np.abs(want_enc).max(), enc_err
+    assert 1e-5 < logit_err < 0.05 * np.abs(want_logits).max(), logit_err
+    assert fast.clone(matmul_dtype=None) == model and jnp.bfloat16 == fast.matmul_dtype

@@ -33,11 +33,40 @@ def sinusoids(length: int, channels: int) -> np.ndarray:
     return np.concatenate([np.sin(t), np.cos(t)], axis=1).astype(np.float32)
 
 
-def _dense(features: int, axes: tuple, *, use_bias: bool = True, dtype: Dtype, name: str):
+def matmul_inputs(dtype: Dtype | None):
+    """A `dot_general` that rounds both operands to `dtype` and accumulates in float32 (None:
+    `lax.dot_general` as is). On a CPU with AVX512-BF16, bfloat16 operands run the dense layers
+    at about twice the float32 rate (BUILD_NOTES "Matmul inputs in bfloat16")."""
+    if dtype is None:
+        return jax.lax.dot_general
+
+    def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+        del preferred_element_type  # always float32
+        return jax.lax.dot_general(
+            lhs.astype(dtype),
+            rhs.astype(dtype),
+            dimension_numbers,
+            precision=precision,
+            preferred_element_type=jnp.float32,
+        )
+
+    return dot_general
+
+
+def _dense(
+    features: int,
+    axes: tuple,
+    *,
+    use_bias: bool = True,
+    dtype: Dtype,
+    name: str,
+    matmul_dtype: Dtype | None = None,
+):
     return nn.Dense(
         features,
         use_bias=use_bias,
         dtype=dtype,
+        dot_general=matmul_inputs(matmul_dtype),
         kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), axes),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]),
         name=name,
@@ -97,7 +126,8 @@ def tiled_attention(q: jax.Array, k: jax.Array, mask) -> bool:
 
 def attention_by_tiles(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     """softmax(q k^T) v over [B, T, H, Dh] inputs (`q` already scaled), one (batch row, head,
-    block of queries) tile at a time; the einsum form's result to float rounding."""
+    block of queries) tile at a time; the einsum form's result to float rounding. Scores and
+    products accumulate in float32; the output has `q`'s dtype."""
     b, t, h, d = q.shape
     n = query_blocks(t)
     qs = q.transpose(0, 2, 1, 3).reshape(b * h, n, t // n, d)
@@ -108,7 +138,8 @@ def attention_by_tiles(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 
         def block(q1):
             logits = jnp.dot(q1, k1.T, preferred_element_type=jnp.float32)
-            return jnp.dot(jax.nn.softmax(logits, axis=-1).astype(v1.dtype), v1)
+            probs = jax.nn.softmax(logits, axis=-1).astype(v1.dtype)
+            return jnp.dot(probs, v1, preferred_element_type=jnp.float32).astype(q.dtype)
 
         return jax.lax.map(block, q_blocks)
 
@@ -122,21 +153,26 @@ class Attention(nn.Module):
     d_model: int
     num_heads: int
     dtype: Dtype = jnp.float32
+    matmul_dtype: Dtype | None = None
 
     def setup(self):
         d = self.d_model
-        self.q_proj = _dense(d, ("embed", "heads"), dtype=self.dtype, name="q_proj")
-        self.k_proj = _dense(d, ("embed", "heads"), use_bias=False, dtype=self.dtype, name="k_proj")
-        self.v_proj = _dense(d, ("embed", "heads"), dtype=self.dtype, name="v_proj")
-        self.out_proj = _dense(d, ("heads", "embed"), dtype=self.dtype, name="out_proj")
+        kw = dict(dtype=self.dtype, matmul_dtype=self.matmul_dtype)
+        self.q_proj = _dense(d, ("embed", "heads"), name="q_proj", **kw)
+        self.k_proj = _dense(d, ("embed", "heads"), use_bias=False, name="k_proj", **kw)
+        self.v_proj = _dense(d, ("embed", "heads"), name="v_proj", **kw)
+        self.out_proj = _dense(d, ("heads", "embed"), name="out_proj", **kw)
 
     def _split(self, x: jax.Array) -> jax.Array:
         b, t, _ = x.shape
         return x.reshape(b, t, self.num_heads, self.d_model // self.num_heads)
 
     def project_kv(self, x: jax.Array, heads_first: bool = False) -> tuple[jax.Array, jax.Array]:
-        """Keys and values, each [B, S, H, Dh]; with `heads_first`, [B, H, S, Dh]."""
+        """Keys and values, each [B, S, H, Dh]; with `heads_first`, [B, H, S, Dh]. In
+        `matmul_dtype` where one is set: they only enter matmuls."""
         k, v = self._split(self.k_proj(x)), self._split(self.v_proj(x))
+        if self.matmul_dtype is not None:
+            k, v = k.astype(self.matmul_dtype), v.astype(self.matmul_dtype)
         if heads_first:
             k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
         return k, v
@@ -156,6 +192,8 @@ class Attention(nn.Module):
         """
         head_dim = self.d_model // self.num_heads
         q = self._split(self.q_proj(x)) * head_dim**-0.5  # [B, T, H, Dh]
+        if self.matmul_dtype is not None:
+            q, k, v = (a.astype(self.matmul_dtype) for a in (q, k, v))
         if fused_attention(q, k, mask) and not heads_first:
             y = jax.nn.dot_product_attention(q, k, v, scale=1.0, implementation="cudnn")
         elif tiled_attention(q, k, mask) and not heads_first:
@@ -166,7 +204,8 @@ class Attention(nn.Module):
             if mask is not None:
                 logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
             probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-            y = jnp.einsum(f"bhts,{kv}->bthd", probs, v)
+            y = jnp.einsum(f"bhts,{kv}->bthd", probs, v, preferred_element_type=jnp.float32)
+            y = y.astype(v.dtype)
         return self.out_proj(y.reshape(x.shape[0], x.shape[1], self.d_model))
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -179,15 +218,17 @@ class EncoderLayer(nn.Module):
     num_heads: int
     ffn_dim: int
     dtype: Dtype = jnp.float32
+    matmul_dtype: Dtype | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         h = _layer_norm("self_attn_layer_norm")(x).astype(self.dtype)
-        x = x + Attention(self.d_model, self.num_heads, self.dtype, name="self_attn")(h)
+        kw = dict(dtype=self.dtype, matmul_dtype=self.matmul_dtype)
+        x = x + Attention(self.d_model, self.num_heads, name="self_attn", **kw)(h)
         h = _layer_norm("final_layer_norm")(x).astype(self.dtype)
-        h = _dense(self.ffn_dim, ("embed", "mlp"), dtype=self.dtype, name="fc1")(h)
+        h = _dense(self.ffn_dim, ("embed", "mlp"), name="fc1", **kw)(h)
         h = jax.nn.gelu(h, approximate=False)
-        x = x + _dense(self.d_model, ("mlp", "embed"), dtype=self.dtype, name="fc2")(h)
+        x = x + _dense(self.d_model, ("mlp", "embed"), name="fc2", **kw)(h)
         return _constrain(x)
 
 
@@ -196,15 +237,17 @@ class DecoderLayer(nn.Module):
     num_heads: int
     ffn_dim: int
     dtype: Dtype = jnp.float32
+    matmul_dtype: Dtype | None = None
 
     def setup(self):
         self.self_attn_layer_norm = _layer_norm("self_attn_layer_norm")
-        self.self_attn = Attention(self.d_model, self.num_heads, self.dtype)
+        kw = dict(dtype=self.dtype, matmul_dtype=self.matmul_dtype)
+        self.self_attn = Attention(self.d_model, self.num_heads, **kw)
         self.encoder_attn_layer_norm = _layer_norm("encoder_attn_layer_norm")
-        self.encoder_attn = Attention(self.d_model, self.num_heads, self.dtype)
+        self.encoder_attn = Attention(self.d_model, self.num_heads, **kw)
         self.final_layer_norm = _layer_norm("final_layer_norm")
-        self.fc1 = _dense(self.ffn_dim, ("embed", "mlp"), dtype=self.dtype, name="fc1")
-        self.fc2 = _dense(self.d_model, ("mlp", "embed"), dtype=self.dtype, name="fc2")
+        self.fc1 = _dense(self.ffn_dim, ("embed", "mlp"), name="fc1", **kw)
+        self.fc2 = _dense(self.d_model, ("mlp", "embed"), name="fc2", **kw)
 
     def cross_kv(self, enc: jax.Array, heads_first: bool = False) -> tuple[jax.Array, jax.Array]:
         return self.encoder_attn.project_kv(enc, heads_first)
@@ -235,6 +278,7 @@ class Encoder(nn.Module):
     ffn_dim: int
     max_positions: int
     dtype: Dtype = jnp.float32
+    matmul_dtype: Dtype | None = None
 
     @nn.compact
     def __call__(self, mel: jax.Array, *, start: int = 0) -> tuple[jax.Array, dict]:
@@ -291,7 +335,12 @@ class Encoder(nn.Module):
         out = {}
         for i in range(start, self.layers):
             x = EncoderLayer(
-                self.d_model, self.num_heads, self.ffn_dim, self.dtype, name=f"layers_{i}"
+                self.d_model,
+                self.num_heads,
+                self.ffn_dim,
+                self.dtype,
+                self.matmul_dtype,
+                name=f"layers_{i}",
             )(x)
             out[f"encoder/layer_{i}"] = x
         x = _layer_norm("layer_norm")(x)
@@ -307,6 +356,7 @@ class Decoder(nn.Module):
     ffn_dim: int
     max_positions: int
     dtype: Dtype = jnp.float32
+    matmul_dtype: Dtype | None = None
 
     def setup(self):
         self.embed_tokens = nn.Embed(
@@ -322,7 +372,14 @@ class Decoder(nn.Module):
             (self.max_positions, self.d_model),
         )
         self.blocks = [
-            DecoderLayer(self.d_model, self.num_heads, self.ffn_dim, self.dtype, name=f"layers_{i}")
+            DecoderLayer(
+                self.d_model,
+                self.num_heads,
+                self.ffn_dim,
+                self.dtype,
+                self.matmul_dtype,
+                name=f"layers_{i}",
+            )
             for i in range(self.layers)
         ]
         self.layer_norm = _layer_norm("layer_norm")
@@ -348,13 +405,20 @@ class Decoder(nn.Module):
             out[f"decoder/layer_{i}"] = x
         x = self.layer_norm(x)
         out["decoder/output"] = x
-        # Tied output projection, computed in float32 for stable losses.
-        logits = self.embed_tokens.attend(x.astype(jnp.float32))
+        # Tied output projection, computed in float32 for stable losses (from `matmul_dtype`
+        # operands where one is set).
+        table = self.embed_tokens.embedding
+        logits = matmul_inputs(self.matmul_dtype)(
+            x.astype(jnp.float32), table, (((x.ndim - 1,), (1,)), ((), ()))
+        )
         return logits, out, (new_cache if cache is not None else None)
 
 
 class Whisper(nn.Module):
-    """Whisper encoder-decoder. Fields use Hugging Face `WhisperConfig` names."""
+    """Whisper encoder-decoder. Fields use Hugging Face `WhisperConfig` names; `dtype` is the
+    compute dtype and `matmul_dtype`, where set, the dtype every dense layer's operands (and the
+    tied output layer's) are rounded to before a float32-accumulated matmul: inference on a CPU
+    with AVX512-BF16 sets it to bfloat16 (`decode.with_matmul_dtype`)."""
 
     vocab_size: int = 51865
     num_mel_bins: int = 80
@@ -368,6 +432,7 @@ class Whisper(nn.Module):
     max_source_positions: int = 1500
     max_target_positions: int = 448
     dtype: Dtype = jnp.float32
+    matmul_dtype: Dtype | None = None
 
     def setup(self):
         self.encoder = Encoder(
@@ -378,6 +443,7 @@ class Whisper(nn.Module):
             self.encoder_ffn_dim,
             self.max_source_positions,
             self.dtype,
+            self.matmul_dtype,
         )
         self.decoder = Decoder(
             self.vocab_size,
@@ -387,6 +453,7 @@ class Whisper(nn.Module):
             self.decoder_ffn_dim,
             self.max_target_positions,
             self.dtype,
+            self.matmul_dtype,
         )
 
     def __call__(self, mel: jax.Array, tokens: jax.Array, *, train: bool = False):
@@ -434,7 +501,9 @@ class Whisper(nn.Module):
         ]
 
 
-HF_FIELDS = tuple(f for f in Whisper.__dataclass_fields__ if f not in ("parent", "name", "dtype"))
+HF_FIELDS = tuple(
+    f for f in Whisper.__dataclass_fields__ if f not in ("parent", "name", "dtype", "matmul_dtype")
+)
 
 
 def dims_from_hf_config(cfg: dict) -> dict:

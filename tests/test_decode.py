@@ -75,6 +75,21 @@ def test_too_many_new_tokens_is_rejected(pair):
         make_generate_fn(model, DecodeSpec(prompt=PROMPT, eot=EOT, max_new_tokens=446))
 
 
+def test_matmul_dtype_is_checked_and_bfloat16_decodes(pair):
+    from mkd_jax.decode import with_matmul_dtype
+
+    _, model, params = pair
+    with pytest.raises(ValueError, match="'fp8': choose one of float32, bfloat16"):
+        with_matmul_dtype(model, "fp8")
+    assert with_matmul_dtype(model, "float32") == model
+    spec = DecodeSpec(prompt=PROMPT, eot=EOT, max_new_tokens=8, suppress=SUPPRESS)
+    mel = random_mel(80, batch=4, seed=5)
+    exact = np.asarray(make_generate_fn(model, spec)(params, mel))
+    fast = np.asarray(make_generate_fn(with_matmul_dtype(model, "bfloat16"), spec)(params, mel))
+    assert fast.shape == exact.shape and fast.dtype == exact.dtype
+    assert (fast[:, 0] == exact[:, 0]).all(), (fast, exact)
+
+
 # ----- ensemble decoding: tiny random Flax models with the toy tokenizers of test_token_align -----
 
 

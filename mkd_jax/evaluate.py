@@ -612,11 +612,6 @@ def _systems(restored) -> list[tuple[str, Callable]]:
     that share an encoder (a frozen-encoder student and its zero-shot self, a model and an
     ensemble that holds it, a decoder-tuned variant) encode each window once.
     """
-    for dtype in FLAGS.matmul_dtype:
-        if dtype not in decode.MATMUL_DTYPES:
-            raise app.UsageError(
-                f"--matmul_dtype={dtype}: choose from {', '.join(decode.MATMUL_DTYPES)}"
-            )
     with_models = FLAGS["model"].present or not (FLAGS.workdir or FLAGS.ensemble)
     count = len(FLAGS.matmul_dtype) * (
         (restored is not None) * (1 + FLAGS.zero_shot)
@@ -708,6 +703,11 @@ def load_scoring_split(source: dict, split: str, *, max_bad_fraction: float | No
 
 def main(argv):
     del argv
+    for dtype in FLAGS.matmul_dtype:  # before any model, checkpoint or corpus is read
+        if dtype not in decode.MATMUL_DTYPES:
+            raise app.UsageError(
+                f"--matmul_dtype={dtype}: choose one of {', '.join(decode.MATMUL_DTYPES)}"
+            )
     restored = None
     if FLAGS.workdir:
         from mkd_jax.state import restore_run

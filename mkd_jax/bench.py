@@ -17,7 +17,8 @@ time / ours), for our jitted decoder (float32, and `mkd bf16`: matmul operands r
 bfloat16 with float32 sums, `--matmul_dtype=bfloat16` of transcribe and evaluate), `generate`
 (float32), and CTranslate2 when the `ctranslate2` package is installed (converted from the same
 weights, float32), on the same clips and log-mel features, in rounds that alternate between them
-in one run (median shown); it counts the clips whose bf16 tokens equal the float32 ones. Warm-up
+in one run (median shown, and the rounds' range); it counts the clips whose bf16 tokens equal the
+float32 ones. Warm-up
 (our compile) is apart.
 The clips are synthesised speech (Kokoro voices), or the files given with `--audio`.
 
@@ -171,7 +172,7 @@ def bench_decode():
     clips, audio_s = _clips_with_header("")
     header = (
         f"{'model':8} {'batch':>5} {'impl':>8} {'RTF':>7} {'tok/s':>7} {'x torch':>7} "
-        f"{'warm-up s':>9}"
+        f"{'warm-up s':>9} {'rounds s (min-max)':>18}"
     )
     print(header + "\n" + "-" * len(header))
     for name in FLAGS.models:
@@ -203,7 +204,8 @@ def bench_decode():
                 ratio = f"{med['torch'] / med[k]:7.2f}" if "torch" in med else f"{'-':>7}"
                 print(
                     f"{name:8} {batch:5d} {k:>8} {med[k] / audio_s:7.3f} "
-                    f"{tokens[k][0] / med[k]:7.1f} {ratio} {warm[k]:9.1f}",
+                    f"{tokens[k][0] / med[k]:7.1f} {ratio} {warm[k]:9.1f} "
+                    f"{f'{min(walls[k]):.2f}-{max(walls[k]):.2f}':>18}",
                     flush=True,
                 )
         same = sum(a == b for a, b in zip(tokens["mkd_jax"][1], tokens["mkd bf16"][1], strict=True))

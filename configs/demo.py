@@ -51,9 +51,9 @@ def get_config():
     c.loss.w_ce = 1.0
     c.loss.w_kd = 1.0
     c.loss.temperature = 2.0
-    # 2e-3, not 5e-4: in round 2 session 14's grid (BUILD_NOTES "The demo's learning rate") it had the
-    # lowest two-seed WER on dev and test_ood pooled and no worse real-audio agreement; the power
-    # ablation's dev choice for this method (row 6) was 2e-3 as well. Neither is beyond noise.
+    # 2e-3, not 5e-4: in round 2 session 14's grid (BUILD_NOTES "The demo's learning rate") it
+    # had the lowest seed-mean WER on dev and test_ood pooled, with no worse real-audio agreement;
+    # the power ablation's dev choice for row 6 was 2e-3 too. The gain is within noise.
     c.optim.lr = 2e-3
     c.optim.mapper_lr = 2e-3
     c.optim.warmup_steps = 8

@@ -18,8 +18,7 @@ bfloat16 with float32 sums, `--matmul_dtype=bfloat16` of transcribe and evaluate
 (float32), and CTranslate2 when the `ctranslate2` package is installed (converted from the same
 weights, float32), on the same clips and log-mel features, in rounds that alternate between them
 in one run (median shown, and the rounds' range); it counts the clips whose bf16 tokens equal the
-float32 ones. Warm-up
-(our compile) is apart.
+float32 ones. Warm-up (our compile) is apart.
 The clips are synthesised speech (Kokoro voices), or the files given with `--audio`.
 
 `eval_reuse`: a WER pass of a student whose encoder is frozen, encoding every batch (as before

@@ -473,6 +473,30 @@ def score(
     return out
 
 
+def paired_counts(a: dict, b: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """`(errors of a, errors of b, reference words, n_only_a, n_only_b)` on the utterances both
+    `score(...)["all"]` results scored, in a's order; `n_only_*` count the ones left out because
+    only one system scored them. Raises ValueError where they are not results of one split."""
+    pa, pb = a.get("per_utt"), b.get("per_utt")
+    if pa is None or pb is None:
+        raise ValueError("comparing needs score(...)['all'] results, which hold 'per_utt'")
+    where_b = {uid: k for k, uid in enumerate(pb["ids"])}
+    ka = [k for k, uid in enumerate(pa["ids"]) if uid in where_b]
+    if not ka:
+        raise ValueError("the two results share no scored utterance")
+    kb = [where_b[pa["ids"][k]] for k in ka]
+    words_a = np.asarray(pa["ref_words"])[ka]
+    if np.any(words_a != np.asarray(pb["ref_words"])[kb]):
+        raise ValueError("reference word counts differ on shared ids: not the same split")
+    return (
+        np.asarray(pa["word_errors"])[ka],
+        np.asarray(pb["word_errors"])[kb],
+        words_a,
+        len(pa["ids"]) - len(ka),
+        len(pb["ids"]) - len(kb),
+    )
+
+
 def compare(a: dict, b: dict, *, n_resamples: int = 10_000, confidence: float = 0.95, seed=0):
     """Paired bootstrap interval of WER(b) - WER(a) on the utterances both results scored.
 
@@ -483,26 +507,11 @@ def compare(a: dict, b: dict, *, n_resamples: int = 10_000, confidence: float = 
       `stats.paired_bootstrap`'s dict (rates in %) plus `n_only_a` and `n_only_b`, the utterances
       left out because only one system scored them.
     """
-    pa, pb = a.get("per_utt"), b.get("per_utt")
-    if pa is None or pb is None:
-        raise ValueError("compare needs score(...)['all'] results, which hold 'per_utt'")
-    where_b = {uid: k for k, uid in enumerate(pb["ids"])}
-    ka = [k for k, uid in enumerate(pa["ids"]) if uid in where_b]
-    if not ka:
-        raise ValueError("the two results share no scored utterance")
-    kb = [where_b[pa["ids"][k]] for k in ka]
-    words_a = np.asarray(pa["ref_words"])[ka]
-    if np.any(words_a != np.asarray(pb["ref_words"])[kb]):
-        raise ValueError("reference word counts differ on shared ids: not the same split")
+    errs_a, errs_b, words, only_a, only_b = paired_counts(a, b)
     res = stats.paired_bootstrap(
-        np.asarray(pa["word_errors"])[ka],
-        np.asarray(pb["word_errors"])[kb],
-        words_a,
-        n_resamples=n_resamples,
-        confidence=confidence,
-        seed=seed,
+        errs_a, errs_b, words, n_resamples=n_resamples, confidence=confidence, seed=seed
     )
-    return {**res, "n_only_a": len(pa["ids"]) - len(ka), "n_only_b": len(pb["ids"]) - len(kb)}
+    return {**res, "n_only_a": only_a, "n_only_b": only_b}
 
 
 def _n(r: dict) -> str:

@@ -132,3 +132,70 @@ def paired_bootstrap(
         "n_worse": int((d > 0).sum()),
         "max_utt_diff": int(d[np.argmax(np.abs(d))]) if n else 0,
     }
+
+
+def paired_power(
+    errs_a,
+    errs_b,
+    n_words,
+    sizes: Sequence[int],
+    *,
+    sims: int = 300,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """How often a fresh split of `n` utterances would show the difference `b - a` beyond noise.
+
+    The observed utterances stand in for their population (a plug-in estimate): each simulated
+    split draws `n` of them with replacement, and its `paired_bootstrap` interval (percentile,
+    `n_resamples` resamples) is checked against zero. A split size whose power is low cannot
+    show a difference of the observed size, whatever the method: size the split first.
+
+    Args:
+      errs_a, errs_b, n_words: as `paired_bootstrap`, on every observed utterance.
+      sizes: split sizes to simulate (utterances).
+      sims: simulated splits per size.
+
+    Returns:
+      `{"observed": paired_bootstrap(...) on the whole data, "sizes": [{"n", "power",
+      "wrong_sign", "half_width"}]}`: `power` is the share of simulated splits whose interval
+      excludes zero on the observed difference's side, `wrong_sign` the share that excludes it
+      on the other side, `half_width` the mean half-width of their intervals in points.
+      An observed difference of exactly zero has power 0 by definition.
+    """
+    a, b, w = _check_counts(errs_a, errs_b, n_words)
+    if sims < 1:
+        raise ValueError(f"sims must be positive, got {sims}")
+    if not sizes or any(int(n) < 1 for n in sizes):
+        raise ValueError(f"sizes must be positive utterance counts, got {list(sizes)}")
+    observed = paired_bootstrap(a, b, w, n_resamples=10_000, confidence=confidence, seed=seed)
+    sign = np.sign(observed["diff"])
+    rng = np.random.default_rng(seed)
+    alpha = (1 - confidence) / 2
+    d, n_all = b - a, len(w)
+    out = []
+    for n in (int(x) for x in sizes):
+        hits = wrong = 0
+        widths = []
+        for _ in range(sims):
+            pick = rng.integers(0, n_all, size=n)
+            ds, ws = d[pick], w[pick]
+            idx = rng.integers(0, n, size=(n_resamples, n))
+            words = ws[idx].sum(axis=1)
+            diffs = np.where(words > 0, ds[idx].sum(axis=1) / np.maximum(words, 1), np.nan)
+            if np.all(np.isnan(diffs)):
+                continue  # only empty references drawn: no interval, not a detection
+            low, high = 100.0 * np.nanquantile(diffs, [alpha, 1 - alpha])
+            widths.append((high - low) / 2)
+            hits += bool((sign < 0 and high < 0) or (sign > 0 and low > 0))
+            wrong += bool((sign < 0 and low > 0) or (sign > 0 and high < 0))
+        out.append(
+            {
+                "n": n,
+                "power": hits / sims,
+                "wrong_sign": wrong / sims,
+                "half_width": float(np.mean(widths)) if widths else float("nan"),
+            }
+        )
+    return {"observed": observed, "sizes": out, "sims": sims, "n_resamples": n_resamples}

@@ -100,3 +100,47 @@ def test_per_utterance_spread_names_a_runaway():
     assert (ci["n_better"], ci["n_worse"], ci["max_utt_diff"]) == (2, 1, 29)
     assert ci["diff"] == pytest.approx(100 * 27 / 22)
     assert report.format_spread(ci) == "2 better, 1 worse; largest single change +29 words of 22"
+
+
+# ----- power of a split size (stats.paired_power) -----
+
+
+def test_power_of_a_constant_difference_is_one_at_any_size():
+    a = np.full(40, 3)
+    b = a - 1  # one word fewer on every 10-word utterance: -10 points, no spread
+    out = stats.paired_power(a, b, np.full(40, 10), [2, 5, 40], sims=20, n_resamples=200)
+    assert out["observed"]["diff"] == pytest.approx(-10.0)
+    assert [s["power"] for s in out["sizes"]] == [1.0, 1.0, 1.0]
+    assert all(s["wrong_sign"] == 0.0 and s["half_width"] == 0.0 for s in out["sizes"])
+
+
+def test_identical_systems_have_no_power():
+    a = np.arange(30) % 4
+    out = stats.paired_power(a, a, np.full(30, 8), [10, 30], sims=20, n_resamples=200)
+    assert [s["power"] for s in out["sizes"]] == [0.0, 0.0]
+
+
+def test_power_matches_the_normal_approximation():
+    """Per-utterance differences -1 (40%), 0 (50%), +1 (10%) on 10-word utterances: mean -0.3,
+    sd sqrt(0.41). A two-sided 95% test then has power about Phi(0.3 sqrt(n) / sd - 1.96)
+    (hand-derived; scipy's normal CDF), against which the simulated bootstrap power is checked."""
+    from scipy.stats import norm
+
+    d = np.array([-1] * 400 + [0] * 500 + [1] * 100)
+    a = np.full(1000, 2)
+    out = stats.paired_power(a, a + d, np.full(1000, 10), [10, 20, 50], sims=400, seed=1)
+    for s in out["sizes"]:
+        expected = norm.cdf(0.3 * np.sqrt(s["n"]) / np.sqrt(0.41) - 1.96)
+        assert s["power"] == pytest.approx(expected, abs=0.1), (s, expected)
+        assert s["wrong_sign"] < 0.02
+    powers = [s["power"] for s in out["sizes"]]
+    assert powers == sorted(powers) and powers[0] < 0.5 < powers[-1]
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [(dict(sizes=[]), "sizes"), (dict(sizes=[0]), "sizes"), (dict(sizes=[5], sims=0), "sims")],
+)
+def test_power_refuses_bad_settings(kw, match):
+    with pytest.raises(ValueError, match=match):
+        stats.paired_power([1, 2], [1, 1], [5, 5], **kw)

@@ -5,6 +5,7 @@ bootstrap intervals of the differences between systems.
     python -m mkd_jax.evaluate --workdir /tmp/run --zero_shot --split test --group_by engine
     python -m mkd_jax.evaluate --ensemble base,tiny.en --ensemble_weights 2,1 --source KIND:PATH
     python -m mkd_jax.evaluate --ensemble base,tiny.en --beam_size 4 --source KIND:PATH
+    python -m mkd_jax.evaluate --workdir W --zero_shot --split real_unlabelled --reference base
 
 No utterance is hidden from the score:
 - An utterance is decoded at `--n_frames` (a workdir's training context by default) when it fits,
@@ -24,6 +25,12 @@ Text on both sides is normalised with Whisper's English normaliser before scorin
 WER). `--group_by` adds one row per value of a corpus column. With several systems, each later one
 is compared with the first on the utterances both scored: the WER difference (later - first) and
 its paired bootstrap 95% interval over utterances (`stats.paired_bootstrap`).
+
+`--reference MODEL` scores against that model's transcripts instead of the split's text (which
+may be missing): the label-free agreement check on real recordings (`agreement.py`), on the whole
+split. The reference decodes greedily at its whole window (30 s for Whisper), once, cached with
+the agreement check's; an utterance whose reference normalises to nothing is left out and
+counted.
 """
 
 from __future__ import annotations
@@ -701,6 +708,34 @@ def _systems(restored) -> list[tuple[str, Callable]]:
     return systems
 
 
+def _reference(utts, split: str) -> dict:
+    """`--reference`'s transcripts of the whole split, greedy at the model's whole window (30 s
+    for Whisper), decoded once and cached with the agreement check's (`agreement.reference`)."""
+    from mkd_jax import agreement
+    from mkd_jax.assets import resolve_model
+
+    name = FLAGS.reference
+    model, params, tok, spec = _model_member(name, 1)
+    n_frames = 2 * model.max_source_positions
+
+    def run(u):
+        kw = dict(batch_size=FLAGS.batch_size, n_frames=n_frames, desc=f"reference {name}")
+        return transcribe_utts(model, params, tok, spec, u, **kw)
+
+    return agreement.reference(
+        name,
+        [resolve_model(name)],
+        run,
+        utts,
+        n_frames=n_frames,
+        cache=agreement.cache_dir(),
+        split=split,
+        # The split's size keeps this whole-split reference apart from the agreement check's
+        # 64-clip one of the same split, so neither overwrites the other's cache.
+        settings={"max_new_tokens": FLAGS.max_new_tokens, "utterances": len(utts)},
+    )
+
+
 def load_scoring_split(source: dict, split: str, *, max_bad_fraction: float | None = None):
     """A split as scoring must see it: every utterance, with no duration filter short of the
     loaders' 4 h decoding limit (training's `max_seconds` filters its own input, not the score)."""
@@ -717,6 +752,10 @@ def main(argv):
             raise app.UsageError(
                 f"--matmul_dtype={dtype}: choose one of {', '.join(decode.MATMUL_DTYPES)}"
             )
+    if FLAGS.reference and FLAGS.group_by:
+        raise app.UsageError(
+            "--group_by breaks down WER against transcripts; drop it with --reference"
+        )
     restored = None
     if FLAGS.workdir:
         from mkd_jax.state import restore_run
@@ -733,12 +772,21 @@ def main(argv):
     else:
         raise app.UsageError("--source is required without --workdir")
     # Score the whole split; bad inputs are reported and capped.
-    utts = load_scoring_split(source, FLAGS.split, max_bad_fraction=FLAGS.max_bad_fraction)
+    # With --reference the split's own transcripts are not needed (real recordings have none).
+    src = dict(source, require_text=False) if FLAGS.reference else source
+    utts = load_scoring_split(src, FLAGS.split, max_bad_fraction=FLAGS.max_bad_fraction)
     systems = _systems(restored)
+    ref = _reference(utts, FLAGS.split) if FLAGS.reference else None
     results, hypotheses = {}, {}
     for name, run in systems:
         tr = run(utts)
-        results[name] = score(utts, tr.ids, tr.hyps, tuple(FLAGS.group_by or ()), transcripts=tr)
+        if ref is None:
+            groups = tuple(FLAGS.group_by or ())
+            results[name] = score(utts, tr.ids, tr.hyps, groups, transcripts=tr)
+        else:
+            from mkd_jax.agreement import agreement
+
+            results[name] = {"all": agreement(tr, ref, utts)}
         hypotheses[name] = dict(zip(tr.ids, tr.hyps, strict=True))
     first = systems[0][0]
     comparisons = [
@@ -753,6 +801,12 @@ def main(argv):
         f"[{FLAGS.split}] of {source.get('path') or source.get('name')}; "
         f"normaliser: Whisper EnglishTextNormalizer; loader: {utts.report.summary()}"
     )
+    if ref is not None:
+        title += (
+            f"; references: {ref['name']}'s transcripts (greedy, {ref['context']}; "
+            f"{len(ref['failures'])} failed), not the split's text; utterances whose reference "
+            "is empty are left out of n scored"
+        )
     print(format_systems(results, comparisons, title))
     if FLAGS.output:
         out = {
@@ -763,6 +817,8 @@ def main(argv):
             "comparisons": [{"a": a, "b": b, **c} for a, b, c in comparisons],
             "hypotheses": hypotheses,
         }
+        if ref is not None:
+            out["reference"] = {k: ref[k] for k in ("name", "n_frames", "context", "failures")}
         Path(FLAGS.output).write_text(json.dumps(out, indent=1))
         logging.info("wrote %s", FLAGS.output)
 
@@ -786,5 +842,8 @@ if __name__ == "__main__":
     flags.DEFINE_float("max_bad_fraction", 0.01, "Loader: fail if more inputs are bad.")
     flags.DEFINE_integer("n_resamples", 10_000, "Bootstrap resamples for comparisons.")
     flags.DEFINE_list("group_by", [], "Corpus columns to break WER down by.")
+    flags.DEFINE_string("reference", None,
+                        "Score against this model's transcripts (greedy, whole window) instead of "
+                        "the split's text: agreement on audio without transcripts.")  # fmt: skip
     flags.DEFINE_string("output", None, "Write results and hypotheses as JSON here.")
     cli.run(main)

@@ -334,6 +334,22 @@ def test_real_models_and_the_command_line(tmp_path):
     assert list(report["systems"]) == [en, f"{en} (bfloat16 matmuls)"]
     assert [(c["a"], c["b"]) for c in report["comparisons"]] == [tuple(report["systems"])]
 
+    # --reference: scored against a model's transcripts, not the split's text. The reference
+    # itself then agrees with itself on every utterance it heard words in.
+    assert cmd[4].startswith("--matmul_dtype=") and cmd[5].startswith("--source=")
+    cmd = [*cmd[:3], f"--model={en},{tmp_path / 'multi'}", f"--reference={en}", *cmd[5:]]
+    cmd = [a if a != "--n_frames=100" else "--n_frames=300" for a in cmd]  # the reference's
+    env["MKD_JAX_CACHE"] = str(tmp_path / "cache")
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"references: {en}'s transcripts" in run.stdout
+    report = json.loads(out.read_text())
+    assert report["reference"]["name"] == en and report["reference"]["n_frames"] == 300
+    same = report["systems"][en]["all"]
+    assert same["wer"] == 0.0 and same["n_scored"] + same["n_empty_reference"] == 5
+    assert report["systems"][str(tmp_path / "multi")]["all"]["reference"] == en
+    assert len(list((tmp_path / "cache" / "agreement").glob("*.json"))) == 1
+
 
 def test_utterances_over_30_s_go_long_form(monkeypatch, tmp_path):
     """A Whisper-sized context and a spec that knows <|notimestamps|>: a 70 s utterance is
@@ -357,3 +373,16 @@ def test_utterances_over_30_s_go_long_form(monkeypatch, tmp_path):
         "30 s (3000 frames); long-form (sequential, timestamps) for 1 utterance over 30 s"
     )
     assert fake.frames == [3000] * 4  # one short batch, then windows at 0, 30 and 60 s
+
+
+def test_reference_refuses_group_by_in_one_line(tmp_path):
+    """WER against a model's transcripts has no corpus columns to break down: refused before
+    any model or corpus is read."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "mkd_jax.evaluate", "--reference=base", "--group_by=engine",
+           f"--source=disk:{tmp_path}", "--split=real_unlabelled"]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert "--group_by" in run.stderr and "--reference" in run.stderr

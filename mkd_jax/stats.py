@@ -172,24 +172,21 @@ def paired_power(
     observed = paired_bootstrap(a, b, w, n_resamples=10_000, confidence=confidence, seed=seed)
     sign = np.sign(observed["diff"])
     rng = np.random.default_rng(seed)
-    alpha = (1 - confidence) / 2
-    d, n_all = b - a, len(w)
     out = []
     for n in (int(x) for x in sizes):
         hits = wrong = 0
         widths = []
         for _ in range(sims):
-            pick = rng.integers(0, n_all, size=n)
-            ds, ws = d[pick], w[pick]
-            idx = rng.integers(0, n, size=(n_resamples, n))
-            words = ws[idx].sum(axis=1)
-            diffs = np.where(words > 0, ds[idx].sum(axis=1) / np.maximum(words, 1), np.nan)
-            if np.all(np.isnan(diffs)):
+            pick = rng.integers(0, len(w), size=n)
+            if w[pick].sum() <= 0:
                 continue  # only empty references drawn: no interval, not a detection
-            low, high = 100.0 * np.nanquantile(diffs, [alpha, 1 - alpha])
-            widths.append((high - low) / 2)
-            hits += bool((sign < 0 and high < 0) or (sign > 0 and low > 0))
-            wrong += bool((sign < 0 and low > 0) or (sign > 0 and high < 0))
+            ci = paired_bootstrap(
+                a[pick], b[pick], w[pick], n_resamples=n_resamples, confidence=confidence,
+                seed=int(rng.integers(2**31)),
+            )  # fmt: skip
+            widths.append((ci["high"] - ci["low"]) / 2)
+            hits += bool((sign < 0 and ci["high"] < 0) or (sign > 0 and ci["low"] > 0))
+            wrong += bool((sign < 0 and ci["low"] > 0) or (sign > 0 and ci["high"] < 0))
         out.append(
             {
                 "n": n,

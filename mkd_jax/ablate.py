@@ -239,15 +239,15 @@ def _stat(values):
 def _seed_mean(reports: list, split: str) -> dict | None:
     """A row's per-utterance word errors on a split, averaged over its seeds, as `compare` reads
     them; None where a report lacks them (older runs, or a split a run did not score)."""
-    results = [r["after"].get(split) for r in reports]
-    if not results or any(not res or not res.get("per_utt") for res in results):
+    from mkd_jax.results import seed_mean
+
+    found = [r["after"].get(split) for r in reports]
+    if not found or any(not res or not res.get("per_utt") for res in found):
         return None
-    ids = results[0]["per_utt"]["ids"]
-    if any(res["per_utt"]["ids"] != ids for res in results):
+    try:
+        return seed_mean(found)
+    except ValueError:  # runs that scored other utterances
         return None
-    errs = np.mean([res["per_utt"]["word_errors"] for res in results], axis=0)
-    ref_words = results[0]["per_utt"]["ref_words"]
-    return {"per_utt": {"ids": ids, "word_errors": errs.tolist(), "ref_words": ref_words}}
 
 
 def _wer_cell(reports: list, split: str) -> tuple[str, tuple | None]:

@@ -7,55 +7,19 @@ Given two systems' per-utterance results on one split, it simulates fresh splits
 (utterances drawn with replacement from the observed ones, `stats.paired_power`) and prints how
 often the paired bootstrap 95% interval of `b - a` would exclude zero: the power to see a
 difference of the observed size. Each of `--a` and `--b` is a JSON file holding per-utterance
-results: a training report (`report.json`: its `after` results; `FILE#before` for the
-untrained student's), an `evaluate --output` file (`FILE#SYSTEM` where it holds several
+results, as `results.load_result` reads them: a training report or its workdir (`FILE#before`
+for the untrained student's), an `evaluate --output` file (`FILE#SYSTEM` where it holds several
 systems), or one `score` result (the demo's `eval/*.json`).
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from absl import flags
 
 from mkd_jax import cli
+from mkd_jax.results import load_result
 
 FLAGS = flags.FLAGS
-
-
-def load_result(spec: str, split: str) -> tuple[dict, str]:
-    """`(score(...)["all"] result, label)` of `FILE[#PART]` on `split` (see the module doc)."""
-    path, _, part = spec.partition("#")
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from e
-    label = spec
-    if "per_utt" in data:  # one score result
-        return data, label
-    if "systems" in data:  # evaluate --output
-        names = list(data["systems"])
-        if data.get("split") != split:
-            raise ValueError(f"{path}: scored split {data.get('split')!r}, not {split!r}")
-        if not part and len(names) != 1:
-            raise ValueError(f"{path}: holds systems {names}; name one as {path}#SYSTEM")
-        name = part or names[0]
-        if name not in data["systems"]:
-            raise ValueError(f"{path}: no system {name!r} (have {names})")
-        return data["systems"][name]["all"], label
-    when = part or "after"
-    if when not in data or not isinstance(data[when], dict):
-        raise ValueError(f"{path}: no {when!r} results: not a report, evaluate output or score")
-    if split not in data[when]:
-        raise ValueError(f"{path}: {when!r} has no split {split!r} (have {sorted(data[when])})")
-    res = data[when][split]
-    if "per_utt" not in res:
-        raise ValueError(f"{path}: {when} {split} has no per-utterance results (a partial pass?)")
-    return res, label
 
 
 def format_power(label_a: str, label_b: str, split: str, out: dict) -> str:

@@ -19,7 +19,7 @@ def _score(errors, words=10):
 def files(tmp_path):
     zero, trained = _score([3] * 20), _score([2] * 20)
     (tmp_path / "report.json").write_text(
-        json.dumps({"before": {"test": zero}, "after": {"test": trained}})
+        json.dumps({"before": zero, "after": {"test": trained}})  # as train writes it
     )
     (tmp_path / "eval.json").write_text(
         json.dumps({"split": "test", "systems": {"x": {"all": zero}, "y": {"all": trained}}})

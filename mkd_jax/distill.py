@@ -161,14 +161,17 @@ def _teacher(name, model, params, batch, setup: Setup, v_s: int, encoded) -> dic
     return dict(res, probs=p_t, mask=m, feats=feats, support=support, dropped=dropped, kept=kept)
 
 
-def teacher_outputs(frozen, batch, setup: Setup) -> dict[str, dict]:
+def teacher_outputs(frozen, batch, setup: Setup, encoded=None) -> dict[str, dict]:
     """Every teacher's `_teacher` dict, its target restricted to the KD support (see `loss_fn`).
 
     This is what the teacher-output cache stores (top-k of `probs`), so the cached and the
-    uncached step share one definition of the target.
+    uncached step share one definition of the target. `encoded`: teacher -> its encoder's output
+    [B, T, D], given instead of run (the cache copies it from where that model was the student);
+    its encoder sites are then not available.
     """
     v_s = setup.student.vocab_size
-    ts, encoded = {}, {}
+    ts = {}
+    encoded = {name: (enc, {}) for name, enc in (encoded or {}).items()}
     for name, model in setup.teachers.items():
         source = setup.shared_encoder.get(name, name)  # teachers sharing an encoder run it once
         if source not in encoded:

@@ -26,7 +26,10 @@ changes the content: each model's weights (file content), tokenizers, the corpus
 durations), n_frames, buckets, k, temperature, KD support, sites and dtype. A cache whose key
 differs is stale and rebuilt; a partial one is resumed; training reads only complete ones. A new
 cache whose student fields a complete sibling already holds (same student encoder, corpus and
-context: another teacher set of an ablation) copies them instead of running the student encoder.
+context: another teacher set of an ablation) copies them instead of running the student encoder;
+and a teacher whose frozen encoder was the student of a complete sibling (base in base_ft's
+supervised stage, at the teachers' context) reads its encoder output there and runs only its
+decoder (`_encoder_donors`).
 
     python -m mkd_jax.cache --config configs/demo.py [--config.a.b=v]
 """
@@ -315,9 +318,11 @@ def _gb(n: float) -> str:
 # ----- building -----
 
 
-def _targets(frozen, batch, *, setup, student=True):
+def _targets(frozen, batch, *, setup, student=True, encoded=()):
     """Per-utterance cache fields of one batch (rows as in the batch, padded to its shapes);
-    `student=False` leaves out the student's encoder fields (copied from a donor cache)."""
+    `student=False` leaves out the student's encoder fields (copied from a donor cache), and the
+    teacher encoders named in `encoded` do not run: their outputs are in the batch, as
+    `c:encoded/<teacher>` (copied from a cache where that model was the student)."""
     import jax
     import jax.numpy as jnp
 
@@ -326,7 +331,8 @@ def _targets(frozen, batch, *, setup, student=True):
     spec = setup.cache
     out = {}
     if setup.teachers:
-        for name, t in teacher_outputs(frozen, batch, setup).items():
+        given = {name: batch[ENCODED + name] for name in encoded}
+        for name, t in teacher_outputs(frozen, batch, setup, encoded=given).items():
             c = f"c:{name}/"
             p = t["probs"]
             if spec.top_k:
@@ -381,6 +387,8 @@ def _rows(out: dict, batch: dict, table: dict) -> dict[str, dict[str, np.ndarray
 # What a cache's student fields depend on: two caches that agree on these hold the same student
 # encoder outputs, whatever their teachers.
 _STUDENT_MATERIAL = ("format", "student", "corpus", "n_frames", "buckets", "prompt")
+# Batch field of a teacher encoder's output copied from another cache (`_encoder_donors`).
+ENCODED = "c:encoded/"
 
 
 class _Shards:
@@ -435,6 +443,46 @@ def _donor(folder: Path, material: dict, utts) -> tuple[str, _Shards] | None:
         if set(utts.ids) <= shards.where.keys():
             return m["key"], shards
     return None
+
+
+def _encoder_donors(folder: Path, material: dict, setup, utts) -> dict[str, tuple[str, _Shards]]:
+    """Teacher -> `(key, shards)` of a complete sibling cache whose student is that teacher's
+    encoder: the same weights and dtype, frozen, at the teachers' context, on the same corpus.
+    Its stored encoder output (float32, every frame) is what the teacher's encoder would give,
+    so the teacher runs only its decoder. In the demo, base_ft's supervised stage caches base's
+    encoder on the train split at 10 s, and the distillation cache's teachers base and base_ft
+    (one shared encoder) read it instead of encoding the split again.
+
+    Only for teachers whose own encoder runs (not one sharing another's) and for which no
+    teacher reading it maps an encoder site (the donor holds the output alone)."""
+    frames = material["teacher_frames"] or material["n_frames"]
+    want = json.loads(json.dumps({"format": material["format"], "corpus": material["corpus"]}))
+    out = {}
+    for name, t in material["teachers"].items():
+        readers = [n for n in setup.teachers if setup.shared_encoder.get(n, n) == name]
+        if name in setup.shared_encoder or any(
+            site.startswith("encoder/") for n in readers for site in setup.cache.sites[n]
+        ):
+            continue
+        for other in sorted(folder.parent.glob(f"*/{MANIFEST}")):
+            m = _read(other)
+            if other.parent == folder or not m or not m.get("complete") or m.get("failed"):
+                continue
+            om = m.get("material", {})
+            st = om.get("student", {})
+            if (
+                st.get("weights") != t["weights"]
+                or st.get("dtype") != t["dtype"]
+                or (st.get("sites") or [None])[0] != "encoder/output"
+                or om.get("n_frames") != frames
+                or {k: om.get(k) for k in want} != want
+            ):
+                continue
+            shards = _Shards(other.parent)
+            if set(utts.ids) <= shards.where.keys():
+                out[name] = (m["key"], shards)
+                break
+    return out
 
 
 def _progress_path(folder: Path, process: int) -> Path:
@@ -548,7 +596,27 @@ def _build(cfg, roles, setup, utts, tokenizers, buckets, folder, key, material, 
             "and context); only the teachers run", donor[1].folder,
         )  # fmt: skip
     student_keys = [k for k in table if k.startswith("c:student/")] if donor else []
-    fn = jax.jit(functools.partial(_targets, setup=setup, student=donor is None))
+    enc_donors = _encoder_donors(folder, material, setup, utts)
+    for name, (_, shards) in enc_donors.items():
+        logging.info(
+            "teacher cache: teacher %s's encoder outputs come from %s, where it was the "
+            "student; it runs only its decoder", name, shards.folder,
+        )  # fmt: skip
+    fn = jax.jit(
+        functools.partial(
+            _targets, setup=setup, student=donor is None, encoded=tuple(sorted(enc_donors))
+        )
+    )
+
+    def with_encoded(batch):
+        """The batch plus each donated teacher encoder's output, rows as in the batch."""
+        for name, (_, shards) in enc_donors.items():
+            key = "c:student/encoder/output"
+            rows = [shards.get(u, key) if u in shards.where else None for u in batch["ids"]]
+            shape = next(r.shape for r in rows if r is not None)
+            pad = np.zeros(shape, np.float32)  # batch padding: no utterance, no target kept
+            batch[ENCODED + name] = np.stack([pad if r is None else r for r in rows])
+        return batch
 
     def compute(batch):
         dev = {
@@ -573,7 +641,7 @@ def _build(cfg, roles, setup, utts, tokenizers, buckets, folder, key, material, 
         tensors, uids = {}, []
         for _ in range(min(SHARD_BATCHES, n_batches - block * SHARD_BATCHES)):
             batch = next(it)
-            out = compute(batch)
+            out = compute(with_encoded(batch))
             per = _rows(out, batch, {k: v for k, v in table.items() if k not in student_keys})
             for uid, item in per.items():
                 item.update({k: donor[1].get(uid, k) for k in student_keys})
@@ -614,6 +682,7 @@ def _build(cfg, roles, setup, utts, tokenizers, buckets, folder, key, material, 
             "projected_bytes": projected,
             "build_seconds": seconds,
             "student_from": donor[0] if donor else None,
+            "teacher_encoders_from": {n: d[0] for n, d in enc_donors.items()},
         }
         _write_json(folder / MANIFEST, manifest)
         logging.info(

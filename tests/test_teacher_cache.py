@@ -225,6 +225,71 @@ def test_a_new_teacher_set_copies_the_student_encoder_from_a_sibling_cache(
     assert encoded and all(encoded)
 
 
+def test_a_teacher_encoder_comes_from_a_cache_where_that_model_was_the_student(
+    tiny_librispeech, tmp_path, monkeypatch
+):
+    """The demo's distillation cache reads base's encoder outputs from base_ft's supervised
+    stage (base as the student, frozen encoder, at the teachers' 10 s) instead of encoding the
+    train split again: the same here with teacher b's weights as a checkpoint folder."""
+    from mkd_jax.export import merged_hf_config
+    from mkd_jax.models.hf_io import save_hf_folder
+
+    cfg = _frozen_encoder(tiny_config(tiny_librispeech))
+    cfg.cache.enabled, cfg.cache.top_k, cfg.cache.dir = True, 4, str(tmp_path / "cache")
+    b = build_roles(cfg)["teachers"]["b"]
+    base_cfg = json.loads((b.folder / "config.json").read_text())
+    b_dir = save_hf_folder(
+        tmp_path / "b", merged_hf_config(b.model, base_cfg), b.params, copy_from=b.folder
+    )
+    cfg.teachers.b.checkpoint, cfg.teachers.b.random_init = str(b_dir), False
+    sup = _frozen_encoder(tiny_config(tiny_librispeech))
+    sup.student, sup.teachers, sup.mappers.weight = cfg.teachers.b, {}, 0.0
+    sup.cache.enabled, sup.cache.dir = True, cfg.cache.dir
+    roles = build_roles(sup)
+    setup = make_setup(sup, roles)
+    source = {"kind": "librispeech", "path": sup.data.source.path}
+    utts = loaders.load_split(source, "train")
+    buckets = batching.make_buckets((48,), (sup.data.n_frames,), sup.data.batch_size)
+    sup_parts = (
+        roles,
+        setup,
+        source,
+        utts,
+        {batching.STUDENT: roles["student"].tokenizer},
+        buckets,
+    )
+    donor = _ensure(sup, sup_parts)
+
+    encoded = []
+    real = distill._encode_teacher
+    monkeypatch.setattr(
+        distill, "_encode_teacher", lambda m, *a: encoded.append(m.d_model) or real(m, *a)
+    )
+    parts = _parts(cfg)
+    folder = _ensure(cfg, parts)
+    assert encoded == [96]  # teacher a (d_model 96) ran its encoder; b (128) did not
+    manifest = json.loads((folder / "manifest.json").read_text())
+    donor_key = json.loads((donor / "manifest.json").read_text())["key"]
+    assert manifest["teacher_encoders_from"] == {"b": donor_key}
+    # Equal to the same cache built where no such cache exists.
+    cfg.cache.dir = str(tmp_path / "alone")
+    encoded.clear()
+    alone = _ensure(cfg, parts)
+    assert sorted(encoded) == [96, 128]
+    assert json.loads((alone / "manifest.json").read_text())["teacher_encoders_from"] == {}
+    copied, computed = _shards(folder), _shards(alone)
+    assert copied.keys() == computed.keys()
+    for k in computed:
+        np.testing.assert_allclose(copied[k], computed[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    # A teacher whose mapped sites include an encoder site needs more than the donor holds.
+    cfg.cache.dir, cfg.mappers.sides = str(tmp_path / "cache"), ("encoder", "decoder")
+    cfg.lora.targets = (LORA_DECODER, LORA_ENCODER)
+    encoded.clear()
+    folder = _ensure(cfg, _parts(cfg))
+    assert sorted(encoded) == [96, 128]
+    assert json.loads((folder / "manifest.json").read_text())["teacher_encoders_from"] == {}
+
+
 def test_a_noisy_training_split_is_another_cache_and_clean_keys_stay(tiny_librispeech, tmp_path):
     cfg = _frozen_encoder(tiny_config(tiny_librispeech))
     cfg.cache.enabled, cfg.cache.top_k, cfg.cache.dir = True, 4, str(tmp_path / "cache")

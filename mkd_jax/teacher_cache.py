@@ -422,6 +422,21 @@ class _Shards:
         return dict(self.__dict__, _files={})
 
 
+def _sibling(folder: Path, utts, matches) -> tuple[str, _Shards] | None:
+    """`(key, shards)` of the first complete sibling of `folder` (same parent) whose material
+    `matches` and that holds every utterance of `utts`; None if there is none."""
+    for other in sorted(folder.parent.glob(f"*/{MANIFEST}")):
+        m = _read(other)
+        if other.parent == folder or not m or not m.get("complete") or m.get("failed"):
+            continue
+        if not matches(m.get("material", {})):
+            continue
+        shards = _Shards(other.parent)
+        if set(utts.ids) <= shards.where.keys():
+            return m["key"], shards
+    return None
+
+
 def _donor(folder: Path, material: dict, utts) -> tuple[str, _Shards] | None:
     """`(key, shards)` of a complete sibling of `folder` (same parent) whose student material
     equals ours and that holds every utterance: its student fields are ours. None if there is
@@ -433,16 +448,7 @@ def _donor(folder: Path, material: dict, utts) -> tuple[str, _Shards] | None:
     if not material["student"].get("sites"):
         return None
     want = json.loads(json.dumps({k: material[k] for k in _STUDENT_MATERIAL}))  # as stored
-    for other in sorted(folder.parent.glob(f"*/{MANIFEST}")):
-        m = _read(other)
-        if other.parent == folder or not m or not m.get("complete") or m.get("failed"):
-            continue
-        if {k: m.get("material", {}).get(k) for k in _STUDENT_MATERIAL} != want:
-            continue
-        shards = _Shards(other.parent)
-        if set(utts.ids) <= shards.where.keys():
-            return m["key"], shards
-    return None
+    return _sibling(folder, utts, lambda om: {k: om.get(k) for k in _STUDENT_MATERIAL} == want)
 
 
 def _encoder_donors(folder: Path, material: dict, setup, utts) -> dict[str, tuple[str, _Shards]]:
@@ -457,6 +463,20 @@ def _encoder_donors(folder: Path, material: dict, setup, utts) -> dict[str, tupl
     teacher reading it maps an encoder site (the donor holds the output alone)."""
     frames = material["teacher_frames"] or material["n_frames"]
     want = json.loads(json.dumps({"format": material["format"], "corpus": material["corpus"]}))
+
+    def student_is(t):
+        def matches(om):
+            st = om.get("student", {})
+            return (
+                st.get("weights") == t["weights"]
+                and st.get("dtype") == t["dtype"]
+                and (st.get("sites") or [None])[0] == "encoder/output"
+                and om.get("n_frames") == frames
+                and {k: om.get(k) for k in want} == want
+            )
+
+        return matches
+
     out = {}
     for name, t in material["teachers"].items():
         readers = [n for n in setup.teachers if setup.shared_encoder.get(n, n) == name]
@@ -464,24 +484,9 @@ def _encoder_donors(folder: Path, material: dict, setup, utts) -> dict[str, tupl
             site.startswith("encoder/") for n in readers for site in setup.cache.sites[n]
         ):
             continue
-        for other in sorted(folder.parent.glob(f"*/{MANIFEST}")):
-            m = _read(other)
-            if other.parent == folder or not m or not m.get("complete") or m.get("failed"):
-                continue
-            om = m.get("material", {})
-            st = om.get("student", {})
-            if (
-                st.get("weights") != t["weights"]
-                or st.get("dtype") != t["dtype"]
-                or (st.get("sites") or [None])[0] != "encoder/output"
-                or om.get("n_frames") != frames
-                or {k: om.get(k) for k in want} != want
-            ):
-                continue
-            shards = _Shards(other.parent)
-            if set(utts.ids) <= shards.where.keys():
-                out[name] = (m["key"], shards)
-                break
+        found = _sibling(folder, utts, student_is(t))
+        if found is not None:
+            out[name] = found
     return out
 
 
@@ -610,12 +615,15 @@ def _build(cfg, roles, setup, utts, tokenizers, buckets, folder, key, material, 
 
     def with_encoded(batch):
         """The batch plus each donated teacher encoder's output, rows as in the batch."""
+        frames = (setup.teacher_frames or cfg.data.n_frames) // 2
         for name, (_, shards) in enc_donors.items():
-            key = "c:student/encoder/output"
-            rows = [shards.get(u, key) if u in shards.where else None for u in batch["ids"]]
-            shape = next(r.shape for r in rows if r is not None)
-            pad = np.zeros(shape, np.float32)  # batch padding: no utterance, no target kept
-            batch[ENCODED + name] = np.stack([pad if r is None else r for r in rows])
+            # Batch padding (no utterance, no target kept) gets zeros.
+            pad = np.zeros((frames, setup.teachers[name].d_model), np.float32)
+            rows = [
+                shards.get(u, "c:student/encoder/output") if u in shards.where else pad
+                for u in batch["ids"]
+            ]
+            batch[ENCODED + name] = np.stack(rows)
         return batch
 
     def compute(batch):

@@ -284,10 +284,17 @@ def test_a_teacher_encoder_comes_from_a_cache_where_that_model_was_the_student(
     # A teacher whose mapped sites include an encoder site needs more than the donor holds.
     cfg.cache.dir, cfg.mappers.sides = str(tmp_path / "cache"), ("encoder", "decoder")
     cfg.lora.targets = (LORA_DECODER, LORA_ENCODER)
-    encoded.clear()
-    folder = _ensure(cfg, _parts(cfg))
-    assert sorted(encoded) == [96, 128]
-    assert json.loads((folder / "manifest.json").read_text())["teacher_encoders_from"] == {}
+    roles, setup, source, utts, _, buckets = _parts(cfg)
+    material = teacher_cache.key_material(cfg, roles, setup, utts, buckets, source)
+    assert any(s.startswith("encoder/") for s in setup.cache.sites["b"])
+    mapped = teacher_cache.folder_for(cfg, teacher_cache.digest(material))
+    assert teacher_cache._encoder_donors(mapped, material, setup, utts) == {}
+    # Without them, the same search finds it (the case built above).
+    cfg.mappers.sides, cfg.lora.targets = ("decoder",), (LORA_DECODER,)
+    roles, setup, source, utts, _, buckets = _parts(cfg)
+    material = teacher_cache.key_material(cfg, roles, setup, utts, buckets, source)
+    plain = teacher_cache.folder_for(cfg, teacher_cache.digest(material))
+    assert list(teacher_cache._encoder_donors(plain, material, setup, utts)) == ["b"]
 
 
 def test_a_noisy_training_split_is_another_cache_and_clean_keys_stay(tiny_librispeech, tmp_path):

@@ -26,8 +26,10 @@ and on the noised train split it does. Row 2 with noise is their control.
 
 Every row, CE-only row 2 included, reports its real-audio agreement with base
 (`eval.agreement_reference`). Each finished run's report lands in results/ablation_power/runs/,
-so the ablation resumes run by run in a later session on another machine; `ablation.md` is
-rewritten after each row. Cost per run on the 2-core machine: BUILD_NOTES "Ablation with power".
+so the ablation resumes run by run in a later session; `ablation.md` is rewritten after each
+row. It resumes only on the corpus build its reports name (`runs/corpus.json`): Kokoro's audio
+differs between CPUs with and without AVX-512, and `ablate` sets another build's reports aside.
+Cost per run on the 2-core machine: BUILD_NOTES "Ablation with power".
 """
 
 from ml_collections import ConfigDict

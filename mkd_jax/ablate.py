@@ -27,6 +27,7 @@ from absl import flags, logging
 from ml_collections import ConfigDict, config_flags
 
 from mkd_jax import assets, cli
+from mkd_jax.results import write_atomic
 
 FLAGS = flags.FLAGS
 OOD_SPLIT = "test_ood"  # TTS engines never used in training (data/synth.py)
@@ -173,7 +174,29 @@ def check_corpus(kept: Path, digest: str) -> None:
         )  # fmt: skip
         kept.rename(stale)
     kept.mkdir(parents=True, exist_ok=True)
-    mark.write_text(json.dumps({"sha256": digest}) + "\n")
+    write_atomic(mark, json.dumps({"sha256": digest}) + "\n")
+
+
+def check_workdir(root: Path, digest: str) -> None:
+    """Refuse a `--workdir` whose runs were trained on another build of the corpus: `run_row`
+    takes a report found there as finished, so it must come from this build. The build is
+    marked in `<root>/corpus.json` when the folder is first used."""
+    mark = root / "corpus.json"
+    if mark.is_file():
+        old = json.loads(mark.read_text())["sha256"]
+        if old != digest:
+            raise ValueError(
+                f"--workdir {root}: its runs were trained on corpus build {old[:12]}, this corpus "
+                f"is {digest[:12]}; pass another --workdir or delete that one"
+            )
+        return
+    if root.is_dir() and next(root.glob("*/lr*/seed*/report.json"), None):
+        raise ValueError(
+            f"--workdir {root}: holds finished runs but no corpus.json naming the corpus build "
+            "they were trained on; pass another --workdir or delete that one"
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    write_atomic(mark, json.dumps({"sha256": digest}) + "\n")
 
 
 def _key_dir(key) -> str:
@@ -186,17 +209,17 @@ def _run_dir(root: Path, key, lr: float, seed: int) -> Path:
 
 def run_row(base, root: Path, kept: Path, key, entry, lr: float, seed: int) -> dict:
     """One run's report: from `kept` (committed results) if there, else trained in `root`."""
-    import shutil
-
     from mkd_jax import train
 
     saved = _run_dir(kept, key, lr, seed) / "report.json"
     if saved.is_file():
-        return json.loads(saved.read_text())
+        return _same_budget(saved, base)
     row, _, overrides = entry
     workdir = _run_dir(root, key, lr, seed)
     done = workdir / "report.json"
-    if not done.is_file():
+    if done.is_file():
+        _same_budget(done, base)
+    else:
         t0 = time.time()
         out = train.run(row_config(base, row, lr=lr, seed=seed, overrides=overrides), workdir)
         if "stopped_by" in out:  # SIGTERM or Ctrl-C: the run is checkpointed, not finished
@@ -206,8 +229,21 @@ def run_row(base, root: Path, kept: Path, key, entry, lr: float, seed: int) -> d
             )
         logging.info("%s lr %g seed %d took %.1f min", key, lr, seed, (time.time() - t0) / 60)
     saved.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(done, saved)
+    write_atomic(saved, done.read_text())
     return json.loads(saved.read_text())
+
+
+def _same_budget(path: Path, base) -> dict:
+    """The report at `path`, refused in one line when it trained another number of steps than
+    this ablation's (a report from another config must not fill a row of this table)."""
+    report = json.loads(path.read_text())
+    steps = report.get("total_steps")
+    if steps != base.total_steps:
+        raise ValueError(
+            f"{path}: a run of {steps} steps, this ablation trains {base.total_steps}; move it "
+            "aside or pass another --results/--workdir"
+        )
+    return report
 
 
 def zero_shot(base, kept: Path) -> dict:
@@ -226,8 +262,8 @@ def zero_shot(base, kept: Path) -> dict:
             if s != OOD_SPLIT or load_split_if_present(source, s) is not None
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(
-            json.dumps({"after": after, "params": {"trainable": 0}, "median_step_s": None})
+        write_atomic(
+            path, json.dumps({"after": after, "params": {"trainable": 0}, "median_step_s": None})
         )
     return json.loads(path.read_text())
 
@@ -272,9 +308,13 @@ def _vs(results: dict, ref, key, split: str) -> str:
     if a is None or b is None:
         return "-"
     try:
-        return format_change(compare(a, b))
+        c = compare(a, b)
     except ValueError:  # no shared utterance, or different references
         return "-"
+    cell = format_change(c)
+    if c["n_only_a"] or c["n_only_b"]:  # say so: the interval covers part of the split
+        cell += f" (paired on {c['n_utts']} of {c['n_utts'] + max(c['n_only_a'], c['n_only_b'])})"
+    return cell
 
 
 def best_baseline(results: dict, dev: str):
@@ -298,9 +338,15 @@ def _agreement_cell(reports: list) -> str:
     found = [r["agreement"]["after"] for r in reports if (r.get("agreement") or {}).get("after")]
     if not found:
         return "-"
+    befores = [(r.get("agreement") or {}).get("before") or {} for r in reports]
+    refs = {a.get("reference") for a in found} | {b.get("reference") for b in befores if b}
+    if len(refs) > 1:  # a seed mean over different references means nothing
+        return f"- (runs scored against different references: {sorted(map(str, refs))})"
     wer = np.mean([a["wer"] for a in found])
     cell = f"{wer:.2f} vs {found[0]['reference']} ({found[0]['n_scored']} / {found[0]['n_total']})"
-    before = (reports[0].get("agreement") or {}).get("before")
+    if len(found) < len(reports):
+        cell += f", {len(found)} of {len(reports)} seeds"
+    before = befores[0]
     after = _seed_mean([{"after": {"a": a}} for a in found], "a")
     if len(found) == len(reports) and before and before.get("per_utt") and after:
         try:
@@ -310,10 +356,19 @@ def _agreement_cell(reports: list) -> str:
     return cell
 
 
-def summarise(base, results: dict) -> tuple[str, list]:
-    """The markdown table and the plot's data. `results`: key -> `(label, lr, reports)`."""
+def summarise(base, results: dict, every: dict | None = None) -> tuple[str, list]:
+    """The markdown table and the plot's data. `results`: key -> `(label, lr, reports)` at the
+    selected rate; `every`: key -> every run of the row (all rates), for its step time."""
     dev, test = base.data.eval_split, base.data.test_split
     best = best_baseline(results, dev)
+    every = every or {}
+    # A row without a teacher (CE only) trains as many parameters as the others: its share is
+    # given against the ablation's largest teacher too.
+    largest = max(
+        (n for _, _, reps in results.values() for r in reps
+         for n in (r["params"].get("teachers") or {}).values()),
+        default=0,
+    )  # fmt: skip
     lines = [
         "| row | method | best LR (dev) | seeds | dev WER % mean [min, max] (n) | "
         "test WER % mean [min, max] (n) | test vs row 2 (95% CI) | test vs best baseline | "
@@ -328,8 +383,13 @@ def summarise(base, results: dict) -> tuple[str, list]:
         (d_cell, d), (t_cell, t), (o_cell, o) = (
             _wer_cell(reports, s) for s in (dev, test, OOD_SPLIT)
         )
-        pct = reports[0]["params"].get("pct_of_largest_teacher")
-        step = [r["median_step_s"] for r in reports if r.get("median_step_s")]
+        params = reports[0]["params"]
+        pct = params.get("pct_of_largest_teacher")
+        if pct is None and params.get("trainable") and largest:
+            pct = 100.0 * params["trainable"] / largest
+        # Step time does not depend on the rate or seed, but runs that shared the cores with other
+        # work are slower: the fastest run of the row is the row's cost.
+        step = [r["median_step_s"] for r in every.get(key, reports) if r.get("median_step_s")]
         cells = [
             str(key), label, str(lr) if lr else "-", str(len(reports)) if lr else "-",
             d_cell, t_cell,
@@ -337,11 +397,14 @@ def summarise(base, results: dict) -> tuple[str, list]:
             o_cell, _vs(results, 2, key, OOD_SPLIT), _vs(results, best, key, OOD_SPLIT),
             _vs(results, 1, key, OOD_SPLIT),
             _agreement_cell(reports), f"{pct:.3f}" if pct else "-",
-            f"{np.mean(step):.1f}" if step else "-",
+            f"{np.min(step):.2f}" if step else "-",
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
         plot.append((key, d, t, o))
     best_txt = f"row {best} ({results[best][0]})" if best is not None else "none ran"
+    missing = [str(r) for r in (2, 3, 4, 5) if r not in results]
+    if best is not None and missing:
+        best_txt += f" (rows {', '.join(missing)} still to run)"
     lines += [
         "",
         "n: utterances scored / in the split. vs row 2: the row's seed-mean WER minus row 2's "
@@ -351,8 +414,10 @@ def summarise(base, results: dict) -> tuple[str, list]:
         f"{OOD_SPLIT}: TTS engines never "
         "used in training. Real-audio agreement: the trained student's WER against a reference "
         "model's transcripts of real recordings (real_unlabelled; `eval.agreement_reference`, "
-        "else the row's first teacher), seed mean; '-' where a run did not measure it. Every row "
-        "decodes at the training context, with 30 s for longer utterances.",
+        "else the row's first teacher), seed mean; '-' where a run did not measure it. Step s: "
+        "the lowest, over every run of the row (all rates and seeds), of each run's median "
+        "training step, on the machine that ran it. Every row decodes at the training context, "
+        "with 30 s for longer utterances.",
     ]
     return "\n".join(lines), plot
 
@@ -388,10 +453,18 @@ def main(argv):
     root, out = Path(FLAGS.workdir), Path(FLAGS.results)
     kept = out / "runs"
     todo = entries(ab)  # checks the variants before any run starts
+    command = (
+        f"python -m mkd_jax.ablate --config {FLAGS['config'].config_filename} "
+        f"--workdir {FLAGS.workdir} --results {FLAGS.results}"
+    )
+    if FLAGS.table_only:
+        print(table_only(base, todo, out, command))
+        return
     from mkd_jax.roles import resolve_source
 
     digest = corpus_digest(resolve_source(base.data.source))  # builds the corpus if missing
     check_corpus(kept, digest)
+    check_workdir(root, digest)  # before base_ft's stage, which trains in it too
     from mkd_jax.config_base import DEMO_CORPUS_HOURS
     from mkd_jax.demo import ensure_base_ft
 
@@ -406,59 +479,119 @@ def main(argv):
     elif "base_ft" in base.teachers:
         with base.unlocked():
             base.teachers.base_ft.checkpoint = ab.base_ft_run
-    command = (
-        f"python -m mkd_jax.ablate --config {FLAGS['config'].config_filename} "
-        f"--workdir {FLAGS.workdir} --results {FLAGS.results}"
-    )
     t0 = time.time()
-    results, every = {}, []
+    results, every = {}, {}
     for key, entry in todo.items():
         row, label, _ = entry
         if row == 1:
             results[1] = (label, None, [zero_shot(base, kept)])
             continue
-        by_lr = {lr: run_row(base, root, kept, key, entry, lr, ab.seeds[0]) for lr in ab.lr_grid}
-        best = min(by_lr, key=lambda lr: by_lr[lr]["after"][base.data.eval_split]["wer"])
-        more = [run_row(base, root, kept, key, entry, best, s) for s in ab.seeds[1:]]
-        results[key] = (label, best, [by_lr[best], *more])
-        every += [*by_lr.values(), *more]
+        best, chosen, runs = _row_runs(
+            base, key, lambda lr, s, k=key, e=entry: run_row(base, root, kept, k, e, lr, s)
+        )
+        results[key], every[key] = (label, best, chosen), runs
         # After every finished row, so an ablation stopped part-way still has its table.
         write_results(base, results, every, out, time.time() - t0, command, complete=False)
     text = write_results(base, results, every, out, time.time() - t0, command, complete=True)
     print(text)
 
 
+def _row_runs(base, key, get):
+    """`(best LR, its runs over the seeds, every run of the row)` with `get(lr, seed)` giving a
+    run's report: the rate chosen on dev at the first seed, the other seeds at that rate. None
+    where `get` has no report for a run the row needs (a row still to finish)."""
+    ab = base.ablation
+    by_lr = {lr: get(lr, ab.seeds[0]) for lr in ab.lr_grid}
+    if any(r is None for r in by_lr.values()):
+        return None
+    best = min(by_lr, key=lambda lr: _dev_wer(by_lr[lr], base.data.eval_split))
+    more = [get(best, s) for s in ab.seeds[1:]]
+    if any(r is None for r in more):
+        return None
+    return best, [by_lr[best], *more], [*by_lr.values(), *more]
+
+
+def table_only(base, todo: dict, out: Path, command: str) -> str:
+    """Rewrite `ablation.md`/`.png` from the reports in `<out>/runs` alone (nothing is trained,
+    no corpus is read): the rows whose runs are all there; the others are listed as still to
+    run. For a table made with changed table code, or one read while the runs go on elsewhere."""
+    kept = out / "runs"
+    if not (kept / "corpus.json").is_file():
+        raise ValueError(f"--results {out}: no finished runs in {kept} (no corpus.json)")
+    results, every = {}, {}
+    for key, (row, label, _) in todo.items():
+        if row == 1:
+            if (kept / "row1" / "report.json").is_file():
+                results[1] = (
+                    label,
+                    None,
+                    [json.loads((kept / "row1" / "report.json").read_text())],
+                )
+            continue
+
+        def get(lr, seed, key=key):
+            path = _run_dir(kept, key, lr, seed) / "report.json"
+            return _same_budget(path, base) if path.is_file() else None
+
+        found = _row_runs(base, key, get)
+        if found:
+            results[key], every[key] = (label, found[0], found[1]), found[2]
+    done = all(k in results for k in todo)
+    return write_results(base, results, every, out, None, command, complete=done)
+
+
+def _dev_wer(report: dict, dev: str) -> float:
+    """A run's dev WER for the rate choice; a non-finite one never wins it."""
+    wer = float(report["after"][dev]["wer"])
+    return wer if np.isfinite(wer) else float("inf")
+
+
 def write_results(
-    base, results: dict, every: list, out: Path, wall_s: float, command: str, *, complete: bool
+    base,
+    results: dict,
+    every: dict,
+    out: Path,
+    wall_s: float | None,
+    command: str,
+    *,
+    complete: bool,
 ) -> str:
-    """`ablation.md` and `ablation.png` of the rows finished so far; returns the markdown."""
+    """`ablation.md` and `ablation.png` of the rows finished so far; returns the markdown.
+    `every`: row key -> every run of the row (all rates and seeds)."""
     ab = base.ablation
     mark = out / "runs" / "corpus.json"
     corpus = json.loads(mark.read_text())["sha256"][:12] if mark.is_file() else "unknown"
+    runs = [r for reps in every.values() for r in reps]
     zero = results.get(1)
     if zero and not zero[2][0].get("agreement"):  # row 1's agreement is every run's "before"
         before = [
-            r["agreement"]["before"] for r in every if (r.get("agreement") or {}).get("before")
+            r["agreement"]["before"] for r in runs if (r.get("agreement") or {}).get("before")
         ]
-        if before:
+        # The same zero-shot student against one reference in every run; else none is shown.
+        if before and len({b.get("reference") for b in before}) == 1:
             zero[2][0]["agreement"] = {"after": before[0]}
-    table, plot = summarise(base, results)
+    table, plot = summarise(base, results, every)
     out.mkdir(parents=True, exist_ok=True)
     write_plot(plot, out / "ablation.png")
     seeds = ", ".join(str(s) for s in ab.seeds)
-    run_h = sum(r.get("wall_s") or 0.0 for r in every) / 3600
+    run_h = sum(r.get("wall_s") or 0.0 for r in runs) / 3600
     missing = [_key_dir(k) for k in entries(ab) if k not in results]
     status = "" if complete else f"**Partial**: still to run: {', '.join(missing) or 'none'}.\n\n"
     text = (
         f"# Ablation ({base.total_steps} steps, seeds {seeds}, LR grid "
         f"{list(ab.lr_grid)})\n\n{status}Command: `{command}`\n\n{table}\n\n"
-        f"Trained runs: {len(every)}, {run_h:.2f} h of wall time in all (the sum of each run's "
+        f"Trained runs: {len(runs)}, {run_h:.2f} h of wall time in all (the sum of each run's "
         f"training and evaluation, on the machine that ran it; zero-shot and caches apart). "
-        f"Wall time of this invocation: {wall_s / 60:.1f} min "
-        f"(runs whose report is in {out / 'runs'} are reused; all of them were made on the corpus "
-        f"build {corpus} named in {out / 'runs' / 'corpus.json'}).\n"
+        + (
+            f"Wall time of this invocation: {wall_s / 60:.1f} min (runs whose report is in "
+            f"{out / 'runs'} are reused; "
+            if wall_s is not None
+            else f"Table rebuilt by `--table_only` (from the reports in {out / 'runs'}; "
+        )
+        + f"all of them were made on the corpus build {corpus} named in "
+        f"{out / 'runs' / 'corpus.json'}).\n"
     )
-    (out / "ablation.md").write_text(text)
+    write_atomic(out / "ablation.md", text)
     return text
 
 
@@ -466,4 +599,7 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "Ablation config.", lock_config=False)
     flags.DEFINE_string("workdir", "results/ablation_runs", "Per-run folders (resumable).")
     flags.DEFINE_string("results", "results", "Where ablation.md and ablation.png go.")
+    flags.DEFINE_bool(
+        "table_only", False, "Only rewrite the table from the reports in <results>/runs."
+    )
     cli.run(main)

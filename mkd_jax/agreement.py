@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -39,6 +38,7 @@ from absl import logging
 from mkd_jax import assets
 from mkd_jax.data import text
 from mkd_jax.evaluate import Transcripts, load_scoring_split, score, transcribe_utts
+from mkd_jax.results import write_atomic
 
 SPLIT = "real_unlabelled"
 FULL_FRAMES = 3000  # Whisper's 30 s window: references are decoded at the teachers' best
@@ -158,9 +158,7 @@ def reference(
         "n_total": tr.n_total,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(out))
-    tmp.replace(path)  # atomic: an interrupted write leaves no half file
+    write_atomic(path, json.dumps(out))
     return out
 
 

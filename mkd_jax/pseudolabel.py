@@ -57,6 +57,7 @@ from tqdm import tqdm
 
 from mkd_jax import cli
 from mkd_jax.data import text
+from mkd_jax.results import write_atomic
 
 FLAGS = flags.FLAGS
 
@@ -208,12 +209,10 @@ def _key(teachers, utts, split: str, shard_size: int, max_new_tokens: int) -> di
 
 def _write_json(path: Path, obj, *, lines: bool = False) -> None:
     """Atomic write: an interrupted run leaves the old file or none, never half of one."""
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     if lines:
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in obj))
+        write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in obj))
     else:
-        tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False))
-    tmp.replace(path)
+        write_atomic(path, json.dumps(obj, indent=1, ensure_ascii=False))
 
 
 def _audio_file(utts, i: int, out: Path, split: str) -> str:

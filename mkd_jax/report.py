@@ -13,6 +13,7 @@ import numpy as np
 from absl import logging
 
 from mkd_jax import lora
+from mkd_jax.results import write_atomic
 
 _SHORT = {
     "train/loss": "loss",
@@ -250,7 +251,8 @@ def write_report(
         "total_steps": cfg.total_steps,
     }
     if log.primary:
-        (workdir / "report.json").write_text(json.dumps(report, indent=2))
+        # Atomic: `ablate` and resumes take a report.json as a finished run.
+        write_atomic(workdir / "report.json", json.dumps(report, indent=2))
         plot_curves(log.history, workdir / "curves.png")
     log.close()
     lines = ["| metric | value |", "|---|---|"]

@@ -1,4 +1,5 @@
-"""Per-utterance results read back from the project's JSON files, and their seed means.
+"""Per-utterance results read back from the project's JSON files, their seed means, and the
+atomic write every finished result goes through.
 
 A result is `evaluate.score(...)["all"]`: WER, CER, counts and `per_utt` (ids, word errors,
 reference words), which is what `evaluate.compare` pairs. It can be read from:
@@ -13,9 +14,19 @@ reference words), which is what `evaluate.compare` pairs. It can be read from:
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` so that an interrupted write leaves the old file or none, never a
+    truncated one that a resumed run or ablation would read as finished."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def load_result(spec: str, split: str) -> tuple[dict, str]:

@@ -51,7 +51,7 @@ def test_ablation_table_has_n_test_ood_and_intervals_against_row_2():
     assert "37.50 vs base (10 / 11); -37.50 [-37.50, -37.50] vs zero-shot" in row6
     assert row6.split(" | ")[12] == "-"  # test_ood vs zero-shot
     assert [p[3] is None for p in plot] == [True, False, False]
-    assert "Best baseline: row 2 (CE)" in table
+    assert "Best baseline: row 2 (CE) (rows 3, 4, 5 still to run)" in table
 
 
 def test_best_baseline_is_chosen_on_dev_among_rows_2_to_5():
@@ -132,8 +132,9 @@ def test_runs_resume_from_committed_reports_without_training(monkeypatch, tmp_pa
         workdir.mkdir(parents=True)
         if cfg.seed == 9:  # SIGTERM: checkpointed, no report
             return {"step": 5, "stopped_by": "SIGTERM"}
-        (workdir / "report.json").write_text(json.dumps(_rep([1] * 10)))
-        return {"step": 300}
+        report = {**_rep([1] * 10), "total_steps": cfg.total_steps}
+        (workdir / "report.json").write_text(json.dumps(report))
+        return {"step": cfg.total_steps}
 
     monkeypatch.setattr(train, "run", fake_run)
     entry = ablate.entries(c.ablation)["row3_kd_only"]
@@ -154,6 +155,31 @@ def test_runs_resume_from_committed_reports_without_training(monkeypatch, tmp_pa
     with pytest.raises(RunFailed, match="stopped at step 5 .SIGTERM.; rerun the same command"):
         ablate.run_row(c, work, kept, "row3_kd_only", entry, 1e-3, 9)
     assert not (kept / "row3_kd_only" / "lr0.001" / "seed9").exists()
+    # A report of another budget, committed or left in a workdir, never fills this table.
+    other = {**first, "total_steps": c.total_steps + 100}
+    saved.write_text(json.dumps(other))
+    with pytest.raises(ValueError, match=f"seed2/report.json: a run of {c.total_steps + 100} st"):
+        ablate.run_row(c, work, kept, "row3_kd_only", entry, 1e-3, 2)
+    left = work / "row3_kd_only" / "lr0.001" / "seed4" / "report.json"
+    left.parent.mkdir(parents=True)
+    left.write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="seed4/report.json: a run of"):
+        ablate.run_row(c, work, kept, "row3_kd_only", entry, 1e-3, 4)
+    assert len(trained) == 2 and not (kept / "row3_kd_only" / "lr0.001" / "seed4").exists()
+
+
+def test_a_workdir_trained_on_another_corpus_build_is_refused(tmp_path):
+    """`run_row` takes a report left in the workdir as finished: the workdir names its build."""
+    work = tmp_path / "work"
+    ablate.check_workdir(work, "a" * 64)  # first use: marked
+    ablate.check_workdir(work, "a" * 64)
+    with pytest.raises(ValueError, match="trained on corpus build aaaaaaaaaaaa, this corpus is bb"):
+        ablate.check_workdir(work, "b" * 64)
+    old = tmp_path / "old"
+    (old / "row2" / "lr0.001" / "seed0").mkdir(parents=True)
+    (old / "row2" / "lr0.001" / "seed0" / "report.json").write_text("{}")
+    with pytest.raises(ValueError, match="holds finished runs but no corpus.json"):
+        ablate.check_workdir(old, "a" * 64)
 
 
 def test_reports_of_another_corpus_build_are_set_aside_not_mixed(tmp_path):
@@ -211,13 +237,100 @@ def test_a_partial_ablation_writes_its_table_and_says_what_is_missing(tmp_path):
         1: ("zero-shot", None, [_rep([2] * 10)]),
         2: ("CE", 1e-3, [{**_rep([1] * 10), "wall_s": 1800.0}]),
     }
-    every = results[2][2] * 3
+    every = {2: results[2][2] * 3}
     md = ablate.write_results(c, results, every, tmp_path, 60.0, "CMD", complete=False)
     assert "**Partial**: still to run: row6, row3_kd_only, row6_decoder." in md
     assert "Command: `CMD`" in md and "Trained runs: 3, 1.50 h" in md
     assert (tmp_path / "ablation.md").read_text() == md and (tmp_path / "ablation.png").is_file()
     md = ablate.write_results(c, results, every, tmp_path, 60.0, "CMD", complete=True)
     assert "Partial" not in md
+
+
+def test_the_table_is_rebuilt_from_committed_reports_alone(tmp_path):
+    """`--table_only`: complete rows from `runs/`, the rate chosen on dev; a row missing one run
+    is listed as still to run; nothing is trained and no corpus is read."""
+    import json
+
+    c = _demo_ablation()
+    c.ablation.rows, c.ablation.variants = (1, 2, 6), ConfigDict()
+    c.ablation.lr_grid, c.ablation.seeds = (1e-4, 1e-3), (0, 1)
+    kept = tmp_path / "runs"
+
+    def put(key, lr, seed, errs, dev):
+        path = ablate._run_dir(kept, key, lr, seed) / "report.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({**_rep(errs, dev=dev), "total_steps": c.total_steps}))
+
+    with pytest.raises(ValueError, match="no finished runs"):
+        ablate.table_only(c, ablate.entries(c.ablation), tmp_path, "CMD")
+    kept.mkdir()
+    (kept / "corpus.json").write_text(json.dumps({"sha256": "f" * 64}))
+    (kept / "row1").mkdir()
+    (kept / "row1" / "report.json").write_text(json.dumps(_rep([2] * 10)))
+    put("row2", 1e-4, 0, [1] * 10, [3] * 10)
+    put("row2", 1e-3, 0, [3] * 10, [1] * 10)  # best on dev, worse on test
+    put("row2", 1e-3, 1, [3] * 10, [1] * 10)
+    put("row6", 1e-4, 0, [0] * 10, [0] * 10)
+    put("row6", 1e-3, 0, [0] * 10, [1] * 10)  # row 6's seed 1 at 1e-4 is still to run
+    md = ablate.table_only(c, ablate.entries(c.ablation), tmp_path, "CMD")
+    assert "**Partial**: still to run: row6." in md and "by `--table_only`" in md
+    row2 = next(line for line in md.splitlines() if line.startswith("| 2 |"))
+    assert row2.startswith("| 2 | LoRA, CE only | 0.001 | 2 | 25.00 [25.00, 25.00] (10 / 11) |")
+    assert "| 75.00 [75.00, 75.00] (10 / 11) |" in row2
+    put("row6", 1e-4, 1, [0] * 10, [0] * 10)
+    md = ablate.table_only(c, ablate.entries(c.ablation), tmp_path, "CMD")
+    assert "Partial" not in md and "| 6 | " in md and "Trained runs: 6" in md
+
+
+def test_partial_pairings_mixed_references_and_rows_without_a_teacher_are_shown():
+    """An interval over part of a split says so; a seed mean over two agreement references is
+    refused; CE-only LoRA's trainable share is against the ablation's largest teacher; the step
+    time is the median over every run of the row; a non-finite dev WER never wins the rate."""
+    from test_agreement import _result as res
+
+    short = _rep([0] * 10)
+    short["after"]["test"] = res([0] * 6, [4] * 6)  # scored 6 of the 10 test utterances
+    ce = {**_rep([1] * 10), "params": {"trainable": 100, "student": 1000}}
+    ensemble = _rep([1] * 10, agree=1, agree_before=2)
+    ensemble["agreement"]["after"]["reference"] = "base_ft"
+    ensemble["params"] = {"trainable": 100, "teachers": {"base": 400, "base_ft": 400}}
+    ensemble["params"]["pct_of_largest_teacher"] = 25.0
+    results = {
+        2: ("CE", 1e-3, [ce]),
+        6: ("ours", 1e-3, [short]),
+        7: ("ours, ensemble", 1e-3, [ensemble, _rep([1] * 10, agree=1)]),
+    }
+    slow = {**_rep([1] * 10), "median_step_s": 9.0}
+    every = {6: [short, slow, slow, {**short, "median_step_s": 2.0}]}
+    lines = ablate.summarise(BASE, results, every)[0].splitlines()
+    row2, row6, row7 = lines[2:5]
+    assert "-25.00 [-25.00, -25.00] (paired on 6 of 10)" in row6
+    assert row6.split(" | ")[10] == "-25.00 [-25.00, -25.00]"  # test_ood: whole split
+    assert row6.endswith("| 0.500 | 1.00 |")  # the fastest of its runs: 1, 9, 9, 2 s
+    assert row2.endswith("| 25.000 | 1.00 |")  # 100 of base_ft's 400
+    assert "- (runs scored against different references: ['base', 'base_ft'])" in row7
+    nan = {"after": {"dev": {"wer": float("nan")}}}
+    assert ablate._dev_wer(nan, "dev") == float("inf")
+
+
+def test_an_interrupted_report_write_leaves_the_old_report(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from mkd_jax.results import write_atomic
+
+    path = tmp_path / "report.json"
+    write_atomic(path, '{"old": 1}')
+    real = Path.write_text
+
+    def half(self, text, *a, **k):
+        real(self, text[:3])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", half)
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(path, '{"new": 2}')
+    monkeypatch.undo()
+    assert path.read_text() == '{"old": 1}'
 
 
 @pytest.mark.parametrize("name", ["ablation_demo", "ablation_power"])

@@ -487,7 +487,7 @@ def main(argv):
             results[1] = (label, None, [zero_shot(base, kept)])
             continue
         best, chosen, runs = _row_runs(
-            base, key, lambda lr, s, k=key, e=entry: run_row(base, root, kept, k, e, lr, s)
+            base, lambda lr, s, k=key, e=entry: run_row(base, root, kept, k, e, lr, s)
         )
         results[key], every[key] = (label, best, chosen), runs
         # After every finished row, so an ablation stopped part-way still has its table.
@@ -496,7 +496,7 @@ def main(argv):
     print(text)
 
 
-def _row_runs(base, key, get):
+def _row_runs(base, get):
     """`(best LR, its runs over the seeds, every run of the row)` with `get(lr, seed)` giving a
     run's report: the rate chosen on dev at the first seed, the other seeds at that rate. None
     where `get` has no report for a run the row needs (a row still to finish)."""
@@ -521,19 +521,16 @@ def table_only(base, todo: dict, out: Path, command: str) -> str:
     results, every = {}, {}
     for key, (row, label, _) in todo.items():
         if row == 1:
-            if (kept / "row1" / "report.json").is_file():
-                results[1] = (
-                    label,
-                    None,
-                    [json.loads((kept / "row1" / "report.json").read_text())],
-                )
+            zero = kept / "row1" / "report.json"
+            if zero.is_file():
+                results[1] = (label, None, [json.loads(zero.read_text())])
             continue
 
         def get(lr, seed, key=key):
             path = _run_dir(kept, key, lr, seed) / "report.json"
             return _same_budget(path, base) if path.is_file() else None
 
-        found = _row_runs(base, key, get)
+        found = _row_runs(base, get)
         if found:
             results[key], every[key] = (label, found[0], found[1]), found[2]
     done = all(k in results for k in todo)

@@ -295,6 +295,12 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
         train_iter.restore(meta["data"])
         log.history = meta.get("history", {})
         logging.info("resumed from step %d", start)
+    # Wall time of the earlier processes of this run, up to their last checkpoint (the time of
+    # steps lost to a hard kill after it is not counted).
+    wall_before = log.history.get("wall_s", 0.0)
+
+    def wall_s() -> float:
+        return wall_before + time.time() - t_start
 
     # ----- jit -----
     def step_fn(state, frozen, batch):
@@ -392,9 +398,11 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
             log.scalar(step, "eval/wer", res["wer"])
             log.scalar(step, "eval/cer", res["cer"])
         if save_now:
+            log.history["wall_s"] = wall_s()
             ckpt.save(step, state, {"data": train_iter.state(), "history": log.history})
     bar.close()
     if stop["signal"] is not None:
+        log.history["wall_s"] = wall_s()
         ckpt.save(step, state, {"data": train_iter.state(), "history": log.history}, force=True)
         ckpt.close()
         train_iter.close()
@@ -426,9 +434,7 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
             continue
         after[split] = _wer(cfg, roles, merged, utts, split, cfg.eval.max_batches)
     agree = _real_agreement(cfg, roles, merged, source) if scored else None
-    report = write_report(
-        workdir, cfg, roles, log, after, n_train, time.time() - t_start, agreement=agree
-    )
+    report = write_report(workdir, cfg, roles, log, after, n_train, wall_s(), agreement=agree)
     print(report)
     return {
         "step": step,

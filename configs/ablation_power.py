@@ -109,6 +109,7 @@ def get_config():
                     row=3,
                     label="row 3 without CE, train audio noised",
                     set=(("loss.w_ce", 0.0), ("data.train_noise.snr_db", NOISE_SNRS_DB)),
+                    control="row2_noise",
                 ),
                 row2_noise=dict(
                     row=2,
@@ -119,6 +120,7 @@ def get_config():
                     row=6,
                     label="row 6, train audio noised",
                     set=(("data.train_noise.snr_db", NOISE_SNRS_DB),),
+                    control="row2_noise",  # the table's "variants" part: the teacher's effect
                 ),
                 row3_kd_only=dict(
                     row=3, label="row 3 without CE (KD only)", set=(("loss.w_ce", 0.0),)

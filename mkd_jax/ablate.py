@@ -31,6 +31,7 @@ from mkd_jax.results import write_atomic
 
 FLAGS = flags.FLAGS
 OOD_SPLIT = "test_ood"  # TTS engines never used in training (data/synth.py)
+AGREEMENT = "agreement"  # `_vs`'s name for the real-audio agreement after training
 
 ROWS = {
     1: "student zero-shot",
@@ -105,6 +106,24 @@ def entries(ab: ConfigDict) -> dict:
             out[key] = (key, ROWS[key], tuple(tuple(o) for o in row_set.get(f"row{key}", ())))
         else:
             raise ValueError(f"ablation.rows names {key!r}: METHOD.md rows are 1-7")
+    for name, v in variants.items():
+        if v.get("control") is not None and v.control not in out:
+            raise ValueError(
+                f"ablation.variants.{name}.control={v.control!r}: not a row or variant of this "
+                f"ablation (have: {[_key_dir(k) for k in out]})"
+            )
+    return out
+
+
+def pairs(ab: ConfigDict) -> list[tuple]:
+    """`(variant, against)` comparisons of the variants table: each variant against the row it
+    varies, and against its `control` where it names one (row 6 on noised audio against row 2 on
+    the same audio: the teacher's effect where it has something to teach)."""
+    out = []
+    for name, v in (ab.get("variants") or {}).items():
+        out.append((name, int(v.row)))
+        if v.get("control") is not None:
+            out.append((name, v.control))
     return out
 
 
@@ -277,7 +296,10 @@ def _seed_mean(reports: list, split: str) -> dict | None:
     them; None where a report lacks them (older runs, or a split a run did not score)."""
     from mkd_jax.results import seed_mean
 
-    found = [r["after"].get(split) for r in reports]
+    if split == AGREEMENT:
+        found = [(r.get("agreement") or {}).get("after") for r in reports]
+    else:
+        found = [r["after"].get(split) for r in reports]
     if not found or any(not res or not res.get("per_utt") for res in found):
         return None
     try:
@@ -356,9 +378,35 @@ def _agreement_cell(reports: list) -> str:
     return cell
 
 
-def summarise(base, results: dict, every: dict | None = None) -> tuple[str, list]:
+def variants_table(base, results: dict, compared: list) -> list[str]:
+    """Markdown lines: each `(variant, against)` of `compared` whose rows both ran, `variant -
+    against` on dev, test, test_ood and the real-audio agreement, with paired bootstrap CIs."""
+    dev, test = base.data.eval_split, base.data.test_split
+    rows = [(k, a) for k, a in compared if k in results and a in results]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Variants against the row they vary and their control: seed-mean WER of the variant "
+        "minus the other's, paired bootstrap 95% CI over utterances (clips for the agreement, "
+        "where lower is closer to the reference).",
+        "",
+        f"| variant | against | {dev} | {test} | {OOD_SPLIT} | real-audio agreement |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, against in rows:
+        cells = [_vs(results, against, key, sp) for sp in (dev, test, OOD_SPLIT, AGREEMENT)]
+        name = f"row {against}" if isinstance(against, int) else against
+        lines.append(f"| {key} | {name} ({results[against][0]}) | " + " | ".join(cells) + " |")
+    return lines
+
+
+def summarise(
+    base, results: dict, every: dict | None = None, compared: list = ()
+) -> tuple[str, list]:
     """The markdown table and the plot's data. `results`: key -> `(label, lr, reports)` at the
-    selected rate; `every`: key -> every run of the row (all rates), for its step time."""
+    selected rate; `every`: key -> every run of the row (all rates), for its step time;
+    `compared`: the variants table's `(variant, against)` pairs (`pairs`)."""
     dev, test = base.data.eval_split, base.data.test_split
     best = best_baseline(results, dev)
     every = every or {}
@@ -418,6 +466,7 @@ def summarise(base, results: dict, every: dict | None = None) -> tuple[str, list
         "the lowest, over every run of the row (all rates and seeds), of each run's median "
         "training step, on the machine that ran it. Every row decodes at the training context, "
         "with 30 s for longer utterances.",
+        *variants_table(base, results, list(compared)),
     ]
     return "\n".join(lines), plot
 
@@ -567,7 +616,7 @@ def write_results(
         # The same zero-shot student against one reference in every run; else none is shown.
         if before and len({b.get("reference") for b in before}) == 1:
             zero[2][0]["agreement"] = {"after": before[0]}
-    table, plot = summarise(base, results, every)
+    table, plot = summarise(base, results, every, pairs(ab))
     out.mkdir(parents=True, exist_ok=True)
     write_plot(plot, out / "ablation.png")
     seeds = ", ".join(str(s) for s in ab.seeds)

@@ -54,6 +54,51 @@ def test_ablation_table_has_n_test_ood_and_intervals_against_row_2():
     assert "Best baseline: row 2 (CE) (rows 3, 4, 5 still to run)" in table
 
 
+def test_variants_are_compared_with_their_row_and_their_control():
+    """row6_noise - row 6 and row6_noise - row2_noise (its control), each split and the
+    agreement; a pair whose other row has not run is left out; an unknown control fails early."""
+    c = _demo_ablation()
+    c.ablation.rows = (1, 2, 6)
+    c.ablation.variants = ConfigDict(
+        dict(
+            row2_noise=dict(row=2, label="2 noised", set=()),
+            row6_noise=dict(row=6, label="6 noised", set=(), control="row2_noise"),
+            row6_x=dict(row=6, label="6 x", set=(), control="row2_noise"),
+        )
+    )
+    assert ablate.pairs(c.ablation) == [
+        ("row2_noise", 2), ("row6_noise", 6), ("row6_noise", "row2_noise"), ("row6_x", 6),
+        ("row6_x", "row2_noise"),
+    ]  # fmt: skip
+    results = {
+        2: ("CE", 1e-3, [_rep([1] * 10, agree=2)]),
+        6: ("ours", 1e-3, [_rep([2] * 10, agree=2)]),
+        "row2_noise": ("2 noised", 1e-3, [_rep([2] * 10, agree=3)]),
+        "row6_noise": ("6 noised", 1e-3, [_rep([0] * 10, dev=[1] * 10, agree=1)]),
+    }
+    table, _ = ablate.summarise(BASE, results, None, ablate.pairs(c.ablation))
+    lines = table.splitlines()
+    head = lines.index("| variant | against | dev | test | test_ood | real-audio agreement |")
+    body = lines[head + 2 :]
+    # 4-word utterances: one error fewer an utterance is -25 points.
+    assert (
+        body[0]
+        == "| row2_noise | row 2 (CE) | " + " | ".join(["+25.00 [+25.00, +25.00]"] * 4) + " |"
+    )
+    assert body[1] == (
+        "| row6_noise | row 6 (ours) | -25.00 [-25.00, -25.00] | -50.00 [-50.00, -50.00] | "
+        "-50.00 [-50.00, -50.00] | -25.00 [-25.00, -25.00] |"
+    )
+    assert body[2] == (
+        "| row6_noise | row2_noise (2 noised) | -25.00 [-25.00, -25.00] | -50.00 [-50.00, -50.00] "
+        "| -50.00 [-50.00, -50.00] | -50.00 [-50.00, -50.00] |"
+    )
+    assert len(body) == 3  # row6_x did not run
+    c.ablation.variants.row6_x.control = "row9"
+    with pytest.raises(ValueError, match=r"row6_x.control='row9': not a row or variant"):
+        ablate.entries(c.ablation)
+
+
 def test_best_baseline_is_chosen_on_dev_among_rows_2_to_5():
     results = {
         2: ("CE", 1e-3, [_rep([1] * 10, dev=[3] * 10)]),

@@ -71,7 +71,10 @@ def get_config():
             # (4). On the clean train split those rows came out level, and the teacher knows the
             # transcripts no better than the student there (BUILD_NOTES "Headroom"), so next
             # come the arms on noised training audio, where it does: ours and its CE-only
-            # control. Then row 5 (its step runs a trainable encoder layer and costs more), and
+            # control. Then ours with KD only where the teacher is right, on clean and noised
+            # audio: the student passes base's teacher-forced accuracy on the training audio
+            # early, and KD elsewhere pulls it toward base's errors (BUILD_NOTES "Noised training
+            # audio"). Then row 5 (its step runs a trainable encoder layer and costs more), and
             # the variants: KD without CE on noised audio, without CE, less CE, the ensemble
             # weighted, encoder + decoder LoRA (row6_top_encoder, appended by `ablate`).
             rows=(
@@ -83,6 +86,8 @@ def get_config():
                 4,
                 "row2_noise",
                 "row6_noise",
+                "row6_right_only",
+                "row6_noise_right_only",
                 5,
                 "row3_kd_only_noise",
                 "row6_kd_only",
@@ -121,6 +126,21 @@ def get_config():
                     label="row 6, train audio noised",
                     set=(("data.train_noise.snr_db", NOISE_SNRS_DB),),
                     control="row2_noise",  # the table's "variants" part: the teacher's effect
+                ),
+                row6_right_only=dict(
+                    row=6,
+                    label="row 6, KD only where the teacher's top-1 is the label",
+                    set=(("loss.teacher_right_only", True),),
+                    control=2,
+                ),
+                row6_noise_right_only=dict(
+                    row=6,
+                    label="row6_noise, KD only where the teacher's top-1 is the label",
+                    set=(
+                        ("loss.teacher_right_only", True),
+                        ("data.train_noise.snr_db", NOISE_SNRS_DB),
+                    ),
+                    control="row6_noise",
                 ),
                 row3_kd_only=dict(
                     row=3, label="row 3 without CE (KD only)", set=(("loss.w_ce", 0.0),)

@@ -228,6 +228,11 @@ def base_config() -> ConfigDict:
             kd_support="shared",
             interpolate=False,
             lambdas=(0.1, 0.5, 0.9),
+            # True: logit KD only at the label positions where a teacher's top-1 is the label
+            # (each teacher's target is masked where it is wrong; where no teacher is right, CE
+            # alone). For a student that passes its teachers on the training audio, as tiny.en
+            # passes base after a few dozen CE steps (BUILD_NOTES "Noised training audio").
+            teacher_right_only=False,
         )
     )
     c.optim = ConfigDict(

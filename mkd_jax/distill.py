@@ -56,6 +56,8 @@ class Setup:
     kd_support: str = "shared"
     interpolate: bool = False
     lambdas: tuple[float, ...] = (0.1, 0.5, 0.9)
+    # KD only where a teacher's top-1 is the label (`loss.teacher_right_only`).
+    teacher_right_only: bool = False
     total_steps: int = 1
     # What the batch carries from the teacher-output cache (teacher_cache.CacheSpec), or None.
     cache: object | None = None
@@ -306,6 +308,9 @@ def loss_fn(trainable, frozen, batch, rng, step, *, setup: Setup):
     if ts and setup.w_kd > 0:
         probs = [t["probs"] for t in ts.values()]
         masks = [t["mask"] for t in ts.values()]
+        if setup.teacher_right_only:
+            right = [(t["top1"] == batch["labels"]).astype(jnp.float32) for t in ts.values()]
+            masks = [m * r for m, r in zip(masks, right, strict=True)]
         kw = dict(
             mode=setup.ensemble,
             weights=setup.ensemble_weights or None,
@@ -315,6 +320,8 @@ def loss_fn(trainable, frozen, batch, rng, step, *, setup: Setup):
         )
         target = losses.ensemble_target(probs, masks=masks, **kw)
         kd_mask = losses.ensemble_mask(masks, **kw)
+        if setup.teacher_right_only:  # the share of label positions that keep a KD target
+            metrics["train/kd/coverage"] = jnp.sum(kd_mask) / jnp.maximum(jnp.sum(mask), 1.0)
         # From the cache, each target is explicit on its top-k ids and keeps the rest of its mass
         # as one tail bin; the ensemble's explicit ids are the union, its tail the mixed tails.
         explicit = tail = None

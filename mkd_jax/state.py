@@ -110,6 +110,7 @@ def make_setup(cfg, roles) -> Setup:
         ),
         kd_support=loss.kd_support,
         interpolate=loss.interpolate,
+        teacher_right_only=bool(loss.get("teacher_right_only", False)),
         lambdas=tuple(loss.lambdas),
         total_steps=cfg.total_steps,
         teacher_frames=(

@@ -150,3 +150,41 @@ def test_teachers_with_one_encoder_run_it_once(parts):
     roles["teachers"]["c"] = c._replace(params={**a_params, "decoder": decoder, "encoder": enc})
     assert make_setup(cfg, roles).shared_encoder == {}
     assert make_setup(cfg, build_roles(cfg, abstract=True)).shared_encoder == {}
+
+
+def test_kd_only_where_a_teacher_is_right(parts):
+    """`loss.teacher_right_only`: the KD target is kept exactly at the label positions where some
+    teacher's top-1 is the label, and a batch no teacher gets right gives no KD at all."""
+    import dataclasses
+
+    _, setup, trainable, frozen, batch = parts
+    gated = dataclasses.replace(setup, teacher_right_only=True)
+    ts = jax.jit(lambda f, b: distill.teacher_outputs(f, b, setup))(frozen, batch)
+    top1 = {n: np.asarray(t["top1"]) for n, t in ts.items()}
+    has = {n: np.asarray(t["mask"]) > 0 for n, t in ts.items()}
+    mask = np.asarray(batch["mask"]) > 0
+
+    def metrics(s, labels):
+        b = {**batch, "labels": labels}
+        fn = jax.jit(lambda t, f, b: distill.loss_fn(t, f, b, None, 0, setup=s)[1])
+        return fn(trainable, frozen, b)
+
+    # Teacher a right at every other position, whatever the rest of the labels are.
+    labels = np.asarray(batch["labels"]).copy()
+    half = np.arange(labels.shape[1]) % 2 == 0
+    labels[:, half] = top1["a"][:, half]
+    right = np.zeros_like(mask)
+    for n in ts:
+        right |= (top1[n] == labels) & has[n]
+    expected = right[mask].mean()
+    assert 0.2 < expected < 1.0
+    np.testing.assert_allclose(metrics(gated, labels)["train/kd/coverage"], expected, rtol=1e-6)
+
+    # An id no teacher ever ranks first: nothing to distil, while the ungated KD is not zero.
+    wrong = next(
+        i for i in range(setup.student.vocab_size) if all(i not in t for t in top1.values())
+    )
+    labels = np.where(mask, wrong, np.asarray(batch["labels"])).astype(np.int32)
+    m = metrics(gated, labels)
+    assert float(m["train/kd/coverage"]) == 0.0 and float(m["train/kd_kl"]) == 0.0
+    assert float(metrics(setup, labels)["train/kd_kl"]) > 0.0

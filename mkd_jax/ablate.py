@@ -621,13 +621,21 @@ def write_results(
     write_plot(plot, out / "ablation.png")
     seeds = ", ".join(str(s) for s in ab.seeds)
     run_h = sum(r.get("wall_s") or 0.0 for r in runs) / 3600
+    timed = [r["cpu_s"] for r in runs if r.get("cpu_s") is not None]
+    cpu = (
+        f"; {sum(timed) / 3600:.2f} h of CPU time in the {len(timed)} of {len(runs)} runs that "
+        f"record it (every core's busy time, not counting a run stopped or waiting)"
+        if timed
+        else ""
+    )
     missing = [_key_dir(k) for k in entries(ab) if k not in results]
     status = "" if complete else f"**Partial**: still to run: {', '.join(missing) or 'none'}.\n\n"
     text = (
         f"# Ablation ({base.total_steps} steps, seeds {seeds}, LR grid "
         f"{list(ab.lr_grid)})\n\n{status}Command: `{command}`\n\n{table}\n\n"
         f"Trained runs: {len(runs)}, {run_h:.2f} h of wall time in all (the sum of each run's "
-        f"training and evaluation, on the machine that ran it; zero-shot and caches apart). "
+        f"training and evaluation, on the machine that ran it; zero-shot and caches apart)"
+        f"{cpu}. "
         + (
             f"Wall time of this invocation: {wall_s / 60:.1f} min (runs whose report is in "
             f"{out / 'runs'} are reused; "

@@ -209,7 +209,7 @@ def write_report(
     log: RunLog,
     after: dict,
     n_trainable: int,
-    wall_s: float,
+    clocks: dict,
     *,
     agreement: dict | None = None,
 ) -> str:
@@ -217,6 +217,7 @@ def write_report(
 
     Args:
       after: `{split: score(...)["all"]}` of the trained student (n, context, per_utt).
+      clocks: `{"wall_s", "cpu_s"}` of the run over all its processes.
       agreement: optional real-audio agreement, `{"split", "reference", "before", "after"}` with
         `agreement.agreement` results (the student's WER against the reference's transcripts).
     """
@@ -247,7 +248,8 @@ def write_report(
         "params": budget,
         "median_step_s": float(np.median(step_s)) if step_s else None,
         "median_audio_x_realtime": float(np.median(rt)) if rt else None,
-        "wall_s": wall_s,
+        "wall_s": clocks["wall_s"],
+        "cpu_s": clocks["cpu_s"],
         "total_steps": cfg.total_steps,
     }
     if log.primary:
@@ -291,7 +293,11 @@ def write_report(
     if report["median_step_s"]:
         lines.append(f"| median step time | {report['median_step_s']:.2f} s |")
         lines.append(f"| throughput | {report['median_audio_x_realtime']:.1f}x real time |")
-    lines.append(f"| wall time | {wall_s / 60:.1f} min |")
+    lines.append(f"| wall time | {clocks['wall_s'] / 60:.1f} min |")
+    lines.append(
+        f"| CPU time | {clocks['cpu_s'] / 60:.1f} min "
+        f"({clocks['cpu_s'] / max(clocks['wall_s'], 1e-9):.2f} cores busy on average) |"
+    )
     md = "\n".join(lines)
     if log.primary:
         (workdir / "report.md").write_text(md + "\n")

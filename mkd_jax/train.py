@@ -244,7 +244,7 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
     jax.config.update("jax_compilation_cache_dir", str(assets.cache_dir() / "xla"))
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
-    t_start = time.time()
+    t_start, cpu_start = time.time(), time.process_time()
 
     # ----- mesh, roles, data -----
     mesh = sharding.make_mesh(cfg.mesh)
@@ -295,12 +295,18 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
         train_iter.restore(meta["data"])
         log.history = meta.get("history", {})
         logging.info("resumed from step %d", start)
-    # Wall time of the earlier processes of this run, up to their last checkpoint (the time of
-    # steps lost to a hard kill after it is not counted).
+    # Wall and CPU time of the earlier processes of this run, up to their last checkpoint (the
+    # time of steps lost to a hard kill after it is not counted). CPU time (every thread of this
+    # process; Grain's worker processes, with data.workers > 0, apart) does not count time spent
+    # stopped or waiting for a shared machine.
     wall_before = log.history.get("wall_s", 0.0)
+    cpu_before = log.history.get("cpu_s", 0.0)
 
-    def wall_s() -> float:
-        return wall_before + time.time() - t_start
+    def clocks() -> dict:
+        return {
+            "wall_s": wall_before + time.time() - t_start,
+            "cpu_s": cpu_before + time.process_time() - cpu_start,
+        }
 
     # ----- jit -----
     def step_fn(state, frozen, batch):
@@ -398,11 +404,11 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
             log.scalar(step, "eval/wer", res["wer"])
             log.scalar(step, "eval/cer", res["cer"])
         if save_now:
-            log.history["wall_s"] = wall_s()
+            log.history.update(clocks())
             ckpt.save(step, state, {"data": train_iter.state(), "history": log.history})
     bar.close()
     if stop["signal"] is not None:
-        log.history["wall_s"] = wall_s()
+        log.history.update(clocks())
         ckpt.save(step, state, {"data": train_iter.state(), "history": log.history}, force=True)
         ckpt.close()
         train_iter.close()
@@ -434,7 +440,7 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
             continue
         after[split] = _wer(cfg, roles, merged, utts, split, cfg.eval.max_batches)
     agree = _real_agreement(cfg, roles, merged, source) if scored else None
-    report = write_report(workdir, cfg, roles, log, after, n_train, wall_s(), agreement=agree)
+    report = write_report(workdir, cfg, roles, log, after, n_train, clocks(), agreement=agree)
     print(report)
     return {
         "step": step,

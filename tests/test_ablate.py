@@ -286,9 +286,13 @@ def test_a_partial_ablation_writes_its_table_and_says_what_is_missing(tmp_path):
     md = ablate.write_results(c, results, every, tmp_path, 60.0, "CMD", complete=False)
     assert "**Partial**: still to run: row6, row3_kd_only, row6_decoder." in md
     assert "Command: `CMD`" in md and "Trained runs: 3, 1.50 h" in md
+    assert "CPU time" not in md  # no run recorded it
     assert (tmp_path / "ablation.md").read_text() == md and (tmp_path / "ablation.png").is_file()
+    # CPU time is summed over the runs that record it, and says how many do.
+    every = {2: [*results[2][2] * 2, {**results[2][2][0], "cpu_s": 5400.0}]}
     md = ablate.write_results(c, results, every, tmp_path, 60.0, "CMD", complete=True)
     assert "Partial" not in md
+    assert "1.50 h of CPU time in the 1 of 3 runs that record it" in md
 
 
 def test_the_table_is_rebuilt_from_committed_reports_alone(tmp_path):

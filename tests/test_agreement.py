@@ -257,7 +257,8 @@ def test_run_report_shows_n_context_and_the_before_after_interval(tmp_path):
     log = SimpleNamespace(history={"before": before}, primary=True, close=lambda: None)
     cfg = SimpleNamespace(data=SimpleNamespace(eval_split="dev"), total_steps=2)
     roles = {"teachers": {}, "student": Role(None, {"w": np.zeros(3)}, None, None)}
-    md = report.write_report(tmp_path, cfg, roles, log, after, 10, 60.0, agreement=agree)
+    clocks = {"wall_s": 60.0, "cpu_s": 90.0}
+    md = report.write_report(tmp_path, cfg, roles, log, after, 10, clocks, agreement=agree)
     assert "| dev WER before | 20.00% (CER 1.00%; 20 / 21 scored at 10 s (1000 frames)) |" in md
     assert "| test_ood WER after | 40.00% (CER 1.00%; 20 / 21 scored at 10 s (1000 frames); " in md
     assert "| dev WER change, after - before (95% CI) | -20.00 [-20.00, -20.00] points" in md
@@ -265,9 +266,10 @@ def test_run_report_shows_n_context_and_the_before_after_interval(tmp_path):
     assert "| +20.00 [+20.00, +20.00] points over 20 clips (0 better, 20 worse" in md
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["change"]["diff"] == -20 and saved["agreement_change"]["diff"] == 20
+    assert saved["cpu_s"] == 90.0 and "| CPU time | 1.5 min (1.50 cores busy on average) |" in md
     # Without a before (eval.max_batches = -1) or agreement, the rows are simply absent.
     log = SimpleNamespace(history={}, primary=True, close=lambda: None)
-    md = report.write_report(tmp_path, cfg, roles, log, {}, 10, 60.0)
+    md = report.write_report(tmp_path, cfg, roles, log, {}, 10, clocks)
     assert "before" not in md and "agreement" not in md
 
 

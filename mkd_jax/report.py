@@ -217,7 +217,8 @@ def write_report(
 
     Args:
       after: `{split: score(...)["all"]}` of the trained student (n, context, per_utt).
-      clocks: `{"wall_s", "cpu_s"}` of the run over all its processes.
+      clocks: `{"wall_s", "cpu_s"}` of the run over all its processes; `cpu_s` None where an
+        earlier process did not record it.
       agreement: optional real-audio agreement, `{"split", "reference", "before", "after"}` with
         `agreement.agreement` results (the student's WER against the reference's transcripts).
     """
@@ -294,10 +295,11 @@ def write_report(
         lines.append(f"| median step time | {report['median_step_s']:.2f} s |")
         lines.append(f"| throughput | {report['median_audio_x_realtime']:.1f}x real time |")
     lines.append(f"| wall time | {clocks['wall_s'] / 60:.1f} min |")
-    lines.append(
-        f"| CPU time | {clocks['cpu_s'] / 60:.1f} min "
-        f"({clocks['cpu_s'] / max(clocks['wall_s'], 1e-9):.2f} cores busy on average) |"
-    )
+    if clocks["cpu_s"] is not None:
+        lines.append(
+            f"| CPU time | {clocks['cpu_s'] / 60:.1f} min "
+            f"({clocks['cpu_s'] / max(clocks['wall_s'], 1e-9):.2f} cores busy on average) |"
+        )
     md = "\n".join(lines)
     if log.primary:
         (workdir / "report.md").write_text(md + "\n")

@@ -298,15 +298,14 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
     # Wall and CPU time of the earlier processes of this run, up to their last checkpoint (the
     # time of steps lost to a hard kill after it is not counted). CPU time (every thread of this
     # process; Grain's worker processes, with data.workers > 0, apart) does not count time spent
-    # stopped or waiting for a shared machine.
+    # stopped or waiting for a shared machine. A checkpoint from before CPU time was recorded
+    # leaves it unknown (None), not undercounted.
     wall_before = log.history.get("wall_s", 0.0)
-    cpu_before = log.history.get("cpu_s", 0.0)
+    cpu_before = log.history.get("cpu_s", None if "wall_s" in log.history else 0.0)
 
     def clocks() -> dict:
-        return {
-            "wall_s": wall_before + time.time() - t_start,
-            "cpu_s": cpu_before + time.process_time() - cpu_start,
-        }
+        cpu = None if cpu_before is None else cpu_before + time.process_time() - cpu_start
+        return {"wall_s": wall_before + time.time() - t_start, "cpu_s": cpu}
 
     # ----- jit -----
     def step_fn(state, frozen, batch):

@@ -269,8 +269,11 @@ def test_run_report_shows_n_context_and_the_before_after_interval(tmp_path):
     assert saved["cpu_s"] == 90.0 and "| CPU time | 1.5 min (1.50 cores busy on average) |" in md
     # Without a before (eval.max_batches = -1) or agreement, the rows are simply absent.
     log = SimpleNamespace(history={}, primary=True, close=lambda: None)
-    md = report.write_report(tmp_path, cfg, roles, log, {}, 10, clocks)
+    md = report.write_report(tmp_path, cfg, roles, log, {}, 10, {**clocks, "cpu_s": None})
     assert "before" not in md and "agreement" not in md
+    # CPU time unknown (resumed from a checkpoint that did not record it): no row, None saved.
+    assert "CPU time" not in md
+    assert json.loads((tmp_path / "report.json").read_text())["cpu_s"] is None
 
 
 def test_demo_reuses_the_students_scores_from_trains_report(monkeypatch, tmp_path):

@@ -1,5 +1,6 @@
 """Tests for the synthetic TTS corpus: sentences, voices, augmentation, planning, and a build."""
 
+import dataclasses
 import io
 import json
 import random
@@ -449,6 +450,21 @@ def test_real_speech_selects_speech_and_refuses_reserved_packages():
     for reserved in ("asterisk-core-sounds-en-wav", "pocketsphinx-testdata"):
         with pytest.raises(ValueError, match="reserved"):
             real_speech.select(reserved, "./usr/share/x.wav")
+    # Training speech: spoken lines inside warzone2100's base.wz; effects, clicks, laughs are not.
+    wz = "./usr/share/games/warzone2100/base.wz!audio/{}.ogg"
+    assert real_speech.select("warzone2100-data", wz.format("memressp/research/pcv406")) == (
+        "real-warzone2100-memressp-research-pcv406",
+        "warzone2100-data",
+        "warzone2100:memressp",
+    )
+    assert real_speech.select("warzone2100-data", wz.format("tutorial/tut25"))[0] == (
+        "real-warzone2100-tutorial-tut25"
+    )
+    for name in ("sfx/weapons/gun1", "radclick/radclik2", "taunts/taunt3/hahaha3",
+                 "nexus/laugh1"):  # fmt: skip
+        assert real_speech.select("warzone2100-data", wz.format(name)) is None
+    assert real_speech.select("warzone2100-data", "./usr/share/games/warzone2100/mp.wz") is None
+    assert not set(real_speech.TRAIN_PACKAGES) & set(real_speech.EVAL_PACKAGES)
 
 
 @pytest.mark.slow
@@ -499,3 +515,13 @@ def test_corpus_gains_test_ood_and_real_unlabelled_without_rebuilding(tmp_path):
     shard.unlink()
     synth.build(out, full, workers=1)
     assert pq.read_table(shard).equals(kept)
+
+    # real_train is opt-in and added the same way: other packages and people than real_unlabelled.
+    digest_files = {p: p.stat().st_mtime_ns for p in out.rglob("*.arrow")}
+    stats = synth.build(out, dataclasses.replace(full, real_train=True), workers=1)
+    assert {p: p.stat().st_mtime_ns for p in digest_files} == digest_files
+    train_real = datasets.load_from_disk(str(out))[synth.REAL_TRAIN]
+    assert stats["utterances"][synth.REAL_TRAIN] == len(train_real) >= 400
+    assert stats["hours"][synth.REAL_TRAIN] * 60 >= 10
+    assert set(train_real["text"]) == {""} and set(train_real["engine"]) == {"warzone2100-data"}
+    assert not set(train_real["id"]) & set(real["id"])

@@ -18,8 +18,12 @@ Splits:
         of augmentations.
     real_unlabelled: real human recordings shipped by a Debian package (`real_speech.py`), no
         transcripts (empty `text`): for agreement with the teachers, not WER.
+    real_train (only with `--real-train`): real human speech from another package and other
+        people (`real_speech.TRAIN_PACKAGES`), no transcripts: audio to distil on, labelled by
+        the teachers (`python -m mkd_jax.pseudolabel`). Opt-in, so a corpus built without it
+        keeps its content digest (the ablation's runs name it).
 
-The last two are additions: planned apart from the others (`plan_test_ood.json`), saved as
+The last three are additions: planned apart from the others (`plan_test_ood.json`), saved as
 their own split folders and registered in `dataset_dict.json`, so rebuilding or resuming a
 corpus made before they existed adds them without touching train, dev, test or test_seen.
 
@@ -54,7 +58,8 @@ from mkd_jax.corpus.voices import list_voices, synthesize
 __all__ = ["Config", "build", "list_voices", "main", "make_plan", "synthesize"]
 DATASET_SPLITS = ("train", "dev", "test", "test_seen")  # planned together in plan.json
 EXTRA_SPLITS = ("test_ood", "real_unlabelled")
-EXTRA_FIELDS = ("ood_utterances", "ood_voices", "real_speech")  # not part of plan.json
+REAL_TRAIN = "real_train"  # opt-in (`real_train`): a corpus built without it keeps its digest
+EXTRA_FIELDS = ("ood_utterances", "ood_voices", "real_speech", "real_train")  # not in plan.json
 SENTENCE_SPLIT = {"train": "train", "dev": "dev", "test": "test", "test_seen": "test"}
 PLAN_VERSION = 1
 # Mean speaking rate of Kokoro and flite at speed 1.0, measured on the sentence pool (15-17.6
@@ -93,6 +98,7 @@ class Config:
     ood_utterances: int = 160
     ood_voices: tuple[str, ...] = ood_voices.OOD_VOICES
     real_speech: bool = True
+    real_train: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,7 +408,7 @@ def _update_manifest(out: Path, entries: dict[str, list[dict]]) -> None:
         if e["split"] not in entries:
             merged.setdefault(e["split"], []).append(e)
     merged.update(entries)
-    order = [*DATASET_SPLITS, *EXTRA_SPLITS]
+    order = [*DATASET_SPLITS, *EXTRA_SPLITS, REAL_TRAIN]
     ranked = sorted(merged, key=lambda s: order.index(s) if s in order else len(order))
     tmp = out / "manifest.jsonl.tmp"
     tmp.write_text("".join(json.dumps(e) + "\n" for split in ranked for e in merged[split]))
@@ -460,12 +466,12 @@ def save_split(out: Path, split: str, table: pa.Table, entries: list[dict]) -> N
     _update_manifest(out, {split: entries})
 
 
-def _real_shard(out: Path, cache: Path) -> pa.Table:
-    """`shards/real_unlabelled-00000.parquet`: the real recordings as 16 kHz FLAC, made once."""
-    path = out / "shards" / "real_unlabelled-00000.parquet"
+def _real_shard(out: Path, cache: Path, split: str, packages: tuple[str, ...]) -> pa.Table:
+    """`shards/<split>-00000.parquet`: real recordings of `packages` as 16 kHz FLAC, made once."""
+    path = out / "shards" / f"{split}-00000.parquet"
     if not path.exists():
         rows = {field: [] for field in SCHEMA.names}
-        for clip in real_speech.collect(cache / "real"):
+        for clip in real_speech.collect(cache / "real", packages):
             rows["id"].append(clip["id"])
             rows["text"].append("")
             rows["audio"].append({"bytes": _flac(clip["audio"]), "path": f"{clip['id']}.flac"})
@@ -552,16 +558,19 @@ def build(
             save_split(out, "test_ood", table, _manifest_entries(extra["test_ood"], table))
         seconds["test_ood"] = float(np.sum(table["duration"].to_numpy()))
         counts["test_ood"] = table.num_rows
-    if cfg.real_speech:
-        table = _real_shard(out, cache)
-        if "real_unlabelled" not in have:
+    real = {"real_unlabelled": real_speech.EVAL_PACKAGES} if cfg.real_speech else {}
+    if cfg.real_train:
+        real[REAL_TRAIN] = real_speech.TRAIN_PACKAGES
+    for split, packages in real.items():
+        table = _real_shard(out, cache, split, packages)
+        if split not in have:
             utts = [
-                {"split": "real_unlabelled", "tts_speed": 1.0, **row}
+                {"split": split, "tts_speed": 1.0, **row}
                 for row in table.drop_columns(["audio"]).to_pylist()
             ]
-            save_split(out, "real_unlabelled", table, _manifest_entries(utts, table))
-        seconds["real_unlabelled"] = float(np.sum(table["duration"].to_numpy()))
-        counts["real_unlabelled"] = table.num_rows
+            save_split(out, split, table, _manifest_entries(utts, table))
+        seconds[split] = float(np.sum(table["duration"].to_numpy()))
+        counts[split] = table.num_rows
     return {
         "utterances": counts,
         "hours": {s: round(d / 3600, 4) for s, d in seconds.items()},
@@ -600,6 +609,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="leave out the real_unlabelled split (Debian hedgewars-data, alsa-utils)",
     )
+    p.add_argument(
+        "--real-train",
+        action="store_true",
+        help="add the real_train split: real speech without transcripts to distil on "
+        "(Debian warzone2100-data); label it with `mkd_jax.pseudolabel`",
+    )
     p.add_argument("--workers", type=int, default=0, help="0: one per CPU core")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime threads per worker")
     p.add_argument("--max-shards", type=int, default=None, help="stop after N new shards")
@@ -620,6 +635,7 @@ def main(argv: list[str] | None = None) -> None:
         held_out=tuple(v.strip() for v in args.held_out.split(",") if v.strip()),
         ood_utterances=args.ood_utterances,
         real_speech=not args.no_real_speech,
+        real_train=args.real_train,
     )
     stats = build(args.out, cfg, args.workers, args.threads, args.max_shards)
     if stats is None:

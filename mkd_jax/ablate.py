@@ -127,9 +127,10 @@ def pairs(ab: ConfigDict) -> list[tuple]:
     return out
 
 
-def corpus_digest(source: dict) -> str:
+def corpus_digest(source: dict, skip_splits=()) -> str:
     """sha256 of the corpus the runs train and score on: the bytes of every data file of a saved
-    dataset (the synthetic corpus: audio included), else of every file under the source's path.
+    dataset (the synthetic corpus: audio included) but those of `skip_splits` (splits added to a
+    built corpus that no run reads, `unread_splits`), else of every file under the source's path.
 
     Synthesis is deterministic on one machine kind but not across CPUs (Kokoro's ONNX kernels
     differ between AVX2 and AVX-512: the same 1.3 h corpus rebuilt on another machine changed
@@ -147,7 +148,7 @@ def corpus_digest(source: dict) -> str:
         files, root = [root], root.parent
     else:
         files = (
-            sorted(_dataset_files(root))
+            sorted(_dataset_files(root, skip_splits))
             or sorted(root.rglob("*.arrow"))
             or sorted(p for p in root.rglob("*") if p.is_file())
         )
@@ -162,12 +163,25 @@ def corpus_digest(source: dict) -> str:
     return h.hexdigest()
 
 
-def _dataset_files(root: Path) -> list[Path]:
+def unread_splits(cfg) -> tuple[str, ...]:
+    """Opt-in splits of the synthetic corpus (`real_train`, added to a built corpus by
+    `synth --real-train`) that none of `cfg`'s runs train on: adding one leaves the build the
+    ablation's finished runs were made on unchanged."""
+    from mkd_jax.corpus.synth import REAL_TRAIN
+
+    read = {cfg.data.train_split} | {m.split for m in cfg.data.mix.values()}
+    return () if REAL_TRAIN in read else (REAL_TRAIN,)
+
+
+def _dataset_files(root: Path, skip_splits=()) -> list[Path]:
     """The Arrow files a saved `datasets` dataset consists of: those each split's `state.json`
-    names. Not every `*.arrow` under it: `datasets` writes `cache-*.arrow` files beside a split
-    whenever a program maps over it, and they are not the corpus."""
+    names (but the splits in `skip_splits`). Not every `*.arrow` under it: `datasets` writes
+    `cache-*.arrow` files beside a split whenever a program maps over it, and they are not the
+    corpus."""
     files = []
     for state in root.rglob("state.json"):
+        if state.parent.name in skip_splits and state.parent.parent == root:
+            continue
         names = json.loads(state.read_text()).get("_data_files", [])
         files += [state.parent / f["filename"] for f in names]
     return files
@@ -209,10 +223,12 @@ def check_workdir(root: Path, digest: str) -> None:
                 f"is {digest[:12]}; pass another --workdir or delete that one"
             )
         return
-    if root.is_dir() and next(root.glob("*/lr*/seed*/report.json"), None):
+    # A run's checkpoints count too: `train` would resume them on this build's audio.
+    runs = (*root.glob("*/lr*/seed*/report.json"), *root.glob("*/lr*/seed*/checkpoints"))
+    if root.is_dir() and runs:
         raise ValueError(
-            f"--workdir {root}: holds finished runs but no corpus.json naming the corpus build "
-            "they were trained on; pass another --workdir or delete that one"
+            f"--workdir {root}: holds runs ({runs[0].parent}) but no corpus.json naming the "
+            "corpus build they were trained on; pass another --workdir or delete that one"
         )
     root.mkdir(parents=True, exist_ok=True)
     write_atomic(mark, json.dumps({"sha256": digest}) + "\n")
@@ -319,8 +335,9 @@ def _wer_cell(reports: list, split: str) -> tuple[str, tuple | None]:
     return f"{stat[0]:.2f} [{stat[1]:.2f}, {stat[2]:.2f}] ({n})", stat
 
 
-def _vs(results: dict, ref, key, split: str) -> str:
-    """Paired bootstrap 95% CI of (row `key` - row `ref`) seed-mean WER over shared utterances."""
+def _vs(results: dict, ref, key, split: str, ci: bool = True) -> str:
+    """Paired bootstrap 95% CI of (row `key` - row `ref`) seed-mean WER over shared utterances;
+    with `ci=False` the difference alone (a split the rates were chosen on)."""
     from mkd_jax.evaluate import compare
     from mkd_jax.report import format_change
 
@@ -331,11 +348,14 @@ def _vs(results: dict, ref, key, split: str) -> str:
         return "-"
     try:
         c = compare(a, b)
-    except ValueError:  # no shared utterance, or different references
-        return "-"
-    cell = format_change(c)
-    if c["n_only_a"] or c["n_only_b"]:  # say so: the interval covers part of the split
-        cell += f" (paired on {c['n_utts']} of {c['n_utts'] + max(c['n_only_a'], c['n_only_b'])})"
+    except ValueError as e:  # no shared utterance, or different references
+        return "- (different references)" if "references" in str(e) else "-"
+    cell = format_change(c) if ci else f"{c['diff']:+.2f}"
+    if c["n_only_a"] or c["n_only_b"]:  # say so: the difference covers part of the split
+        cell += (
+            f" (paired on {c['n_utts']}; {c['n_utts'] + c['n_only_a']} and "
+            f"{c['n_utts'] + c['n_only_b']} scored)"
+        )
     return cell
 
 
@@ -389,13 +409,15 @@ def variants_table(base, results: dict, compared: list) -> list[str]:
         "",
         "Variants against the row they vary and their control: seed-mean WER of the variant "
         "minus the other's, paired bootstrap 95% CI over utterances (clips for the agreement, "
-        "where lower is closer to the reference).",
+        f"where lower is closer to the reference). On {dev} the difference alone: each row's "
+        "rate was chosen there, so an interval would not be of held-out data.",
         "",
-        f"| variant | against | {dev} | {test} | {OOD_SPLIT} | real-audio agreement |",
+        f"| variant | against | {dev} (no CI) | {test} | {OOD_SPLIT} | real-audio agreement |",
         "|---|---|---|---|---|---|",
     ]
     for key, against in rows:
-        cells = [_vs(results, against, key, sp) for sp in (dev, test, OOD_SPLIT, AGREEMENT)]
+        cells = [_vs(results, against, key, dev, ci=False)]
+        cells += [_vs(results, against, key, sp) for sp in (test, OOD_SPLIT, AGREEMENT)]
         name = f"row {against}" if isinstance(against, int) else against
         lines.append(f"| {key} | {name} ({results[against][0]}) | " + " | ".join(cells) + " |")
     return lines
@@ -511,9 +533,10 @@ def main(argv):
         return
     from mkd_jax.roles import resolve_source
 
-    digest = corpus_digest(resolve_source(base.data.source))  # builds the corpus if missing
-    check_corpus(kept, digest)
-    check_workdir(root, digest)  # before base_ft's stage, which trains in it too
+    # builds the corpus if missing
+    digest = corpus_digest(resolve_source(base.data.source), unread_splits(base))
+    check_workdir(root, digest)  # first: a refusal leaves the finished runs where they are
+    check_corpus(kept, digest)  # before base_ft's stage, which trains in the workdir too
     from mkd_jax.config_base import DEMO_CORPUS_HOURS
     from mkd_jax.demo import ensure_base_ft
 
@@ -620,7 +643,9 @@ def write_results(
     out.mkdir(parents=True, exist_ok=True)
     write_plot(plot, out / "ablation.png")
     seeds = ", ".join(str(s) for s in ab.seeds)
-    run_h = sum(r.get("wall_s") or 0.0 for r in runs) / 3600
+    walled = [r["wall_s"] for r in runs if r.get("wall_s") is not None]
+    run_h = sum(walled) / 3600
+    in_all = "in all" if len(walled) == len(runs) else f"in the {len(walled)} runs that record it"
     timed = [r["cpu_s"] for r in runs if r.get("cpu_s") is not None]
     cpu = (
         f"; {sum(timed) / 3600:.2f} h of CPU time in the {len(timed)} of {len(runs)} runs that "
@@ -633,8 +658,9 @@ def write_results(
     text = (
         f"# Ablation ({base.total_steps} steps, seeds {seeds}, LR grid "
         f"{list(ab.lr_grid)})\n\n{status}Command: `{command}`\n\n{table}\n\n"
-        f"Trained runs: {len(runs)}, {run_h:.2f} h of wall time in all (the sum of each run's "
-        f"training and evaluation, on the machine that ran it; zero-shot and caches apart)"
+        f"Trained runs: {len(runs)}, {run_h:.2f} h of wall time {in_all} (the sum of each run's "
+        f"training and evaluation, on the machine that ran it, the first build of each teacher "
+        f"cache included; zero-shot apart)"
         f"{cpu}. "
         + (
             f"Wall time of this invocation: {wall_s / 60:.1f} min (runs whose report is in "

@@ -483,10 +483,16 @@ def score(
 def paired_counts(a: dict, b: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
     """`(errors of a, errors of b, reference words, n_only_a, n_only_b)` on the utterances both
     `score(...)["all"]` results scored, in a's order; `n_only_*` count the ones left out because
-    only one system scored them. Raises ValueError where they are not results of one split."""
+    only one system scored them. Raises ValueError where they are not results of one split, or
+    were scored against different reference models' transcripts (`reference`)."""
     pa, pb = a.get("per_utt"), b.get("per_utt")
     if pa is None or pb is None:
         raise ValueError("comparing needs score(...)['all'] results, which hold 'per_utt'")
+    if a.get("reference") != b.get("reference"):
+        raise ValueError(
+            f"scored against different references ({a.get('reference')!r} and "
+            f"{b.get('reference')!r}): not comparable"
+        )
     where_b = {uid: k for k, uid in enumerate(pb["ids"])}
     ka = [k for k, uid in enumerate(pa["ids"]) if uid in where_b]
     if not ka:

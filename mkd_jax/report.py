@@ -217,7 +217,7 @@ def write_report(
 
     Args:
       after: `{split: score(...)["all"]}` of the trained student (n, context, per_utt).
-      clocks: `{"wall_s", "cpu_s"}` of the run over all its processes; `cpu_s` None where an
+      clocks: `{"wall_s", "cpu_s"}` of the run over all its processes; either None where an
         earlier process did not record it.
       agreement: optional real-audio agreement, `{"split", "reference", "before", "after"}` with
         `agreement.agreement` results (the student's WER against the reference's transcripts).
@@ -294,8 +294,11 @@ def write_report(
     if report["median_step_s"]:
         lines.append(f"| median step time | {report['median_step_s']:.2f} s |")
         lines.append(f"| throughput | {report['median_audio_x_realtime']:.1f}x real time |")
-    lines.append(f"| wall time | {clocks['wall_s'] / 60:.1f} min |")
-    if clocks["cpu_s"] is not None:
+    if clocks["wall_s"] is None:  # resumed from a checkpoint that did not record it
+        lines.append("| wall time | unknown (resumed from a checkpoint without it) |")
+    else:
+        lines.append(f"| wall time | {clocks['wall_s'] / 60:.1f} min |")
+    if clocks["cpu_s"] is not None and clocks["wall_s"] is not None:
         lines.append(
             f"| CPU time | {clocks['cpu_s'] / 60:.1f} min "
             f"({clocks['cpu_s'] / max(clocks['wall_s'], 1e-9):.2f} cores busy on average) |"

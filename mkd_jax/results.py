@@ -25,8 +25,11 @@ def write_atomic(path: Path, text: str) -> None:
     truncated one that a resumed run or ablation would read as finished."""
     path = Path(path)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (a full disk) leaves no stray file
 
 
 def load_result(spec: str, split: str) -> tuple[dict, str]:
@@ -81,10 +84,16 @@ def load_result(spec: str, split: str) -> tuple[dict, str]:
 def seed_mean(results: list[dict]) -> dict:
     """One result whose per-utterance word errors are the mean over `results` (runs of one
     system that differ in their seed), as `evaluate.compare` reads it, with `wer` the mean of
-    the runs' and `wers` each run's. Raises ValueError unless every run scored the same
-    utterances against the same reference words."""
+    the runs' and `wers` each run's, and the runs' `reference` where they were scored against a
+    reference model's transcripts. Raises ValueError unless every run scored the same
+    utterances against the same reference words and model."""
     if not results:
         raise ValueError("no runs to average")
+    references = {res.get("reference") for res in results}
+    if len(references) > 1:
+        raise ValueError(
+            f"the runs were scored against different references {sorted(map(str, references))}"
+        )
     first = results[0]["per_utt"]
     for k, res in enumerate(results[1:], 1):
         per = res["per_utt"]
@@ -95,17 +104,22 @@ def seed_mean(results: list[dict]) -> dict:
     errors = np.mean([res["per_utt"]["word_errors"] for res in results], axis=0)
     per_utt = {"ids": first["ids"], "word_errors": errors.tolist(), "ref_words": first["ref_words"]}
     wers = [float(res["wer"]) for res in results]
-    return {"wer": float(np.mean(wers)), "wers": wers, "per_utt": per_utt}
+    out = {"wer": float(np.mean(wers)), "wers": wers, "per_utt": per_utt}
+    reference = references.pop()
+    return out if reference is None else {**out, "reference": reference}
 
 
 def pooled(results: dict[str, dict]) -> dict:
     """One result over several splits (`{split: result}`): their utterances side by side, ids
-    prefixed with the split so they stay apart, WER over all their words."""
+    prefixed with the split so they stay apart, WER over all their words; `reference` names the
+    reference model of each split scored against one (`"real_unlabelled: base"`)."""
     ids, errors, words = [], [], []
+    references = [f"{s}: {r['reference']}" for s, r in results.items() if r.get("reference")]
     for split, res in results.items():
         per = res["per_utt"]
         ids += [f"{split}/{u}" for u in per["ids"]]
         errors += list(per["word_errors"])
         words += list(per["ref_words"])
     wer = 100.0 * float(np.sum(errors)) / max(float(np.sum(words)), 1.0)
-    return {"wer": wer, "per_utt": {"ids": ids, "word_errors": errors, "ref_words": words}}
+    out = {"wer": wer, "per_utt": {"ids": ids, "word_errors": errors, "ref_words": words}}
+    return {**out, "reference": ", ".join(references)} if references else out

@@ -248,6 +248,9 @@ def key_material(cfg, roles, setup, utts, buckets, source) -> dict:
         "split": cfg.data.train_split,
         "utterances": len(utts),
         "digest": corpus_digest(utts),
+        # The audio itself: a corpus rebuilt on another CPU kind keeps its ids, texts and
+        # durations but not its samples, and must not reuse this cache.
+        "audio": utts.audio_digest(),
     }
     if utts.noise is not None:  # only when on: clean keys stay what they were
         corpus["train_noise"] = [list(x) for x in utts.noise]

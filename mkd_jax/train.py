@@ -210,6 +210,17 @@ def _train_batches(cfg, train, tokenizers, buckets, n_mels: int, setup, cache_fo
     return Mixture(sources, weights, prefetch=cfg.data.prefetch, workers=workers)
 
 
+def earlier_clocks(history: dict | None) -> tuple[float | None, float | None]:
+    """`(wall_s, cpu_s)` of a run's earlier processes, up to their last checkpoint (the time of
+    steps lost to a hard kill after it is not counted), from the restored checkpoint's history;
+    None for a fresh run. CPU time (every thread of the process; Grain's worker processes, with
+    data.workers > 0, apart) does not count time spent stopped or waiting for a shared machine.
+    A checkpoint from before either was recorded leaves it unknown (None), not undercounted."""
+    if history is None:
+        return 0.0, 0.0
+    return history.get("wall_s"), history.get("cpu_s")
+
+
 def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
     """Train (or resume) one run; returns the final trainable tree and run facts.
 
@@ -295,17 +306,12 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
         train_iter.restore(meta["data"])
         log.history = meta.get("history", {})
         logging.info("resumed from step %d", start)
-    # Wall and CPU time of the earlier processes of this run, up to their last checkpoint (the
-    # time of steps lost to a hard kill after it is not counted). CPU time (every thread of this
-    # process; Grain's worker processes, with data.workers > 0, apart) does not count time spent
-    # stopped or waiting for a shared machine. A checkpoint from before CPU time was recorded
-    # leaves it unknown (None), not undercounted.
-    wall_before = log.history.get("wall_s", 0.0)
-    cpu_before = log.history.get("cpu_s", None if "wall_s" in log.history else 0.0)
+    wall_before, cpu_before = earlier_clocks(log.history if restored is not None else None)
 
     def clocks() -> dict:
+        wall = None if wall_before is None else wall_before + time.time() - t_start
         cpu = None if cpu_before is None else cpu_before + time.process_time() - cpu_start
-        return {"wall_s": wall_before + time.time() - t_start, "cpu_s": cpu}
+        return {"wall_s": wall, "cpu_s": cpu}
 
     # ----- jit -----
     def step_fn(state, frozen, batch):

@@ -274,6 +274,8 @@ def test_run_report_shows_n_context_and_the_before_after_interval(tmp_path):
     # CPU time unknown (resumed from a checkpoint that did not record it): no row, None saved.
     assert "CPU time" not in md
     assert json.loads((tmp_path / "report.json").read_text())["cpu_s"] is None
+    md = report.write_report(tmp_path, cfg, roles, log, {}, 10, {"wall_s": None, "cpu_s": None})
+    assert "| wall time | unknown (resumed from a checkpoint without it) |" in md
 
 
 def test_demo_reuses_the_students_scores_from_trains_report(monkeypatch, tmp_path):

@@ -60,6 +60,26 @@ def test_pooled_keeps_every_utterance_of_every_split():
     p = results.pooled({"dev": _score([1, 1]), "test": _score([4], words=20)})
     assert p["per_utt"]["ids"] == ["dev/u0", "dev/u1", "test/u0"]
     assert p["wer"] == pytest.approx(100 * 6 / 40)
+    assert "reference" not in p
+
+
+def test_references_travel_and_are_never_paired_across():
+    """A WER against one model's transcripts is not comparable with one against another's, nor
+    with a WER against the true transcripts: seed means, pools and pairs keep them apart."""
+    from mkd_jax.evaluate import compare as pair
+
+    base = [_score([1, 2], reference="base"), _score([3, 2], reference="base")]
+    assert results.seed_mean(base)["reference"] == "base"
+    with pytest.raises(ValueError, match="different references \\['base', 'ens'\\]"):
+        results.seed_mean([base[0], _score([1, 2], reference="ens")])
+    pool = results.pooled({"dev": _score([1]), "real_unlabelled": base[0]})
+    assert pool["reference"] == "real_unlabelled: base"
+    other = results.pooled({"dev": _score([1]), "real_unlabelled": _score([1, 2], reference="ens")})
+    with pytest.raises(ValueError, match="different references"):
+        pair(pool, other)
+    with pytest.raises(ValueError, match="different references \\(None and 'base'\\)"):
+        pair(_score([1, 2]), base[0])
+    assert pair(base[0], base[1])["diff"] == pytest.approx(10.0)
 
 
 def test_table_rows_hold_hand_computed_seed_means_and_differences(tmp_path):

@@ -322,6 +322,32 @@ def test_a_noisy_training_split_is_another_cache_and_clean_keys_stay(tiny_libris
     assert train_input(cfg, roles, setup)[1].noise == ((0.0,), ("white",))
 
 
+def test_a_rebuilt_corpus_with_other_audio_is_another_cache(tiny_librispeech, tmp_path):
+    """A corpus rebuilt in place on another CPU kind keeps its ids, texts and durations, but its
+    samples differ: the key names the audio, so the old targets are never read for it."""
+    import shutil
+
+    import soundfile as sf
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(tiny_librispeech, corpus)
+    cfg = _frozen_encoder(tiny_config(corpus))
+    cfg.cache.enabled, cfg.cache.top_k = True, 4
+    roles, setup, source, utts, toks, buckets = _parts(cfg)
+    before = teacher_cache.key_material(cfg, roles, setup, utts, buckets, source)
+    path = next((corpus / "train").rglob(f"{utts.ids[3]}.flac"))
+    samples, rate = sf.read(path, dtype="float32")
+    sf.write(path, samples * 0.9, rate)  # same length and sentence, other samples
+    again = loaders.load_split(source, "train")
+    after = teacher_cache.key_material(cfg, roles, setup, again, buckets, source)
+    assert after["corpus"]["digest"] == before["corpus"]["digest"]  # ids, texts, durations
+    assert after["corpus"]["audio"] != before["corpus"]["audio"]
+    assert teacher_cache.digest(after) != teacher_cache.digest(before)
+    assert utts.audio_digest() == utts.audio_digest()  # deterministic
+    # Noise is named by its own key entry: the digest is of the audio as stored.
+    assert utts.with_noise((0,), ("white",)).audio_digest() == utts.audio_digest()
+
+
 def test_projected_size_over_free_disk_refuses_before_work(tiny_librispeech, tmp_path, monkeypatch):
     cfg = _frozen_encoder(tiny_config(tiny_librispeech))
     cfg.cache.enabled, cfg.cache.dir = True, str(tmp_path / "cache")

@@ -86,6 +86,13 @@ def assert_resumes_bit_exact(cfg, root) -> None:
         np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
 
 
+def test_earlier_processes_time_is_unknown_not_zero_without_a_record():
+    assert train.earlier_clocks(None) == (0.0, 0.0)  # a fresh run
+    assert train.earlier_clocks({"wall_s": 60.0, "cpu_s": 90.0}) == (60.0, 90.0)
+    assert train.earlier_clocks({"wall_s": 60.0}) == (60.0, None)  # before CPU time was recorded
+    assert train.earlier_clocks({"before": {}}) == (None, None)  # before either was
+
+
 def test_resume_is_bit_exact(tiny_librispeech, tmp_path):
     assert_resumes_bit_exact(tiny_config(tiny_librispeech, total_steps=4), tmp_path)
 

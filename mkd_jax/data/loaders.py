@@ -240,6 +240,20 @@ class _Audio:
         source = self.paths[row] if blob is None else blob.to_pybytes()
         return read_audio(source, max_seconds=self.max_seconds)
 
+    def stored(self, row: int):
+        """Row `row`'s audio as stored, undecoded: its encoded bytes or file's bytes, or its
+        samples and rate. What a content hash reads: cheaper than decoding, and just as exact."""
+        if self.kind == "array":
+            item = self.column[row]
+            rate = str(item["sampling_rate"].as_py()).encode()
+            return rate + b"\0" + item["array"].values.to_numpy(zero_copy_only=False).tobytes()
+        blob = self._blob(row)
+        if blob is not None:
+            return memoryview(blob)
+        if self.paths[row] is None:
+            raise AudioError(self.where(row), "no bytes and no path", "missing")
+        return Path(self.paths[row]).read_bytes()
+
 
 @dataclass
 class _Candidates:
@@ -313,6 +327,19 @@ class Utterances:
 
     def where(self, i: int) -> str:
         return f"id {self.ids[i]!r} ({self._opened().where(int(self._rows[i]))})"
+
+    def audio_digest(self) -> str:
+        """sha256 of every utterance's id and audio as stored (before any noise), in order:
+        names the audio itself, which a rebuilt corpus can change under the same ids, texts and
+        durations (synthesis differs across CPU instruction sets)."""
+        import hashlib
+
+        h, audio = hashlib.sha256(), self._opened()
+        for uid, row in zip(self.ids, self._rows, strict=True):
+            data = audio.stored(int(row))
+            h.update(f"{uid}\0{len(data)}\0".encode())
+            h.update(data)
+        return h.hexdigest()
 
     def file(self, i: int) -> str | None:
         """The audio file utterance `i` is read from, or None when its audio is embedded."""

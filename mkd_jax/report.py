@@ -245,6 +245,8 @@ def write_report(
         "agreement_change": agree_change,
         "diagnostics": diagnostics,
         "nonfinite_steps": log.history.get("nonfinite_steps", []),
+        # Resumed under settings other than those that took the earlier steps (train.py).
+        "config_changes": log.history.get("config_changes", []),
         "after": after,
         "params": budget,
         "median_step_s": float(np.median(step_s)) if step_s else None,
@@ -302,6 +304,10 @@ def write_report(
         lines.append(
             f"| CPU time | {clocks['cpu_s'] / 60:.1f} min "
             f"({clocks['cpu_s'] / max(clocks['wall_s'], 1e-9):.2f} cores busy on average) |"
+        )
+    for c in report["config_changes"]:
+        lines.append(
+            f"| config changed on resume at step {c['step']} | {'; '.join(c['changed'])} |"
         )
     md = "\n".join(lines)
     if log.primary:

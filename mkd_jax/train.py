@@ -210,6 +210,43 @@ def _train_batches(cfg, train, tokenizers, buckets, n_mels: int, setup, cache_fo
     return Mixture(sources, weights, prefetch=cfg.data.prefetch, workers=workers)
 
 
+# Settings that do not shape the steps: what a run logs and evaluates, where it checkpoints and
+# caches, and the device mesh. A resume under changes to any other is named in the report.
+UNSHAPING = ("log_every_steps", "eval", "ckpt", "cache.dir", "mesh", "sharding_rules")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(workdir: Path, cfg_json: str) -> list[str]:
+    """Settings (`key old -> new`) in which `cfg_json` differs from the config that trained the
+    checkpoints in `workdir` (its `config.json`), but the `UNSHAPING` ones; [] for a fresh run.
+    Resuming under them is allowed (lowering optim.lr after a non-finite stop is the usual fix),
+    but the run's report names them, so its numbers are never taken for one config's."""
+    import json
+
+    saved, ckpts = workdir / "config.json", workdir / "checkpoints"
+    if not saved.is_file() or not ckpts.is_dir():
+        return []
+    if not any(p.name.isdigit() for p in ckpts.iterdir()):
+        return []
+    old, new = _flat(json.loads(saved.read_text())), _flat(json.loads(cfg_json))
+    gone = "(absent)"
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k, gone) != new.get(k, gone))
+    return [
+        f"{k} {old.get(k, gone)!r} -> {new.get(k, gone)!r}"
+        for k in changed
+        if not any(k == p or k.startswith(p + ".") for p in UNSHAPING)
+    ]
+
+
 def earlier_clocks(history: dict | None) -> tuple[float | None, float | None]:
     """`(wall_s, cpu_s)` of a run's earlier processes, up to their last checkpoint (the time of
     steps lost to a hard kill after it is not counted), from the restored checkpoint's history;
@@ -253,8 +290,12 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
     jax.config.update("jax_threefry_partitionable", True)
     # Reruns, resumes and ablation rows share compiled programs through the persistent cache.
     jax.config.update("jax_compilation_cache_dir", str(assets.cache_dir() / "xla"))
+    cfg_json = cfg.to_json_best_effort(indent=2)
+    changes = config_changes(workdir, cfg_json)
+    if changes:
+        logging.warning("resuming %s under a changed config: %s", workdir, "; ".join(changes))
     if jax.process_index() == 0:
-        (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
+        (workdir / "config.json").write_text(cfg_json)
     t_start, cpu_start = time.time(), time.process_time()
 
     # ----- mesh, roles, data -----
@@ -306,6 +347,8 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
         train_iter.restore(meta["data"])
         log.history = meta.get("history", {})
         logging.info("resumed from step %d", start)
+        if changes:  # the report names them, with the step they took effect at
+            log.history.setdefault("config_changes", []).append({"step": start, "changed": changes})
     wall_before, cpu_before = earlier_clocks(log.history if restored is not None else None)
 
     def clocks() -> dict:

@@ -274,8 +274,14 @@ def test_run_report_shows_n_context_and_the_before_after_interval(tmp_path):
     # CPU time unknown (resumed from a checkpoint that did not record it): no row, None saved.
     assert "CPU time" not in md
     assert json.loads((tmp_path / "report.json").read_text())["cpu_s"] is None
+    log = SimpleNamespace(
+        history={"config_changes": [{"step": 40, "changed": ["optim.lr 0.002 -> 0.0005"]}]},
+        primary=True, close=lambda: None,
+    )  # fmt: skip
     md = report.write_report(tmp_path, cfg, roles, log, {}, 10, {"wall_s": None, "cpu_s": None})
     assert "| wall time | unknown (resumed from a checkpoint without it) |" in md
+    assert "| config changed on resume at step 40 | optim.lr 0.002 -> 0.0005 |" in md
+    assert json.loads((tmp_path / "report.json").read_text())["config_changes"][0]["step"] == 40
 
 
 def test_demo_reuses_the_students_scores_from_trains_report(monkeypatch, tmp_path):

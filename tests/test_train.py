@@ -109,6 +109,12 @@ def test_nonfinite_loss_stops_the_run_and_keeps_the_last_finite_checkpoint(
         cfg.optim.lr = 1e30  # every update after the first overflows
     with pytest.raises(RunFailed, match=r"step [3-6]: non-finite .*train/(ce|loss|grad_norm)"):
         train.run(cfg, tmp_path)
+    # The resume ran under another rate than its first two steps: named, as the report will.
+    assert train.config_changes(tmp_path, cfg.to_json_best_effort()) == []  # config.json is now it
+    cfg_json = json.loads(cfg.to_json_best_effort())
+    cfg_json["optim"]["lr"], cfg_json["eval"]["max_batches"] = 1e-3, 7
+    assert train.config_changes(tmp_path, json.dumps(cfg_json)) == ["optim.lr 1e+30 -> 0.001"]
+    assert train.config_changes(tmp_path / "fresh", json.dumps(cfg_json)) == []
     ckpt = Checkpointer(tmp_path / "checkpoints")
     latest = ckpt.latest_step()
     restored = ckpt.restore_latest(_abstract_state(cfg))

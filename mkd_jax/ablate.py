@@ -248,12 +248,12 @@ def run_row(base, root: Path, kept: Path, key, entry, lr: float, seed: int) -> d
 
     saved = _run_dir(kept, key, lr, seed) / "report.json"
     if saved.is_file():
-        return _same_budget(saved, base)
+        return _same_budget(saved, base, entry)
     row, _, overrides = entry
     workdir = _run_dir(root, key, lr, seed)
     done = workdir / "report.json"
     if done.is_file():
-        _same_budget(done, base)
+        _same_budget(done, base, entry)
     else:
         t0 = time.time()
         out = train.run(row_config(base, row, lr=lr, seed=seed, overrides=overrides), workdir)
@@ -264,19 +264,34 @@ def run_row(base, root: Path, kept: Path, key, entry, lr: float, seed: int) -> d
             )
         logging.info("%s lr %g seed %d took %.1f min", key, lr, seed, (time.time() - t0) / 60)
     saved.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(saved, done.read_text())
-    return json.loads(saved.read_text())
+    # The kept copy names the row and overrides it ran, so an edited variant never reuses it.
+    report = {**json.loads(done.read_text()), "ablation_entry": _entry_record(entry)}
+    write_atomic(saved, json.dumps(report, indent=2))
+    return report
 
 
-def _same_budget(path: Path, base) -> dict:
+def _entry_record(entry) -> dict:
+    """A row's METHOD.md row and overrides (`entries`), as JSON reads them back."""
+    row, _, overrides = entry
+    return json.loads(json.dumps({"row": row, "set": [list(o) for o in overrides]}))
+
+
+def _same_budget(path: Path, base, entry=None) -> dict:
     """The report at `path`, refused in one line when it trained another number of steps than
-    this ablation's (a report from another config must not fill a row of this table)."""
+    this ablation's, or (where the report names it) another row or overrides than `entry`: a
+    report from another config must not fill a row of this table."""
     report = json.loads(path.read_text())
     steps = report.get("total_steps")
     if steps != base.total_steps:
         raise ValueError(
             f"{path}: a run of {steps} steps, this ablation trains {base.total_steps}; move it "
             "aside or pass another --results/--workdir"
+        )
+    had, want = report.get("ablation_entry"), entry and _entry_record(entry)
+    if had is not None and want is not None and had != want:
+        raise ValueError(
+            f"{path}: a run of {had}, this ablation's is {want} (the row's config changed); move "
+            "it aside or pass another --results/--workdir"
         )
     return report
 
@@ -591,16 +606,16 @@ def table_only(base, todo: dict, out: Path, command: str) -> str:
     if not (kept / "corpus.json").is_file():
         raise ValueError(f"--results {out}: no finished runs in {kept} (no corpus.json)")
     results, every = {}, {}
-    for key, (row, label, _) in todo.items():
+    for key, (row, label, overrides) in todo.items():
         if row == 1:
             zero = kept / "row1" / "report.json"
             if zero.is_file():
                 results[1] = (label, None, [json.loads(zero.read_text())])
             continue
 
-        def get(lr, seed, key=key):
+        def get(lr, seed, key=key, entry=(row, label, overrides)):
             path = _run_dir(kept, key, lr, seed) / "report.json"
-            return _same_budget(path, base) if path.is_file() else None
+            return _same_budget(path, base, entry) if path.is_file() else None
 
         found = _row_runs(base, get)
         if found:

@@ -213,6 +213,15 @@ def test_runs_resume_from_committed_reports_without_training(monkeypatch, tmp_pa
     with pytest.raises(ValueError, match="seed4/report.json: a run of"):
         ablate.run_row(c, work, kept, "row3_kd_only", entry, 1e-3, 4)
     assert len(trained) == 2 and not (kept / "row3_kd_only" / "lr0.001" / "seed4").exists()
+    # The kept copy names its row and overrides: after the variant is edited, it is refused.
+    assert first["ablation_entry"] == {"row": 3, "set": [["loss.w_ce", 0.0]]}
+    saved.write_text(json.dumps(first))
+    edited = (3, entry[1], (("loss.w_ce", 0.5),))
+    with pytest.raises(
+        ValueError, match=r"seed2/report.json: a run of .*'set': \[\['loss.w_ce', 0.0"
+    ):
+        ablate.run_row(c, work, kept, "row3_kd_only", edited, 1e-3, 2)
+    assert ablate.run_row(c, work, kept, "row3_kd_only", entry, 1e-3, 2) == first
 
 
 def test_a_workdir_trained_on_another_corpus_build_is_refused(tmp_path):

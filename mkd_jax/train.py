@@ -215,16 +215,6 @@ def _train_batches(cfg, train, tokenizers, buckets, n_mels: int, setup, cache_fo
 UNSHAPING = ("log_every_steps", "eval", "ckpt", "cache.dir", "mesh", "sharding_rules")
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def config_changes(workdir: Path, cfg_json: str) -> list[str]:
     """Settings (`key old -> new`) in which `cfg_json` differs from the config that trained the
     checkpoints in `workdir` (its `config.json`), but the `UNSHAPING` ones; [] for a fresh run.
@@ -232,12 +222,15 @@ def config_changes(workdir: Path, cfg_json: str) -> list[str]:
     but the run's report names them, so its numbers are never taken for one config's."""
     import json
 
+    from flax.traverse_util import flatten_dict
+
     saved, ckpts = workdir / "config.json", workdir / "checkpoints"
     if not saved.is_file() or not ckpts.is_dir():
         return []
     if not any(p.name.isdigit() for p in ckpts.iterdir()):
         return []
-    old, new = _flat(json.loads(saved.read_text())), _flat(json.loads(cfg_json))
+    old = flatten_dict(json.loads(saved.read_text()), sep=".")
+    new = flatten_dict(json.loads(cfg_json), sep=".")
     gone = "(absent)"
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k, gone) != new.get(k, gone))
     return [

@@ -256,7 +256,14 @@ def run_row(base, root: Path, kept: Path, key, entry, lr: float, seed: int) -> d
         _same_budget(done, base, entry)
     else:
         t0 = time.time()
-        out = train.run(row_config(base, row, lr=lr, seed=seed, overrides=overrides), workdir)
+        try:
+            out = train.run(row_config(base, row, lr=lr, seed=seed, overrides=overrides), workdir)
+        except cli.RunFailed as e:
+            if not done.is_file():  # non-finite training: nothing to score
+                raise
+            # Degenerate output at this rate: its report (loops and all) is a result of the grid.
+            logging.warning("%s lr %g seed %d: %s; kept in the table", key, lr, seed, e)
+            out = {}
         if "stopped_by" in out:  # SIGTERM or Ctrl-C: the run is checkpointed, not finished
             raise cli.RunFailed(
                 f"{workdir}: stopped at step {out['step']} ({out['stopped_by']}); rerun the "

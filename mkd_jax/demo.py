@@ -109,7 +109,11 @@ def _train(cfg, run_dir: Path) -> None:
     """`train.run` to the end, or stop the demo: an interrupted stage is never used as finished."""
     from mkd_jax import train
 
-    if (run_dir / "report.json").is_file():
+    done = run_dir / "report.json"
+    if done.is_file():
+        why = json.loads(done.read_text()).get("degenerate")
+        if why:  # a garbage stage stays failed: the demo never ends 0 on top of it
+            raise cli.RunFailed(f"{run_dir}: the trained student's output is degenerate ({why})")
         return
     out = train.run(cfg, run_dir)
     if "stopped_by" in out:

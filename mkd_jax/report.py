@@ -212,6 +212,7 @@ def write_report(
     clocks: dict,
     *,
     agreement: dict | None = None,
+    degenerate: str | None = None,
 ) -> str:
     """Write `report.json`, `report.md` and `curves.png`; return the markdown.
 
@@ -221,6 +222,7 @@ def write_report(
         earlier process did not record it.
       agreement: optional real-audio agreement, `{"split", "reference", "before", "after"}` with
         `agreement.agreement` results (the student's WER against the reference's transcripts).
+      degenerate: why the trained student's output is garbage (`train.degenerate`), if it is.
     """
     budget = param_budget(roles, n_trainable)
     curves = log.history.get("curves", {})
@@ -254,6 +256,7 @@ def write_report(
         "wall_s": clocks["wall_s"],
         "cpu_s": clocks["cpu_s"],
         "total_steps": cfg.total_steps,
+        "degenerate": degenerate,
     }
     if log.primary:
         # Atomic: `ablate` and resumes take a report.json as a finished run.
@@ -261,6 +264,8 @@ def write_report(
         plot_curves(log.history, workdir / "curves.png")
     log.close()
     lines = ["| metric | value |", "|---|---|"]
+    if degenerate:
+        lines.append(f"| **DEGENERATE OUTPUT** | {degenerate} |")
     if before:
         lines.append(f"| {cfg.data.eval_split} WER before | {_wer_cell(before)} |")
     for split, res in after.items():

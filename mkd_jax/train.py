@@ -240,6 +240,31 @@ def config_changes(workdir: Path, cfg_json: str) -> list[str]:
     ]
 
 
+# Over this share of the eval split looping (no end-of-text) or failing to decode, the trained
+# student's output is garbage, not a worse model.
+DEGENERATE_SHARE = 0.25
+
+
+def degenerate(before: dict | None, after: dict | None) -> str | None:
+    """Why the trained student's eval-split result `after` is garbage, or None: decodes that loop
+    or fail on over `DEGENERATE_SHARE` of the utterances, or a WER over 100%, where the untrained
+    student's `before` (if scored) did not already show the same."""
+    if not after:
+        return None
+
+    def looping(r):
+        n = r.get("n_total", r.get("n", 0))
+        bad = len(r.get("flagged") or []) + len(r.get("failures") or [])
+        return bad, n, n > 0 and bad > DEGENERATE_SHARE * n
+
+    bad, n, loops = looping(after)
+    if loops and not (before and looping(before)[2]):
+        return f"{bad} of {n} utterances loop without end-of-text or fail to decode"
+    if after["wer"] > 100.0 and not (before and before["wer"] > 100.0):
+        return f"WER {after['wer']:.1f}%, more words inserted than the references hold"
+    return None
+
+
 def earlier_clocks(history: dict | None) -> tuple[float | None, float | None]:
     """`(wall_s, cpu_s)` of a run's earlier processes, up to their last checkpoint (the time of
     steps lost to a hard kill after it is not counted), from the restored checkpoint's history;
@@ -481,8 +506,16 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
             continue
         after[split] = _wer(cfg, roles, merged, utts, split, cfg.eval.max_batches)
     agree = _real_agreement(cfg, roles, merged, source) if scored else None
-    report = write_report(workdir, cfg, roles, log, after, n_train, clocks(), agreement=agree)
+    why = degenerate(log.history.get("before"), after.get(cfg.data.eval_split))
+    report = write_report(
+        workdir, cfg, roles, log, after, n_train, clocks(), agreement=agree, degenerate=why
+    )
     print(report)
+    if why:  # never exit 0 with garbage; the report and checkpoints stay for a look
+        raise RunFailed(
+            f"{workdir}: the trained student's {cfg.data.eval_split} output is degenerate ({why}); "
+            f"its report.md says more. Lower optim.lr (now {cfg.optim.lr:g}) or check the data"
+        )
     return {
         "step": step,
         "trainable": jax.device_get(state["trainable"]),

@@ -179,11 +179,17 @@ def test_runs_resume_from_committed_reports_without_training(monkeypatch, tmp_pa
         workdir.mkdir(parents=True)
         if cfg.seed == 9:  # SIGTERM: checkpointed, no report
             return {"step": 5, "stopped_by": "SIGTERM"}
+        if cfg.seed == 8:  # non-finite: no report
+            raise RunFailed("step 3: non-finite train/ce")
         report = {**_rep([1] * 10), "total_steps": cfg.total_steps}
         (workdir / "report.json").write_text(json.dumps(report))
+        if cfg.seed == 7:  # degenerate output: the report is written, the run fails
+            raise RunFailed(f"{workdir}: the trained student's dev output is degenerate")
         return {"step": cfg.total_steps}
 
     monkeypatch.setattr(train, "run", fake_run)
+    from mkd_jax.cli import RunFailed
+
     entry = ablate.entries(c.ablation)["row3_kd_only"]
     kept, work = tmp_path / "results" / "runs", tmp_path / "work"
     first = ablate.run_row(c, work, kept, "row3_kd_only", entry, 1e-3, 2)
@@ -197,8 +203,6 @@ def test_runs_resume_from_committed_reports_without_training(monkeypatch, tmp_pa
     again = ablate.run_row(c, work, kept, "row3_kd_only", entry, 1e-3, 2)
     assert again == first and len(trained) == 1 and not work.exists()
     # A stopped run fails in one line that says how to resume, and keeps nothing as finished.
-    from mkd_jax.cli import RunFailed
-
     with pytest.raises(RunFailed, match="stopped at step 5 .SIGTERM.; rerun the same command"):
         ablate.run_row(c, work, kept, "row3_kd_only", entry, 1e-3, 9)
     assert not (kept / "row3_kd_only" / "lr0.001" / "seed9").exists()
@@ -213,6 +217,12 @@ def test_runs_resume_from_committed_reports_without_training(monkeypatch, tmp_pa
     with pytest.raises(ValueError, match="seed4/report.json: a run of"):
         ablate.run_row(c, work, kept, "row3_kd_only", entry, 1e-3, 4)
     assert len(trained) == 2 and not (kept / "row3_kd_only" / "lr0.001" / "seed4").exists()
+    # A rate whose student loops is a result of the grid (its report is kept, dev never picks
+    # it); a run with nothing to score still stops the ablation.
+    assert ablate.run_row(c, work, kept, "row3_kd_only", entry, 1e-3, 7)["total_steps"]
+    assert (kept / "row3_kd_only" / "lr0.001" / "seed7" / "report.json").is_file()
+    with pytest.raises(RunFailed, match="non-finite"):
+        ablate.run_row(c, work, kept, "row3_kd_only", entry, 1e-3, 8)
     # The kept copy names its row and overrides: after the variant is edited, it is refused.
     assert first["ablation_entry"] == {"row": 3, "set": [["loss.w_ce", 0.0]]}
     saved.write_text(json.dumps(first))

@@ -326,3 +326,23 @@ def test_runs_without_teachers_are_compared_with_a_named_reference(tmp_path):
     got_name, role = train._agreement_reference(cfg, {"teachers": {name: first}})
     assert got_name == str(tmp_path / "ref")
     assert role.folder == tmp_path / "ref" and role.model.d_model == 32
+
+
+def test_a_demo_stage_whose_student_is_degenerate_stays_failed(monkeypatch, tmp_path):
+    """train.run raises on garbage after writing its report; a rerun of the demo must not take
+    that report as a finished stage and end 0 on top of it."""
+    import json
+
+    from mkd_jax import demo, train
+    from mkd_jax.cli import RunFailed
+
+    calls = []
+    monkeypatch.setattr(train, "run", lambda cfg, run_dir: calls.append(run_dir) or {"step": 2})
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "ok" / "report.json").write_text(json.dumps({"degenerate": None}))
+    demo._train(None, tmp_path / "ok")  # finished: not trained again
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "report.json").write_text(json.dumps({"degenerate": "6 of 20 loop"}))
+    with pytest.raises(RunFailed, match=r"bad: the trained student's output is degenerate \(6 of"):
+        demo._train(None, tmp_path / "bad")
+    assert calls == []

@@ -86,6 +86,21 @@ def assert_resumes_bit_exact(cfg, root) -> None:
         np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
 
 
+def test_a_student_trained_into_loops_is_garbage_not_a_result():
+    def res(wer, flagged=0, failures=0, n=20):
+        return {"wer": wer, "n_total": n, "flagged": [{}] * flagged, "failures": [{}] * failures}
+
+    assert train.degenerate(res(12.0), res(30.0, flagged=2)) is None  # worse, not garbage
+    assert train.degenerate(res(12.0), res(40.0, flagged=5)) is None  # a quarter: the limit
+    why = train.degenerate(res(12.0, flagged=1), res(80.0, flagged=4, failures=2))
+    assert why == "6 of 20 utterances loop without end-of-text or fail to decode"
+    assert train.degenerate(None, res(80.0, flagged=6)) is not None  # no before scored
+    assert "WER 130.0%" in train.degenerate(res(12.0), res(130.0))
+    # An untrained student that already looped (a random-init test model): not training's doing.
+    assert train.degenerate(res(150.0, flagged=20), res(140.0, flagged=20)) is None
+    assert train.degenerate(res(12.0), None) is None
+
+
 def test_earlier_processes_time_is_unknown_not_zero_without_a_record():
     assert train.earlier_clocks(None) == (0.0, 0.0)  # a fresh run
     assert train.earlier_clocks({"wall_s": 60.0, "cpu_s": 90.0}) == (60.0, 90.0)

@@ -557,8 +557,10 @@ def main(argv):
 
     # builds the corpus if missing
     digest = corpus_digest(resolve_source(base.data.source), unread_splits(base))
-    check_workdir(root, digest)  # first: a refusal leaves the finished runs where they are
-    check_corpus(kept, digest)  # before base_ft's stage, which trains in the workdir too
+    # The workdir first (a refusal then leaves the kept runs where they are), and both before
+    # base_ft's stage, which trains in the workdir too.
+    check_workdir(root, digest)
+    check_corpus(kept, digest)
     from mkd_jax.config_base import DEMO_CORPUS_HOURS
     from mkd_jax.demo import ensure_base_ft
 

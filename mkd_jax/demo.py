@@ -113,7 +113,10 @@ def _train(cfg, run_dir: Path) -> None:
     if done.is_file():
         why = json.loads(done.read_text()).get("degenerate")
         if why:  # a garbage stage stays failed: the demo never ends 0 on top of it
-            raise cli.RunFailed(f"{run_dir}: the trained student's output is degenerate ({why})")
+            raise cli.RunFailed(
+                f"{run_dir}: the trained student's output is degenerate ({why}); delete that "
+                "folder to train the stage again"
+            )
         return
     out = train.run(cfg, run_dir)
     if "stopped_by" in out:

@@ -360,7 +360,7 @@ def _wer_cell(reports: list, split: str) -> tuple[str, tuple | None]:
 def _vs(results: dict, ref, key, split: str, ci: bool = True) -> str:
     """Paired bootstrap 95% CI of (row `key` - row `ref`) seed-mean WER over shared utterances;
     with `ci=False` the difference alone (a split the rates were chosen on)."""
-    from mkd_jax.evaluate import compare
+    from mkd_jax.evaluate import DifferentReferences, compare
     from mkd_jax.report import format_change
 
     if ref is None or key == ref or ref not in results:
@@ -370,8 +370,10 @@ def _vs(results: dict, ref, key, split: str, ci: bool = True) -> str:
         return "-"
     try:
         c = compare(a, b)
-    except ValueError as e:  # no shared utterance, or different references
-        return "- (different references)" if "references" in str(e) else "-"
+    except DifferentReferences:
+        return "- (different references)"
+    except ValueError:  # no shared utterance
+        return "-"
     cell = format_change(c) if ci else f"{c['diff']:+.2f}"
     if c["n_only_a"] or c["n_only_b"]:  # say so: the difference covers part of the split
         cell += (

@@ -480,6 +480,10 @@ def score(
     return out
 
 
+class DifferentReferences(ValueError):
+    """Two results scored against different reference models' transcripts: not comparable."""
+
+
 def paired_counts(a: dict, b: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
     """`(errors of a, errors of b, reference words, n_only_a, n_only_b)` on the utterances both
     `score(...)["all"]` results scored, in a's order; `n_only_*` count the ones left out because
@@ -489,7 +493,7 @@ def paired_counts(a: dict, b: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     if pa is None or pb is None:
         raise ValueError("comparing needs score(...)['all'] results, which hold 'per_utt'")
     if a.get("reference") != b.get("reference"):
-        raise ValueError(
+        raise DifferentReferences(
             f"scored against different references ({a.get('reference')!r} and "
             f"{b.get('reference')!r}): not comparable"
         )

@@ -28,6 +28,7 @@ from ml_collections import ConfigDict, config_flags
 
 from mkd_jax import assets, cli
 from mkd_jax.results import write_atomic
+from mkd_jax.validate import validate
 
 FLAGS = flags.FLAGS
 OOD_SPLIT = "test_ood"  # TTS engines never used in training (data/synth.py)
@@ -113,6 +114,26 @@ def entries(ab: ConfigDict) -> dict:
                 f"ablation (have: {[_key_dir(k) for k in out]})"
             )
     return out
+
+
+def check_run_configs(base: ConfigDict, todo: dict) -> None:
+    """`validate` every run's config (each row and variant at every rate of the grid) before
+    the corpus is hashed or base_ft trained: a bad override stops the ablation in seconds, not
+    rows later. base_ft, built by the ablation, is checked by its `init` shape."""
+    ab = base.ablation
+    later = () if ab.base_ft_run else ("teachers.base_ft",)
+    for key, (row, _, overrides) in todo.items():
+        if row == 1:
+            continue
+        for lr in ab.lr_grid:
+            cfg = row_config(base, row, lr=lr, seed=ab.seeds[0], overrides=overrides)
+            if ab.base_ft_run and "base_ft" in cfg.teachers:
+                with cfg.unlocked():
+                    cfg.teachers.base_ft.checkpoint = ab.base_ft_run
+            try:
+                validate(cfg, shapes_only=later)
+            except ValueError as e:
+                raise ValueError(f"ablation run {_key_dir(key)} at LR {lr}: {e}") from None
 
 
 def pairs(ab: ConfigDict) -> list[tuple]:
@@ -544,10 +565,18 @@ def write_plot(plot, path: Path) -> None:
 def main(argv):
     del argv
     base = FLAGS.config
+    if base is None:
+        raise ValueError("--config is required: an ablation config, e.g. configs/ablation_power.py")
+    if "ablation" not in base:
+        raise ValueError(
+            f"--config {FLAGS['config'].config_filename}: not an ablation config "
+            "(it needs an `ablation` group; see configs/ablation_power.py)"
+        )
     ab = base.ablation
     root, out = Path(FLAGS.workdir), Path(FLAGS.results)
     kept = out / "runs"
     todo = entries(ab)  # checks the variants before any run starts
+    check_run_configs(base, todo)
     command = (
         f"python -m mkd_jax.ablate --config {FLAGS['config'].config_filename} "
         f"--workdir {FLAGS.workdir} --results {FLAGS.results}"

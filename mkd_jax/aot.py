@@ -37,6 +37,7 @@ from mkd_jax.state import (
     make_step_fn,
     make_tx,
 )
+from mkd_jax.validate import validate
 
 GIB = 1024**3
 # Tokenizers in the asset cache that stand in for a checkpoint's own under --init_shapes, by the
@@ -237,6 +238,8 @@ def main(argv):
             use_init_shapes(cfg)
         if FLAGS.mesh:
             cfg.mesh = override_mesh(cfg.mesh, parse_mesh(FLAGS.mesh))
+    roles = ("student", *(f"teachers.{n}" for n in cfg.teachers))
+    validate(cfg, shapes_only=roles if FLAGS.init_shapes else ())  # as train would, up front
     mesh = sharding.make_mesh(cfg.mesh, devices)
     report = compile_report(cfg, mesh)
     print(format_report(report))

@@ -167,7 +167,7 @@ def bench_decode():
     from mkd_jax.assets import load_model
     from mkd_jax.data import features
 
-    batch_sizes = [int(b) for b in FLAGS.batch_sizes]
+    batch_sizes = cli.positive_ints("batch_sizes", FLAGS.batch_sizes)
     clips, audio_s = _clips_with_header("")
     header = (
         f"{'model':8} {'batch':>5} {'impl':>8} {'RTF':>7} {'tok/s':>7} {'x torch':>7} "

@@ -22,9 +22,9 @@ FLAGS = flags.FLAGS
 
 def build(cfg) -> dict:
     """Builds (or finds) the cache of `cfg`; returns its manifest."""
-    validate(cfg)
     if not cfg.cache.enabled:
         cfg.cache.enabled = True  # this program's whole point; train reads the same key
+    validate(cfg)  # with the cache on, so its settings are checked too
     import jax
 
     from mkd_jax import assets, sharding, teacher_cache

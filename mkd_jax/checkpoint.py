@@ -93,19 +93,9 @@ class Checkpointer:
         """
         steps = self.all_steps()
         for k, step in enumerate(reversed(steps)):
-            try:
-                state, meta = self.restore(step, like)
-            except Exception as e:  # orbax/TensorStore raise many types for damaged files
-                why = " ".join(str(e).split())[:200] or type(e).__name__
-            else:
-                bad = nonfinite_leaves(state)
-                expected = meta.get("fingerprint")
-                if bad:
-                    why = f"non-finite values in {', '.join(bad[:3])}"
-                elif expected is not None and fingerprint(state) != expected:
-                    why = "its contents do not match the fingerprint saved with it"
-                else:
-                    return state, meta, step
+            state, meta, why = self.restore_intact(step, like)
+            if why is None:
+                return state, meta, step
             older = steps[-k - 2] if k + 1 < len(steps) else None
             logging.warning(
                 "checkpoint %s/%d is damaged (%s); %s",
@@ -120,6 +110,22 @@ class Checkpointer:
                 "folder away to start the run afresh"
             )
         return None
+
+    def restore_intact(self, step: int, like) -> tuple[object, dict, str | None]:
+        """`(state, meta, None)` of step `step` if it restores intact, else `(None, None, why)`:
+        unreadable (orbax and TensorStore raise many types for damaged files, or for a
+        checkpoint of another shape), non-finite, or not matching its saved fingerprint."""
+        try:
+            state, meta = self.restore(step, like)
+        except Exception as e:  # noqa: BLE001
+            return None, None, " ".join(str(e).split())[:200] or type(e).__name__
+        bad = nonfinite_leaves(state)
+        expected = meta.get("fingerprint")
+        if bad:
+            return None, None, f"non-finite values in {', '.join(bad[:3])}"
+        if expected is not None and fingerprint(state) != expected:
+            return None, None, "its contents do not match the fingerprint saved with it"
+        return state, meta, None
 
     def restore(self, step: int, like) -> tuple[object, dict]:
         """Restore into the shapes, dtypes and shardings of `like` (arrays or ShapeDtypeStructs)."""

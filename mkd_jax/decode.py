@@ -58,13 +58,12 @@ def spec_from_folder(
     suppress lists are used, with a warning (`hf_io.suppress_lists`).
 
     Raises:
-      ValueError: a malformed `generation_config.json`, naming the file and the key.
+      ValueError: a malformed `generation_config.json`, naming the file and the key; a language
+        the vocabulary cannot prompt (any but "en" for an English-only one).
     """
     suppress, begin_suppress = hf_io.suppress_lists(folder, tokenizer.model_vocab_size)
-    # An English-only vocabulary has no language token; its prompt is always English.
-    prompt = tokenizer.prompt_ids(
-        language=language if tokenizer.is_multilingual else "en", timestamps=timestamps
-    )
+    # An English-only vocabulary refuses any language but "en" (never silently English).
+    prompt = tokenizer.prompt_ids(language=language, timestamps=timestamps)
     return DecodeSpec(
         prompt=tuple(int(t) for t in prompt),
         eot=int(tokenizer.eot),

@@ -519,6 +519,8 @@ def pseudo_label_stage(workdir: Path, source: dict) -> list[str]:
 def main(argv):
     del argv
     workdir = Path(FLAGS.workdir) if FLAGS.workdir else assets.cache_dir() / "demo"
+    if workdir.exists() and not workdir.is_dir():
+        raise ValueError(f"--workdir {workdir}: is a file, not a folder")
     logging.info("demo workdir: %s", workdir)
     print(run(workdir))
     if FLAGS.pseudo_labels:

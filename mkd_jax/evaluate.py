@@ -628,6 +628,32 @@ def _model_member(name: str, beam_size: int, matmul_dtype: str = "float32"):
     return model, params, tok, spec
 
 
+def _with_models() -> bool:
+    """Whether `--model` is scored: when given, or when there is nothing else to score."""
+    return FLAGS["model"].present or not (FLAGS.workdir or FLAGS.ensemble)
+
+
+def _check_flags() -> None:
+    """What can be checked before a checkpoint, a corpus or a model is read: every model name,
+    the ensemble weights, the output folder."""
+    from mkd_jax.assets import resolve_model
+
+    for w in FLAGS.ensemble_weights:
+        try:
+            float(w)
+        except ValueError:
+            raise ValueError(f"--ensemble_weights: {w!r} is not a number") from None
+    names = [*(FLAGS.model if _with_models() else ()), *FLAGS.ensemble]
+    for name in [*names, *([FLAGS.reference] if FLAGS.reference else [])]:
+        resolve_model(name)  # raises naming it
+    if FLAGS.output:
+        parent = Path(FLAGS.output).resolve().parent
+        if not parent.is_dir():
+            raise ValueError(f"--output {FLAGS.output}: folder {parent} does not exist")
+        if Path(FLAGS.output).is_dir():
+            raise ValueError(f"--output {FLAGS.output}: is a folder; name a .json file")
+
+
 def _systems(restored) -> list[tuple[str, Callable]]:
     """`[(name, fn(utts) -> Transcripts)]`; models load their weights when they run.
 
@@ -638,7 +664,7 @@ def _systems(restored) -> list[tuple[str, Callable]]:
     that share an encoder (a frozen-encoder student and its zero-shot self, a model and an
     ensemble that holds it, a decoder-tuned variant) encode each window once.
     """
-    with_models = FLAGS["model"].present or not (FLAGS.workdir or FLAGS.ensemble)
+    with_models = _with_models()
     count = len(FLAGS.matmul_dtype) * (
         (restored is not None) * (1 + FLAGS.zero_shot)
         + with_models * len(FLAGS.model)
@@ -766,6 +792,7 @@ def main(argv):
         raise app.UsageError(
             "--group_by breaks down WER against transcripts; drop it with --reference"
         )
+    _check_flags()
     restored = None
     if FLAGS.workdir:
         from mkd_jax.state import restore_run
@@ -785,6 +812,12 @@ def main(argv):
     # With --reference the split's own transcripts are not needed (real recordings have none).
     src = dict(source, require_text=False) if FLAGS.reference else source
     utts = load_scoring_split(src, FLAGS.split, max_bad_fraction=FLAGS.max_bad_fraction)
+    missing = [c for c in FLAGS.group_by or () if c not in utts.extras]
+    if missing:
+        raise ValueError(
+            f"--group_by {','.join(missing)}: the split has no such column "
+            f"(have: {', '.join(sorted(utts.extras)) or 'none'})"
+        )
     systems = _systems(restored)
     ref = _reference(utts, FLAGS.split) if FLAGS.reference else None
     results, hypotheses = {}, {}

@@ -304,6 +304,9 @@ def export(
 def main(argv):
     del argv
     jax.config.update("jax_threefry_partitionable", True)
+    out = Path(FLAGS.out)
+    if out.exists() and not out.is_dir():  # before the checkpoint is restored and merged
+        raise ValueError(f"--out {out}: is a file, not a folder")
     written = export(FLAGS.workdir, FLAGS.out, step=FLAGS.step, merged_only=FLAGS.merged_only)
     for kind, path in written.items():
         print(f"{kind}: {path}")

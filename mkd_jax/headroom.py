@@ -148,6 +148,8 @@ def main(argv):
         raise ValueError("--config is required: its student and teachers are scored")
     if FLAGS.limit < 0:
         raise ValueError(f"--limit={FLAGS.limit}: use 0 (every utterance) or a positive count")
+    if FLAGS.batch_size < 1:
+        raise ValueError(f"--batch_size={FLAGS.batch_size}: must be >= 1")
     student_frames = int(cfg.data.n_frames)
     teacher_frames = int(cfg.data.get("teacher_frames", 0)) or student_frames
     where = {"student": (cfg.student, student_frames)}

@@ -55,9 +55,7 @@ def main(argv):
     from mkd_jax import stats
     from mkd_jax.evaluate import paired_counts
 
-    sizes = [int(x) for x in FLAGS.sizes]
-    if any(n < 1 for n in sizes):
-        raise ValueError(f"--sizes={','.join(FLAGS.sizes)}: sizes must be positive")
+    sizes = cli.positive_ints("sizes", FLAGS.sizes)
     a, label_a = load_result(FLAGS.a, FLAGS.split)
     b, label_b = load_result(FLAGS.b, FLAGS.split)
     errs_a, errs_b, words, only_a, only_b = paired_counts(a, b)

@@ -493,6 +493,12 @@ def main(argv):
     if not FLAGS.out:
         raise ValueError("--out is required: the folder of the labelled dataset")
     filters = Filters(FLAGS.max_ref_wer, FLAGS.min_agreement, FLAGS.max_words_per_second)
+    random = [f"teachers.{n}" for n, r in cfg.teachers.items() if not r.checkpoint]
+    if random:  # a test config's random weights would label every utterance with noise
+        raise ValueError(
+            f"{', '.join(random)}: no checkpoint, so the labels would come from random weights; "
+            f"pass --config.{random[0]}.checkpoint=<model name or folder>"
+        )
     source = parse_source(FLAGS.source) if FLAGS.source else resolve_source(cfg.data.source)
     # Every utterance, with or without a transcript (the label is what this program makes).
     utts = load_scoring_split(dict(source, require_text=False), FLAGS.split)

@@ -36,7 +36,9 @@ def load_result(spec: str, split: str) -> tuple[dict, str]:
     """`(result, label)` of `FILE[#PART]` on `split` (see the module doc)."""
     path, _, part = spec.partition("#")
     p = Path(path)
-    if p.is_dir() and (p / "report.json").is_file():
+    if p.is_dir():
+        if not (p / "report.json").is_file():
+            raise FileNotFoundError(f"{path}: a folder without report.json (not a finished run)")
         p = p / "report.json"
     if not p.is_file():
         raise FileNotFoundError(f"{path}: no such file")
@@ -44,6 +46,27 @@ def load_result(spec: str, split: str) -> tuple[dict, str]:
         data = json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from e
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{path}: holds a {type(data).__name__}, not a report, evaluate output or score"
+        )
+    res, label = _find_result(data, path, spec, part, split)
+    return _checked(res, path), label
+
+
+def _checked(res, path: str) -> dict:
+    """`res` if its per-utterance results are whole: ids, word errors and reference words, one
+    of each per utterance."""
+    per = res.get("per_utt") if isinstance(res, dict) else None
+    fields = ("ids", "word_errors", "ref_words")
+    if not isinstance(per, dict) or any(not isinstance(per.get(f), list) for f in fields):
+        raise ValueError(f"{path}: per-utterance results lack one of {fields} (a damaged file?)")
+    if len({len(per[f]) for f in fields}) != 1:
+        raise ValueError(f"{path}: per-utterance {fields} differ in length (a damaged file?)")
+    return res
+
+
+def _find_result(data: dict, path: str, spec: str, part: str, split: str) -> tuple[dict, str]:
     label = spec
     if "per_utt" in data:  # one score result
         return data, label

@@ -166,7 +166,19 @@ def load_config(workdir) -> ConfigDict:
     path = Path(workdir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {workdir} is not a mkd_jax training workdir")
-    return ConfigDict(json.loads(path.read_text()))
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path}: not JSON ({e}); the workdir's config is damaged") from None
+    missing = [
+        g for g in ("student", "teachers", "data") if not isinstance(data, dict) or g not in data
+    ]
+    if missing:
+        raise ValueError(
+            f"{path}: not a training config (no {', '.join(missing)}); the workdir's config is "
+            "damaged or from another program"
+        )
+    return ConfigDict(data)
 
 
 def checkpoint_steps(workdir) -> list[int]:
@@ -186,8 +198,9 @@ def restore_run(workdir, step: int | None = None):
     Raises:
       FileNotFoundError: the workdir has no config.json or no checkpoint.
       ValueError: `step` has no checkpoint; the message lists the steps that do.
+      CheckpointDamaged: the checkpoint is unreadable, non-finite or fails its fingerprint.
     """
-    from mkd_jax.checkpoint import Checkpointer
+    from mkd_jax.checkpoint import CheckpointDamaged, Checkpointer
     from mkd_jax.roles import build_role
 
     cfg = load_config(workdir)
@@ -210,8 +223,12 @@ def restore_run(workdir, step: int | None = None):
     tx, _ = make_tx(cfg)
     state = jax.eval_shape(lambda: init_state(init_trainable(cfg, roles, setup, rng), tx, rng))
     ckpt = Checkpointer(Path(workdir) / "checkpoints")
-    restored, _ = ckpt.restore(step, state)
+    restored, _, why = ckpt.restore_intact(step, state)
     ckpt.close()
+    if why is not None:
+        others = [s for s in steps if s != step]
+        fix = f"pass --step with one of {others}" if others else "train the run again"
+        raise CheckpointDamaged(f"{workdir}/checkpoints/{step} does not restore ({why}); {fix}")
     return cfg, roles["student"], setup, restored["trainable"], step
 
 

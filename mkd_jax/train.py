@@ -308,12 +308,6 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
     jax.config.update("jax_threefry_partitionable", True)
     # Reruns, resumes and ablation rows share compiled programs through the persistent cache.
     jax.config.update("jax_compilation_cache_dir", str(assets.cache_dir() / "xla"))
-    cfg_json = cfg.to_json_best_effort(indent=2)
-    changes = config_changes(workdir, cfg_json)
-    if changes:
-        logging.warning("resuming %s under a changed config: %s", workdir, "; ".join(changes))
-    if jax.process_index() == 0:
-        (workdir / "config.json").write_text(cfg_json)
     t_start, cpu_start = time.time(), time.process_time()
 
     # ----- mesh, roles, data -----
@@ -325,6 +319,13 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
             f"data.batch_size={cfg.data.batch_size} is not a multiple of the "
             f"{dp}-way data parallelism of mesh {dict(mesh.shape)}"
         )
+    # After the checks above, so a config refused on this machine leaves the workdir as it was.
+    cfg_json = cfg.to_json_best_effort(indent=2)
+    changes = config_changes(workdir, cfg_json)
+    if changes:
+        logging.warning("resuming %s under a changed config: %s", workdir, "; ".join(changes))
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(cfg_json)
     roles = build_roles(cfg)
     student, params_s = roles["student"].model, roles["student"].params
     setup = make_setup(cfg, roles)

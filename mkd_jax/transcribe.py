@@ -62,19 +62,29 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
 
 
 def audio_paths(args: Sequence[str]) -> Iterator[str]:
-    """Each argument, or for a folder the audio files under it (sorted, by suffix)."""
+    """Each argument, or for a folder the audio files under it (sorted, by suffix); see
+    `check_inputs` for a folder with none."""
     for arg in args:
         if os.path.isdir(arg):
             found = sorted(
                 str(p) for p in Path(arg).rglob("*")
                 if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
             )  # fmt: skip
-            if not found:
-                print(f"FAILED {display_name(arg)}: folder has no audio files "
-                      f"({', '.join(AUDIO_SUFFIXES)})", file=sys.stderr, flush=True)  # fmt: skip
             yield from found
         else:
             yield arg
+
+
+def check_inputs(args: Sequence[str], output_dir: str | None) -> None:
+    """Refuse, before a model loads, a folder argument with no audio file under it and an
+    `--output_dir` that is a file. A missing or unreadable file fails on its own line later."""
+    for arg in args:
+        if os.path.isdir(arg) and next(audio_paths([arg]), None) is None:
+            raise ValueError(
+                f"{arg}: folder has no audio files ({', '.join(AUDIO_SUFFIXES)}, in any subfolder)"
+            )
+    if output_dir and os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"--output_dir {output_dir}: is a file, not a folder")
 
 
 def transcribe_files(
@@ -152,6 +162,7 @@ def main(argv):
         raise app.UsageError("give one or more audio files or folders")
     if FLAGS.format in ("srt", "vtt") and not FLAGS.output_dir:
         raise app.UsageError(f"--format={FLAGS.format} writes one file per input: add --output_dir")
+    check_inputs(paths, FLAGS.output_dir)
     for stream in (sys.stdout, sys.stderr):  # a transcript in an ASCII-only locale still prints
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")

@@ -83,6 +83,13 @@ class Transcriber:
     ):
         if long_form not in STRATEGIES:
             raise ValueError(f"long_form={long_form!r}: choose one of {', '.join(STRATEGIES)}")
+        for name, value in (
+            ("batch_size", batch_size),
+            ("beam_size", beam_size),
+            ("max_new_tokens", max_new_tokens),
+        ):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r}: must be a whole number >= 1")
         if long_form == "chunked" and not (0 < chunk_s <= 30 and 0 <= 2 * stride_s < chunk_s):
             raise ValueError(
                 f"chunk_s={chunk_s}, stride_s={stride_s}: need 0 < chunk_s <= 30 and "

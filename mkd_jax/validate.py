@@ -2,7 +2,8 @@
 
 `validate(cfg)` raises `ConfigError` naming the key, the value and the fix, in one line. It reads
 only config files of checkpoints (for mel bins and layer counts), never weights, so a bad config
-stops in seconds instead of after a zero-shot WER pass. Train, demo, ablate and aot call it first.
+stops in seconds instead of after a zero-shot WER pass. Train, cache, ablate (every run's config)
+and aot call it first; the demo's stages are train runs.
 """
 
 from __future__ import annotations
@@ -96,12 +97,13 @@ def _role_dims(role, where: str) -> dict:
     return dict(role.init.to_dict())
 
 
-def _check_roles(cfg) -> dict:
+def _check_roles(cfg, shapes_only=()) -> dict:
     roles = {"student": cfg.student, **{f"teachers.{n}": c for n, c in cfg.teachers.items()}}
     for where, role in roles.items():
         if role.dtype not in DTYPES:
             raise ConfigError(f"{where}.dtype", role.dtype, f"choose one of {DTYPES}")
-        if not role.checkpoint and not role.get("random_init", False):
+        abstract = role.get("random_init", False) or where in shapes_only
+        if not role.checkpoint and not abstract:
             fix = (
                 "run `python -m mkd_jax.demo` once (it builds base_ft), or pass "
                 f"--config.{where}.checkpoint=<HF or CTranslate2 folder>"
@@ -139,6 +141,12 @@ def _check_data(cfg, dims) -> None:
     _choice(cfg, "data.source.kind", SOURCE_KINDS)
     if d.source.kind != "synth" and not d.source.path and d.source.kind != "hf":
         raise ConfigError("data.source.path", d.source.path, f"kind {d.source.kind!r} needs a path")
+    if d.source.kind in ("disk", "librispeech") and not Path(d.source.path).is_dir():
+        raise ConfigError(
+            "data.source.path", d.source.path, "no such folder",
+            "name a corpus folder (`python -m mkd_jax.corpus.synth` builds one)"
+            if d.source.kind == "disk" else "name the LibriSpeech root folder",
+        )  # fmt: skip
     if d.source.kind == "synth":
         _range("data.source.hours", _num(cfg, "data.source.hours"), 0.0, lo_open=True)
         fr = tuple(d.source.get("fractions", (0.8, 0.1, 0.1)))
@@ -440,8 +448,12 @@ def _check_cadences(cfg, dims) -> None:
             ) from None
 
 
-def validate(cfg) -> None:
-    """Check every value and cross-field rule of a training config; raise `ConfigError`."""
+def validate(cfg, shapes_only=()) -> None:
+    """Check every value and cross-field rule of a training config; raise `ConfigError`.
+
+    `shapes_only`: roles (`"student"`, `"teachers.base_ft"`) whose empty checkpoint is filled in
+    later by the caller (the ablation's base_ft) or never loaded (aot's `--init_shapes`); their
+    `init` dimensions stand in for the checkpoint's."""
     for group in (
         "data",
         "student",
@@ -459,7 +471,7 @@ def validate(cfg) -> None:
     _check_lora(cfg)
     _check_loss(cfg)
     _check_mesh(cfg)
-    dims = _check_roles(cfg)
+    dims = _check_roles(cfg, shapes_only)
     _check_data(cfg, dims)
     _check_mappers(cfg, dims)
     _check_cache(cfg, dims)

@@ -200,6 +200,11 @@ def train_input(cfg, roles, setup):
     source = train_source(cfg)
     streamed = source.get("streaming", False)
     utts = None if streamed else noised(cfg, loaders.load_split(source, cfg.data.train_split))
+    if utts is not None and len(utts) < cfg.data.batch_size:  # every batch would be padding
+        raise ValueError(
+            f"data.batch_size={cfg.data.batch_size}: more than the {len(utts)} usable utterances "
+            f"of {utts.source}[{cfg.data.train_split}]; lower it"
+        )
     tokenizers = {batching.STUDENT: roles["student"].tokenizer}
     tokenizers.update(
         {n: roles["teachers"][n].tokenizer for n, ix in setup.vocab_index.items() if ix is not None}

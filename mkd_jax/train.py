@@ -21,7 +21,7 @@ from ml_collections import ConfigDict, config_flags
 
 from mkd_jax import cli
 from mkd_jax.cli import RunFailed
-from mkd_jax.validate import validate
+from mkd_jax.validate import check_splits, validate
 
 # jax, flax, orbax and transformers take seconds to import: each function imports them after the
 # config is validated, so a bad config stops in about two seconds.
@@ -181,6 +181,14 @@ def _train_batches(cfg, train, tokenizers, buckets, n_mels: int, setup, cache_fo
             split_utts, tokenizers, buckets=buckets, n_mels=n_mels, seed=cfg.seed,
             prefetch=prefetch, workers=workers, audio=audio,
         )  # fmt: skip
+        dropped, limit = it.report.counts["exceeds_bucket"], cfg.data.source.max_bad_fraction
+        if dropped > limit * len(split_utts):  # training on a silently smaller split
+            raise ValueError(
+                f"data.token_buckets={tuple(cfg.data.token_buckets)}, data.n_frames="
+                f"{cfg.data.n_frames}: {dropped} of {len(split_utts)} training utterances of "
+                f"{split_utts.source} fit no bucket, more than data.source.max_bad_fraction="
+                f"{limit:g}; raise the largest bucket or n_frames"
+            )
         if setup.cache is None:
             return it
         folder = cache_for(source, split_utts)
@@ -326,10 +334,11 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
         logging.warning("resuming %s under a changed config: %s", workdir, "; ".join(changes))
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(cfg_json)
+    source = resolve_source(cfg.data.source)  # a synthetic corpus is built here on first use
+    check_splits(cfg, source)
     roles = build_roles(cfg)
     student, params_s = roles["student"].model, roles["student"].params
     setup = make_setup(cfg, roles)
-    source = resolve_source(cfg.data.source)
     train_src, train_utts, tokenizers, buckets = train_input(cfg, roles, setup)
     eval_utts = load_scoring_split(source, cfg.data.eval_split)
 

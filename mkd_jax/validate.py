@@ -93,6 +93,7 @@ def _role_dims(role, where: str) -> dict:
             "encoder_layers": int(hf.get("encoder_layers", 0)),
             "decoder_layers": int(hf.get("decoder_layers", 0)),
             "max_target_positions": int(hf.get("max_target_positions", MAX_TARGET_POSITIONS)),
+            "max_source_positions": int(hf.get("max_source_positions", MAX_MEL_FRAMES // 2)),
         }
     return dict(role.init.to_dict())
 
@@ -201,10 +202,25 @@ def _check_data(cfg, dims) -> None:
             f"label the split first: python -m mkd_jax.pseudolabel --split {d.train_split} "
             f"--out {labels}",
         )
+    window = {
+        w: 2 * int(x.get("max_source_positions", MAX_MEL_FRAMES // 2)) for w, x in dims.items()
+    }
+    t = int(d.get("teacher_frames", 0) or 0)
+    for where, frames in window.items():
+        key = "data.teacher_frames" if where != "student" and t else "data.n_frames"
+        if (t if key == "data.teacher_frames" else n) > frames:
+            raise ConfigError(key, d[key.split(".")[1]], f"exceeds {where}'s {frames}-frame window")
     if "teacher_frames" in d:
         t = _int(cfg, "data.teacher_frames", 0, n)
         if t % 2:
             raise ConfigError("data.teacher_frames", t, "must be even (the encoder halves it)")
+        if 0 < t and t < 100 * hi and cfg.teachers:
+            raise ConfigError(
+                "data.teacher_frames", t,
+                f"the teachers would hear only the first {t / 100:g} s of utterances up to "
+                f"data.source.max_seconds={hi:g}",
+                f"set teacher_frames >= {int(100 * hi + 1) // 2 * 2} or 0 (the student's)",
+            )  # fmt: skip
         on_encoder = "encoder" in tuple(cfg.mappers.sides) or any(
             "encoder/" in str(e) for e in cfg.mappers.explicit
         )
@@ -238,6 +254,21 @@ def _check_data(cfg, dims) -> None:
     for key in ("train_split", "eval_split", "test_split"):
         if not d[key]:
             raise ConfigError(f"data.{key}", d[key], "must name a split")
+    if d.source.kind == "disk":
+        check_splits(cfg, d.source)
+
+
+def check_splits(cfg, source) -> None:
+    """The train, eval and test split names against a corpus folder's own list (its
+    `dataset_dict.json`), so a typo stops the run before any model loads, not after training.
+    Other sources (a synthetic corpus before it is built, LibriSpeech, the hub) pass."""
+    listing = Path(source.get("path") or "") / "dataset_dict.json"
+    if source.get("kind") != "disk" or not listing.is_file():
+        return
+    have = json.loads(listing.read_text()).get("splits", [])
+    for key in ("train_split", "eval_split", "test_split"):
+        if have and cfg.data[key] not in have:
+            raise ConfigError(f"data.{key}", cfg.data[key], f"{source['path']} has splits {have}")
 
 
 def _check_mesh(cfg) -> None:
@@ -297,6 +328,15 @@ def _check_mappers(cfg, dims) -> None:
     _int(cfg, "mappers.hidden", 0)
     if m.kind == "mlp" and m.hidden <= 0:
         raise ConfigError("mappers.hidden", m.hidden, "an mlp mapper needs a hidden width > 0")
+    if m.kind == "linear" and m.hidden:
+        raise ConfigError(
+            "mappers.hidden", m.hidden, "a linear mapper has no hidden layer", "set 0"
+        )
+    if m.strategy != "explicit" and tuple(m.explicit):
+        raise ConfigError(
+            "mappers.explicit", tuple(m.explicit), f"ignored by mappers.strategy={m.strategy!r}",
+            "set mappers.strategy='explicit' or drop the pairs",
+        )  # fmt: skip
     bad = [s for s in m.sides if s not in ("encoder", "decoder")]
     if bad or not m.sides:
         raise ConfigError("mappers.sides", tuple(m.sides), "choose from 'encoder', 'decoder'")
@@ -326,14 +366,39 @@ def _check_mappers(cfg, dims) -> None:
             )
 
 
-def _check_lora(cfg) -> None:
+def dense_kernels(dims: dict) -> list[str]:
+    """Every Dense kernel of a Whisper of these dims: what a LoRA target can match (LoRA wraps
+    Dense layers only; the convolutions and embeddings are not)."""
+    attn = ("q_proj", "k_proj", "v_proj", "out_proj")
+    out = [
+        f"encoder/layers_{i}/{k}/kernel" for i in range(dims["encoder_layers"]) for k in _KERNELS
+    ]
+    for i in range(dims["decoder_layers"]):
+        out += [
+            f"decoder/layers_{i}/{a}/{k}/kernel"
+            for a in ("self_attn", "encoder_attn")
+            for k in attn
+        ]
+        out += [f"decoder/layers_{i}/{k}/kernel" for k in ("fc1", "fc2")]
+    return out
+
+
+def _check_lora(cfg, dims) -> None:
     lo = cfg.lora
     targets = tuple(lo.targets)
+    kernels = dense_kernels(dims["student"])
     for t in targets:
         try:
             re.compile(t)
         except re.error as e:
             raise ConfigError("lora.targets", t, f"not a regex ({e})") from None
+        if not any(re.fullmatch(t, k) for k in kernels):
+            raise ConfigError(
+                "lora.targets", t, "matches no Dense kernel of the student",
+                f"LoRA wraps Dense kernels only, e.g. {kernels[0]}",
+            )  # fmt: skip
+    if not targets and (not cfg.teachers or cfg.mappers.weight == 0):
+        raise ConfigError("lora.targets", targets, "no LoRA target and no mapper: nothing trains")
     if targets:
         _int(cfg, "lora.rank", 1)
         _range("lora.alpha", _num(cfg, "lora.alpha"), 0.0, lo_open=True)
@@ -344,7 +409,7 @@ def _check_loss(cfg) -> None:
     ls = cfg.loss
     for key in ("w_ce", "w_kd"):
         _range(f"loss.{key}", _num(cfg, f"loss.{key}"), 0.0)
-    _range("loss.temperature", _num(cfg, "loss.temperature"), 0.0, lo_open=True)
+    _range("loss.temperature", _num(cfg, "loss.temperature"), 0.1, 100.0)
     _choice(cfg, "loss.ensemble", ENSEMBLES)
     _choice(cfg, "loss.kd_support", KD_SUPPORTS)
     weights = ls.ensemble_weights
@@ -364,7 +429,10 @@ def _check_loss(cfg) -> None:
                 f"needs exactly one weight per teacher {sorted(names)}",
             )
         values = [weights[n] for n in names]
-        if any(isinstance(v, bool) or not isinstance(v, int | float) or v < 0 for v in values):
+        if any(
+            isinstance(v, bool) or not isinstance(v, int | float) or not v >= 0 or math.isinf(v)
+            for v in values
+        ):
             raise ConfigError("loss.ensemble_weights", dict(weights), "weights must be >= 0")
         if sum(values) <= 0:
             raise ConfigError("loss.ensemble_weights", dict(weights), "weights must sum to > 0")
@@ -376,8 +444,9 @@ def _check_loss(cfg) -> None:
     lambdas = tuple(ls.lambdas)
     if ls.interpolate and (not lambdas or any(not 0.0 <= x <= 1.0 for x in lambdas)):
         raise ConfigError("loss.lambdas", lambdas, "need one or more values in [0, 1]")
-    w_map = cfg.mappers.weight if cfg.teachers else 0.0
-    if ls.w_ce == 0 and (not cfg.teachers or (ls.w_kd == 0 and w_map == 0)):
+    taught = any(t.weight > 0 for t in cfg.teachers.values())  # teachers of weight 0 teach nothing
+    w_map = cfg.mappers.weight if taught else 0.0
+    if ls.w_ce == 0 and (not taught or (ls.w_kd == 0 and w_map == 0)):
         raise ConfigError("loss.w_ce", ls.w_ce, "every loss weight is 0: nothing would train")
 
 
@@ -394,9 +463,18 @@ def _check_optim(cfg) -> None:
     acc = _int(cfg, "optim.accum_steps", 1)
     if total % acc:
         raise ConfigError("optim.accum_steps", acc, f"must divide total_steps={total}")
-    _int(cfg, "optim.max_nonfinite_steps", 0)
-    if o.warmup_steps >= total and total > 1:
-        raise ConfigError("optim.warmup_steps", o.warmup_steps, f"must be < total_steps={total}")
+    updates = total // acc
+    if updates < 2:
+        raise ConfigError(
+            "total_steps", total, f"gives {updates} optimizer update(s) with accum_steps={acc}",
+            "the schedule starts at LR 0, so train for at least 2 updates",
+        )  # fmt: skip
+    _int(cfg, "optim.max_nonfinite_steps", 0, total - 1)
+    if o.warmup_steps >= updates:
+        raise ConfigError(
+            "optim.warmup_steps", o.warmup_steps,
+            f"must be < the {updates} optimizer updates (total_steps={total} / accum_steps={acc})",
+        )  # fmt: skip
 
 
 def _check_cache(cfg, dims) -> None:
@@ -422,12 +500,18 @@ def _check_cache(cfg, dims) -> None:
 
 
 def _check_cadences(cfg, dims) -> None:
-    _int(cfg, "seed", 0)
+    _int(cfg, "seed", 0, 2**32 - 1)  # PRNGKey wraps larger seeds onto smaller ones
     _int(cfg, "log_every_steps", 1)
     _int(cfg, "ckpt.every_steps", 1)
     _int(cfg, "ckpt.max_to_keep", 1)
     _int(cfg, "eval.every_steps", 0)
     _int(cfg, "eval.max_batches", -1)
+    if cfg.eval.every_steps > 0 and cfg.eval.max_batches < 0:
+        raise ConfigError(
+            "eval.every_steps", cfg.eval.every_steps,
+            "asks for WER passes that eval.max_batches=-1 turns off",
+            "set eval.every_steps=0 or eval.max_batches >= 0",
+        )  # fmt: skip
     _int(cfg, "eval.beam_size", 1, 16)
     max_pos = dims["student"].get("max_target_positions", MAX_TARGET_POSITIONS)
     _int(cfg, "eval.max_new_tokens", 1, max_pos - 8)
@@ -468,10 +552,10 @@ def validate(cfg, shapes_only=()) -> None:
         if group not in cfg:
             raise ConfigError(group, None, "missing config group", "build configs on base_config()")
     _check_optim(cfg)
-    _check_lora(cfg)
     _check_loss(cfg)
     _check_mesh(cfg)
     dims = _check_roles(cfg, shapes_only)
+    _check_lora(cfg, dims)
     _check_data(cfg, dims)
     _check_mappers(cfg, dims)
     _check_cache(cfg, dims)

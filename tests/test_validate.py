@@ -27,13 +27,17 @@ BAD = [
     ("optim.lr", -1.0, "optim.lr", "> 0"),
     ("optim.lr", float("nan"), "optim.lr", "finite"),
     ("optim.mapper_lr", -1e-3, "optim.mapper_lr", ">= 0"),
-    ("optim.warmup_steps", 10, "optim.warmup_steps", "< total_steps"),
+    ("optim.warmup_steps", 10, "optim.warmup_steps", "optimizer updates"),
+    ("total_steps", 1, "total_steps", "1 optimizer update"),
     ("optim.b2", 1.0, "optim.b2", "< 1"),
     ("optim.clip_norm", 0.0, "optim.clip_norm", "> 0"),
     ("optim.accum_steps", 3, "optim.accum_steps", "divide total_steps"),
     ("optim.max_nonfinite_steps", -1, "optim.max_nonfinite_steps", ">= 0"),
-    ("loss.temperature", 0.0, "loss.temperature", "> 0"),
-    ("loss.temperature", -2.0, "loss.temperature", "> 0"),
+    ("optim.max_nonfinite_steps", 4, "optim.max_nonfinite_steps", "<= 3"),  # one step must update
+    ("loss.temperature", 0.0, "loss.temperature", ">= 0.1"),
+    ("loss.temperature", -2.0, "loss.temperature", ">= 0.1"),
+    ("loss.temperature", 1e-30, "loss.temperature", ">= 0.1"),  # KD exactly 0
+    ("loss.temperature", 1e20, "loss.temperature", "<= 100"),  # KD NaN
     ("loss.w_ce", -1.0, "loss.w_ce", ">= 0"),
     ("loss.w_kd", -0.5, "loss.w_kd", ">= 0"),
     ("loss.ensemble", "max", "loss.ensemble", "choose one of"),
@@ -43,6 +47,8 @@ BAD = [
     ("lora.rank", 0, "lora.rank", ">= 1"),
     ("lora.alpha", 0.0, "lora.alpha", "> 0"),
     ("lora.targets", ("decoder/(",), "lora.targets", "not a regex"),
+    ("lora.targets", ("encoder/conv1/kernel",), "lora.targets", "matches no Dense kernel"),
+    ("lora.targets", (r"decoder/layers_7/fc1/kernel",), "lora.targets", "matches no Dense"),
     ("mappers.loss", "l1", "mappers.loss", "choose one of"),
     ("mappers.strategy", "random", "mappers.strategy", "choose one of"),
     ("mappers.kind", "conv", "mappers.kind", "choose one of"),
@@ -64,6 +70,7 @@ BAD = [
     ("eval.beam_size", 0, "eval.beam_size", ">= 1"),
     ("eval.max_new_tokens", 1000, "eval.max_new_tokens", "<="),
     ("eval.max_batches", -2, "eval.max_batches", ">= -1"),
+    ("seed", 2**32, "seed", "<= 4294967295"),  # PRNGKey(2**32) == PRNGKey(0)
     ("eval.agreement_reference", 3, "eval.agreement_reference", "model name"),
     ("eval.agreement_reference", "/no/such/model", "eval.agreement_reference", "not a usable"),
     ("mesh", (("data", -1), ("data", 1)), "mesh", "repeat"),
@@ -117,9 +124,55 @@ def test_cross_field_rules():
     with pytest.raises(ConfigError, match="nothing would train"):
         validate(cfg)
 
+    cfg = tiny()  # teachers of weight 0 teach nothing, so CE 0 leaves nothing
+    cfg.loss.w_ce = 0.0
+    cfg.teachers.a.weight = cfg.teachers.b.weight = 0.0
+    with pytest.raises(ConfigError, match="nothing would train"):
+        validate(cfg)
+
+    cfg = tiny()
+    cfg.lora.targets, cfg.mappers.weight = (), 0.0
+    with pytest.raises(ConfigError, match="no LoRA target and no mapper"):
+        validate(cfg)
+
+    cfg = tiny()
+    cfg.loss.ensemble, cfg.loss.ensemble_weights = "weights", {"a": float("inf"), "b": 1.0}
+    with pytest.raises(ConfigError, match=">= 0"):
+        validate(cfg)
+
     cfg = tiny()
     cfg.mappers.kind, cfg.mappers.hidden = "mlp", 0
     with pytest.raises(ConfigError, match="hidden width"):
+        validate(cfg)
+    cfg.mappers.kind, cfg.mappers.hidden = "linear", 16
+    with pytest.raises(ConfigError, match="a linear mapper has no hidden layer"):
+        validate(cfg)
+
+    cfg = tiny()
+    cfg.mappers.explicit = ("decoder/layer_0:a:decoder/layer_1",)
+    with pytest.raises(ConfigError, match="mappers.explicit=.*ignored by mappers.strategy"):
+        validate(cfg)
+
+    cfg = tiny()
+    cfg.optim.accum_steps, cfg.optim.warmup_steps = 2, 2  # 2 updates: warmup never ends
+    with pytest.raises(ConfigError, match="optim.warmup_steps=2: must be < the 2 optimizer"):
+        validate(cfg)
+
+    cfg = tiny()
+    cfg.eval.every_steps, cfg.eval.max_batches = 1, -1
+    with pytest.raises(ConfigError, match="eval.every_steps=1: asks for WER passes"):
+        validate(cfg)
+
+    cfg = tiny()  # teachers hearing the first 2 s of clips up to max_seconds
+    cfg.data.teacher_frames = 200
+    with pytest.raises(ConfigError, match="would hear only the first 2 s"):
+        validate(cfg)
+    cfg.data.teacher_frames = 0
+    validate(cfg)
+
+    cfg = tiny()
+    cfg.student.init.max_source_positions = 100  # a 200-frame window
+    with pytest.raises(ConfigError, match="data.n_frames=.*exceeds student's 200-frame window"):
         validate(cfg)
 
     cfg = tiny()
@@ -194,3 +247,36 @@ def test_train_noise_kinds_are_the_augmenters():
         validate(cfg)
     cfg.data.train_noise.kinds = ("pink",)
     validate(cfg)
+
+
+def test_split_names_are_checked_against_the_corpus(tmp_path):
+    """A disk corpus lists its splits: a typo stops validation, not the end of training."""
+    (tmp_path / "dataset_dict.json").write_text('{"splits": ["train", "dev", "test"]}')
+    cfg = tiny()
+    cfg.data.source.kind, cfg.data.source.path = "disk", str(tmp_path)
+    validate(cfg)
+    for key, typo in (("train_split", "tran"), ("eval_split", "dve"), ("test_split", "nope")):
+        bad = tiny()
+        bad.data.source.kind, bad.data.source.path = "disk", str(tmp_path)
+        bad.data[key] = typo
+        with pytest.raises(ConfigError, match=rf"data.{key}='{typo}': .* has splits"):
+            validate(bad)
+
+
+@pytest.mark.parametrize(
+    "key,value,phrase",
+    [
+        ("data.batch_size", 4096, "more than the"),  # every batch would be padding
+        ("data.token_buckets", (16,), "fit no bucket"),  # a third of the clips dropped
+    ],
+)
+def test_training_on_a_silently_smaller_split_is_refused(tmp_path, key, value, phrase):
+    from mkd_jax import train
+
+    cfg = tiny()
+    _set(cfg, key, value)
+    validate(cfg)  # only the data can tell
+    with pytest.raises(ValueError, match=phrase) as e:
+        train.run(cfg, tmp_path / "w")
+    assert key in str(e.value)
+    assert not (tmp_path / "w" / "checkpoints").exists()

@@ -433,7 +433,9 @@ def _check_loss(cfg) -> None:
             isinstance(v, bool) or not isinstance(v, int | float) or not v >= 0 or math.isinf(v)
             for v in values
         ):
-            raise ConfigError("loss.ensemble_weights", dict(weights), "weights must be >= 0")
+            raise ConfigError(
+                "loss.ensemble_weights", dict(weights), "weights must be finite and >= 0"
+            )
         if sum(values) <= 0:
             raise ConfigError("loss.ensemble_weights", dict(weights), "weights must sum to > 0")
     elif len(weights):
@@ -444,9 +446,10 @@ def _check_loss(cfg) -> None:
     lambdas = tuple(ls.lambdas)
     if ls.interpolate and (not lambdas or any(not 0.0 <= x <= 1.0 for x in lambdas)):
         raise ConfigError("loss.lambdas", lambdas, "need one or more values in [0, 1]")
-    taught = any(t.weight > 0 for t in cfg.teachers.values())  # teachers of weight 0 teach nothing
-    w_map = cfg.mappers.weight if taught else 0.0
-    if ls.w_ce == 0 and (not taught or (ls.w_kd == 0 and w_map == 0)):
+    # A teacher's `weight` scales its mapper losses (KD follows loss.ensemble): at 0 they vanish.
+    mapped = any(t.weight > 0 for t in cfg.teachers.values())
+    w_map = cfg.mappers.weight if mapped else 0.0
+    if ls.w_ce == 0 and (not cfg.teachers or (ls.w_kd == 0 and w_map == 0)):
         raise ConfigError("loss.w_ce", ls.w_ce, "every loss weight is 0: nothing would train")
 
 
@@ -552,9 +555,9 @@ def validate(cfg, shapes_only=()) -> None:
         if group not in cfg:
             raise ConfigError(group, None, "missing config group", "build configs on base_config()")
     _check_optim(cfg)
-    _check_loss(cfg)
     _check_mesh(cfg)
-    dims = _check_roles(cfg, shapes_only)
+    dims = _check_roles(cfg, shapes_only)  # teacher weights are numbers from here on
+    _check_loss(cfg)
     _check_lora(cfg, dims)
     _check_data(cfg, dims)
     _check_mappers(cfg, dims)

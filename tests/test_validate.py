@@ -124,8 +124,8 @@ def test_cross_field_rules():
     with pytest.raises(ConfigError, match="nothing would train"):
         validate(cfg)
 
-    cfg = tiny()  # teachers of weight 0 teach nothing, so CE 0 leaves nothing
-    cfg.loss.w_ce = 0.0
+    cfg = tiny()  # a teacher's weight scales its mapper losses: at 0 and without KD, nothing
+    cfg.loss.w_ce = cfg.loss.w_kd = 0.0
     cfg.teachers.a.weight = cfg.teachers.b.weight = 0.0
     with pytest.raises(ConfigError, match="nothing would train"):
         validate(cfg)

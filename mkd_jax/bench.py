@@ -372,7 +372,8 @@ def main(argv):
         "attention",
     )
     if len(argv) != 2 or argv[1] not in kinds:
-        raise app.UsageError(f"usage: python -m mkd_jax.bench {'|'.join(kinds)} [flags]")
+        got = f"{' '.join(argv[1:])!r} is not one benchmark; " if len(argv) > 1 else ""
+        raise app.UsageError(f"{got}usage: python -m mkd_jax.bench {'|'.join(kinds)} [flags]")
     if argv[1] == "distill":
         from mkd_jax.bench_distill import bench_distill
 

@@ -602,6 +602,8 @@ def parse_source(spec: str) -> dict:
     kind, _, path = spec.partition(":")
     if kind not in loaders.KINDS or not path:
         raise app.UsageError(f"--source={spec!r}: use KIND:PATH with KIND in {loaders.KINDS}")
+    if kind == "hf":  # a hub dataset is named, not found at a path: hf:NAME
+        return {"kind": kind, "name": path}
     return {"kind": kind, "path": path}
 
 
@@ -638,6 +640,8 @@ def _check_flags() -> None:
     the ensemble weights, the output folder."""
     from mkd_jax.assets import resolve_model
 
+    if not 0.0 <= FLAGS.max_bad_fraction <= 1.0:
+        raise ValueError(f"--max_bad_fraction={FLAGS.max_bad_fraction}: must be in [0, 1]")
     for w in FLAGS.ensemble_weights:
         try:
             float(w)

@@ -163,6 +163,8 @@ def main(argv):
     if FLAGS.format in ("srt", "vtt") and not FLAGS.output_dir:
         raise app.UsageError(f"--format={FLAGS.format} writes one file per input: add --output_dir")
     check_inputs(paths, FLAGS.output_dir)
+    if not FLAGS.max_seconds > 0 or FLAGS.max_seconds == float("inf"):
+        raise ValueError(f"--max_seconds={FLAGS.max_seconds}: must be a positive number of seconds")
     for stream in (sys.stdout, sys.stderr):  # a transcript in an ASCII-only locale still prints
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")

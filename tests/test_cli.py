@@ -67,6 +67,17 @@ def cases(d):
         (["mkd_jax.demo", f"--workdir={out_file}"], 2, ["is a file, not a folder"]),
         (["mkd_jax.export", f"--workdir={d}/no_run", f"--out={out_file}"], 2,
          ["--out", "is a file, not a folder"]),
+        (["mkd_jax.evaluate", "--source=disk:/no/such", "--max_bad_fraction=-1"], 2,
+         ["--max_bad_fraction=-1.0"]),
+        (["mkd_jax.transcribe", "--max_seconds=0", str(out_file)], 2, ["--max_seconds=0.0"]),
+        # the corpus builder checks its values before it plans or writes anything
+        (["mkd_jax.corpus.synth", f"--out={d}/c1", "--hours=0"], 2, ["--hours 0.0"]),
+        (["mkd_jax.corpus.synth", f"--out={d}/c2", "--hours=1", "--fractions=nan,0,0"], 2,
+         ["--fractions 'nan,0,0'"]),
+        (["mkd_jax.corpus.synth", f"--out={d}/c3", "--hours=1", "--shard-size=0"], 2,
+         ["--shard-size 0"]),
+        (["mkd_jax.corpus.synth", f"--out={out_file}", "--hours=1"], 2, ["is a file"]),
+        (["mkd_jax.corpus.synth", f"--out={d}", "--hours=1"], 2, ["no plan.json"]),
     ]  # fmt: skip
 
 
@@ -80,6 +91,7 @@ def test_each_mistake_gets_one_line_and_an_exit_code(bad_configs):
             assert phrase in errors[0], (argv, errors[0])
         assert len(p.stderr.splitlines()) <= 4, (argv, p.stderr)  # no usage dump
     assert not (bad_configs / "w").exists()  # nothing written for a refused config
+    assert not any((bad_configs / c).exists() for c in ("c1", "c2", "c3"))
 
 
 def test_verbose_keeps_the_traceback(bad_configs):
@@ -174,3 +186,15 @@ def test_group_by_a_missing_column_stops_before_decoding(tmp_path, tiny_librispe
     assert p.returncode == 2 and len(errors) == 1, p.stderr[-2000:]
     assert "--group_by speakr: the split has no such column" in errors[0]
     assert "Traceback" not in p.stderr
+
+
+def test_a_manifest_that_is_not_utf8_or_not_objects_is_named(tmp_path):
+    from mkd_jax.data import loaders
+
+    src = {"kind": "manifest", "path": str(tmp_path)}
+    (tmp_path / "test.jsonl").write_bytes(b'{"path": "a.wav", "text": "ok"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=r"test.jsonl:2: not UTF-8"):
+        loaders.load_split(src, "test")
+    (tmp_path / "test.jsonl").write_text('{"path": "a.wav", "text": "ok"}\n["a.wav", "ok"]\n')
+    with pytest.raises(ValueError, match=r"test.jsonl:2: a list, not a JSON object"):
+        loaders.load_split(src, "test")

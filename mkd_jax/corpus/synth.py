@@ -37,6 +37,7 @@ import argparse
 import hashlib
 import io
 import json
+import math
 import multiprocessing as mp
 import os
 import random
@@ -618,13 +619,58 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=0, help="0: one per CPU core")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime threads per worker")
     p.add_argument("--max-shards", type=int, default=None, help="stop after N new shards")
+    p.add_argument("--verbose", action="store_true", help="show the traceback of an error")
     args = p.parse_args(argv)
+    try:
+        _run(args)
+    except (ValueError, OSError) as e:  # one line, as every mkd_jax command ends on bad input
+        if args.verbose:
+            raise
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(2)
+
+
+def check_args(args) -> tuple[float, float, float]:
+    """The command line's values, checked before anything is planned or written; returns the
+    split fractions."""
     try:
         fractions = tuple(float(f) for f in args.fractions.split(","))
     except ValueError:
-        p.error(f"--fractions {args.fractions!r}: expected three numbers like 0.8,0.1,0.1")
-    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6:
-        p.error(f"--fractions {args.fractions!r}: expected three shares summing to 1")
+        raise ValueError(
+            f"--fractions {args.fractions!r}: expected three numbers like 0.8,0.1,0.1"
+        ) from None
+    if (
+        len(fractions) != 3
+        or not all(math.isfinite(f) and f > 0 for f in fractions)
+        or abs(sum(fractions) - 1) > 1e-6
+    ):
+        raise ValueError(
+            f"--fractions {args.fractions!r}: expected three positive shares summing to 1"
+        )
+    if not (math.isfinite(args.hours) and args.hours > 0):
+        raise ValueError(f"--hours {args.hours}: must be a positive number of hours")
+    if not (math.isfinite(args.test_seen_fraction) and 0 <= args.test_seen_fraction < 1):
+        raise ValueError(f"--test-seen-fraction {args.test_seen_fraction}: must be in [0, 1)")
+    for flag, value, lo in (
+        ("--shard-size", args.shard_size, 1), ("--blends", args.blends, 0),
+        ("--ood-utterances", args.ood_utterances, 0), ("--workers", args.workers, 0),
+        ("--threads", args.threads, 1),
+    ):  # fmt: skip
+        if value < lo:
+            raise ValueError(f"{flag} {value}: must be >= {lo}")
+    out = args.out
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "plan.json").is_file():
+        raise ValueError(
+            f"--out {out}: holds other files and no plan.json, so it is not a corpus to resume; "
+            "name an empty or new folder"
+        )
+    return fractions
+
+
+def _run(args) -> None:
+    fractions = check_args(args)
     cfg = Config(
         hours=args.hours,
         seed=args.seed,

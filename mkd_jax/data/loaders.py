@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -417,23 +418,29 @@ def _manifest(cfg: dict, split: str) -> tuple[str, _Candidates]:
     file = _manifest_file(cfg, split)
     if not file.is_file():
         raise FileNotFoundError(f"manifest {file} does not exist")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = file.read_bytes()[: e.start].count(b"\n") + 1
+        raise ValueError(f"{file}:{line}: not UTF-8 ({e.reason} at byte {e.start})") from None
     if file.suffix == ".csv":
-        with file.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            header = reader.fieldnames or []
-            rows = list(reader)
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        header = reader.fieldnames or []
+        rows = list(reader)
         if cfg["text_column"] not in header or not {"path", "audio_filepath"} & set(header):
             raise ValueError(
                 f"{file}: CSV header needs 'path' and {cfg['text_column']!r}, got {header}"
             )
     else:
         rows = []
-        for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        for n, line in enumerate(text.splitlines(), start=1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{file}:{n}: not valid JSON ({e})") from e
+                if not isinstance(rows[-1], dict):
+                    raise ValueError(f"{file}:{n}: a {type(rows[-1]).__name__}, not a JSON object")
     paths, ids, extras = [], [], {}
     for n, row in enumerate(rows, start=1):
         p = row.get("path", row.get("audio_filepath"))

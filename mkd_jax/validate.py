@@ -202,14 +202,12 @@ def _check_data(cfg, dims) -> None:
             f"label the split first: python -m mkd_jax.pseudolabel --split {d.train_split} "
             f"--out {labels}",
         )
-    window = {
-        w: 2 * int(x.get("max_source_positions", MAX_MEL_FRAMES // 2)) for w, x in dims.items()
-    }
     t = int(d.get("teacher_frames", 0) or 0)
-    for where, frames in window.items():
-        key = "data.teacher_frames" if where != "student" and t else "data.n_frames"
-        if (t if key == "data.teacher_frames" else n) > frames:
-            raise ConfigError(key, d[key.split(".")[1]], f"exceeds {where}'s {frames}-frame window")
+    for where, x in dims.items():  # each role's context must fit its encoder
+        key, value = ("teacher_frames", t) if where != "student" and t else ("n_frames", n)
+        frames = 2 * int(x.get("max_source_positions", MAX_MEL_FRAMES // 2))
+        if value > frames:
+            raise ConfigError(f"data.{key}", value, f"exceeds {where}'s {frames}-frame window")
     if "teacher_frames" in d:
         t = _int(cfg, "data.teacher_frames", 0, n)
         if t % 2:

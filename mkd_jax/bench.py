@@ -361,6 +361,23 @@ def bench_features():
         )
 
 
+def check_flags(kind: str) -> None:
+    """Counts and model names, before a model loads or a clip is synthesised."""
+    from mkd_jax.assets import resolve_model
+
+    for name in ("clips", "max_new_tokens", "rounds", "distill_batch"):
+        cli.positive_ints(name, [FLAGS[name].value])
+    if not FLAGS.minutes > 0:
+        raise ValueError(f"--minutes={FLAGS.minutes}: must be > 0")
+    if kind == "decode":
+        for b in cli.positive_ints("batch_sizes", FLAGS.batch_sizes):
+            if FLAGS.clips % b:  # a ragged last batch would compile inside the timed rounds
+                raise ValueError(f"--clips={FLAGS.clips}: not a multiple of --batch_sizes {b}")
+    if kind in ("decode", "eval_reuse", "longform"):
+        for name in FLAGS.models:
+            resolve_model(name)  # raises naming it
+
+
 def main(argv):
     kinds = (
         "decode",
@@ -374,6 +391,7 @@ def main(argv):
     if len(argv) != 2 or argv[1] not in kinds:
         got = f"{' '.join(argv[1:])!r} is not one benchmark; " if len(argv) > 1 else ""
         raise app.UsageError(f"{got}usage: python -m mkd_jax.bench {'|'.join(kinds)} [flags]")
+    check_flags(argv[1])
     if argv[1] == "distill":
         from mkd_jax.bench_distill import bench_distill
 

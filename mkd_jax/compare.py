@@ -44,22 +44,33 @@ def side(specs: list[str], splits: list[str]) -> dict[str, dict]:
         raise ValueError(f"{where}: {e}") from e
 
 
-def row(name: str, a: dict, b: dict, n_resamples: int) -> str:
-    from mkd_jax.evaluate import compare
-    from mkd_jax.report import format_change
+def check_pair(name: str, a: dict, b: dict) -> None:
+    """Raises ValueError unless `a` and `b` can be paired: one reference, the same utterances."""
+    from mkd_jax.evaluate import paired_counts
 
     if a["reference"] != b["reference"]:
         raise ValueError(
             f"{name}: a scored against {a['reference']}'s transcripts, b against {b['reference']}'s"
         )
+    try:
+        *_, only_a, only_b = paired_counts(a, b)
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from e
+    if only_a or only_b:
+        raise ValueError(
+            f"{name}: a and b scored different utterances ({only_a} only in a, "
+            f"{only_b} only in b); compare systems on the same whole split"
+        )
+
+
+def row(name: str, a: dict, b: dict, n_resamples: int) -> str:
+    from mkd_jax.evaluate import compare
+    from mkd_jax.report import format_change
+
+    check_pair(name, a, b)
     if a["reference"]:
         name += f" (vs {a['reference']}'s transcripts)"
     c = compare(a, b, n_resamples=n_resamples)
-    if c["n_only_a"] or c["n_only_b"]:
-        raise ValueError(
-            f"{name}: a and b scored different utterances ({c['n_only_a']} only in a, "
-            f"{c['n_only_b']} only in b); compare systems on the same whole split"
-        )
 
     def cell(r):
         return f"{r['wer']:.2f} [{min(r['wers']):.2f}, {max(r['wers']):.2f}]"
@@ -82,10 +93,11 @@ def table(
         "b: WER % seed mean [min, max] | b - a, points (95% CI) | utterances better / worse |",
         "|---|---|---|---|---|---|",
     ]
-    for group in groups:
-        lines.append(
-            row(" + ".join(group), side(specs_a, group), side(specs_b, group), n_resamples)
-        )
+    # Every run is read and every pair checked before the first bootstrap runs.
+    pairs = [(" + ".join(g), side(specs_a, g), side(specs_b, g)) for g in groups]
+    for name, a, b in pairs:
+        check_pair(name, a, b)
+    lines += [row(name, a, b, n_resamples) for name, a, b in pairs]
     lines += [
         "",
         "Seed mean: each utterance's word errors averaged over a system's runs. CI: paired "

@@ -134,7 +134,15 @@ def _start(model: Whisper, params, x, spec: DecodeSpec, copies: int, encoded: bo
     prompt = jnp.broadcast_to(jnp.asarray(spec.prompt, jnp.int32), (rows, len(spec.prompt)))
     cache = model.init_cache(rows, len(spec.prompt) + spec.max_new_tokens)
     logits, cache = model.apply(variables, prompt, cross, cache, 0, method=Whisper.decode_step)
-    return cross, cache, logits[:, -1]
+    return cross, cache, logits[:, -1], logits[:, 0]
+
+
+def no_speech_prob(first_logits, spec: DecodeSpec) -> jax.Array:
+    """Probability of the no-speech token right after <|startoftranscript|> (the prompt's first
+    position), Whisper's measure of a window without speech; its id is just before
+    <|notimestamps|>. `first_logits` [R, V]."""
+    probs = jax.nn.softmax(first_logits.astype(jnp.float32), axis=-1)
+    return probs[:, spec.no_timestamps - 1]
 
 
 def timestamp_rules(logits, tokens, step, spec: DecodeSpec):
@@ -182,29 +190,47 @@ def _masked_logprobs(logits, step, spec: DecodeSpec, vocab: int, tokens=None):
     return jax.nn.log_softmax(logits, axis=-1)
 
 
-def greedy(params, mel, *, model: Whisper, spec: DecodeSpec, encoded: bool = False) -> jax.Array:
+def greedy(
+    params, mel, *, model: Whisper, spec: DecodeSpec, encoded: bool = False, scores: bool = False
+):
     """Greedy decoding of log-mel `mel` (with `encoded`: of the encoder's output). Returns new
-    tokens [B, max_new_tokens], padded with EOT after EOT."""
-    cross, cache, last = _start(model, params, mel, spec, 1, encoded)
+    tokens [B, max_new_tokens], padded with EOT after EOT; with `scores`, `(tokens, no_speech,
+    avg_logprob)`: `no_speech_prob` and the mean log-probability (after the suppress and timestamp
+    rules) of the chosen tokens up to and including the first EOT."""
+    cross, cache, last, first = _start(model, params, mel, spec, 1, encoded)
     rows, p = mel.shape[0], len(spec.prompt)
     tokens = jnp.full((rows, spec.max_new_tokens), spec.eot, jnp.int32)
 
     def cond(state):
-        i, _, _, _, done = state
+        i, _, _, _, done, _ = state
         return (i < spec.max_new_tokens) & ~jnp.all(done)
 
     def body(state):
-        i, last, cache, tokens, done = state
-        tok = jnp.argmax(_masked_logprobs(last, i, spec, model.vocab_size, tokens), axis=-1)
+        i, last, cache, tokens, done, sum_lp = state
+        logp = _masked_logprobs(last, i, spec, model.vocab_size, tokens)
+        tok = jnp.argmax(logp, axis=-1)
+        chosen = jnp.take_along_axis(logp, tok[:, None], axis=1)[:, 0]
+        sum_lp = sum_lp + jnp.where(done, 0.0, chosen)
         tok = jnp.where(done, spec.eot, tok).astype(jnp.int32)
         tokens = tokens.at[:, i].set(tok)
         logits, cache = model.apply(
             {"params": params}, tok[:, None], cross, cache, p + i, method=Whisper.decode_step
         )
-        return i + 1, logits[:, 0], cache, tokens, done | (tok == spec.eot)
+        return i + 1, logits[:, 0], cache, tokens, done | (tok == spec.eot), sum_lp
 
-    state = (jnp.int32(0), last, cache, tokens, jnp.zeros((rows,), bool))
-    return jax.lax.while_loop(cond, body, state)[3]
+    zeros = jnp.zeros((rows,), jnp.float32)
+    state = (jnp.int32(0), last, cache, tokens, jnp.zeros((rows,), bool), zeros)
+    tokens, sum_lp = (lambda s: (s[3], s[5]))(jax.lax.while_loop(cond, body, state))
+    if not scores:
+        return tokens
+    return tokens, no_speech_prob(first, spec), sum_lp / _generated_len(tokens, spec.eot)
+
+
+def _generated_len(tokens, eot: int) -> jax.Array:
+    """Tokens up to and including the first EOT (all of them where none ended), as float."""
+    is_eot = tokens == eot
+    first = jnp.where(is_eot.any(axis=1), jnp.argmax(is_eot, axis=1) + 1, tokens.shape[1])
+    return first.astype(jnp.float32)
 
 
 def _beam_core(b: int, spec: DecodeSpec, vocab: int, last, caches, logprobs, extend):
@@ -273,16 +299,18 @@ def _beam_core(b: int, spec: DecodeSpec, vocab: int, last, caches, logprobs, ext
     pool_score = jnp.concatenate([fin_score, live_score], axis=1)
     pool_seqs = jnp.concatenate([fin_seqs, seqs], axis=1)
     best = jnp.argmax(pool_score, axis=1)
-    return jnp.take_along_axis(pool_seqs, best[:, None, None], axis=1)[:, 0]
+    seqs = jnp.take_along_axis(pool_seqs, best[:, None, None], axis=1)[:, 0]
+    return seqs, jnp.take_along_axis(pool_score, best[:, None], axis=1)[:, 0]
 
 
 def beam_search(
-    params, mel, *, model: Whisper, spec: DecodeSpec, encoded: bool = False
-) -> jax.Array:
+    params, mel, *, model: Whisper, spec: DecodeSpec, encoded: bool = False, scores: bool = False
+):
     """Beam search with `spec.beam_size` beams (`_beam_core`), from log-mel or (`encoded`) the
-    encoder's output. Returns the best hypothesis [B, max_new_tokens]."""
+    encoder's output. Returns the best hypothesis [B, max_new_tokens]; with `scores`, also
+    `no_speech_prob` and its mean log-probability per token, EOT included (as `greedy`)."""
     p, v = len(spec.prompt), model.vocab_size
-    cross, cache, last = _start(model, params, mel, spec, spec.beam_size, encoded)
+    cross, cache, last, first = _start(model, params, mel, spec, spec.beam_size, encoded)
 
     def logprobs(last, i, tokens):
         return _masked_logprobs(last, i, spec, v, tokens)
@@ -293,7 +321,12 @@ def beam_search(
         )
         return logits[:, 0], cache
 
-    return _beam_core(mel.shape[0], spec, v, last, cache, logprobs, extend)
+    seqs, score = _beam_core(mel.shape[0], spec, v, last, cache, logprobs, extend)
+    if not scores:
+        return seqs
+    length = _generated_len(seqs, spec.eot)
+    avg = score * length**spec.length_penalty / length  # the score is sum / length ** penalty
+    return seqs, no_speech_prob(first[:: spec.beam_size], spec), avg
 
 
 @functools.lru_cache(maxsize=8)
@@ -303,9 +336,10 @@ def make_encode_fn(model: Whisper):
 
 
 @functools.lru_cache(maxsize=64)
-def make_generate_fn(model: Whisper, spec: DecodeSpec, encoded: bool = False):
+def make_generate_fn(model: Whisper, spec: DecodeSpec, encoded: bool = False, scores=False):
     """A jitted `fn(params, mel) -> tokens [B, max_new_tokens]` for the spec's beam size; with
-    `encoded`, `fn(params, enc)` decodes from the encoder's output (`make_encode_fn`).
+    `encoded`, `fn(params, enc)` decodes from the encoder's output (`make_encode_fn`); with
+    `scores`, it returns `(tokens, no_speech_prob [B], avg_logprob [B])` (see `greedy`).
 
     One function per (model, spec) for the whole process: every WER pass of a run (before,
     during and after training, every split) reuses its traces instead of re-tracing.
@@ -315,8 +349,10 @@ def make_generate_fn(model: Whisper, spec: DecodeSpec, encoded: bool = False):
             f"prompt ({len(spec.prompt)}) + max_new_tokens ({spec.max_new_tokens}) exceeds the "
             f"decoder's {model.max_target_positions} positions"
         )
+    if scores and spec.no_timestamps < 0:
+        raise ValueError("scores need the no-speech id: build the spec with spec_from_folder")
     step = greedy if spec.beam_size == 1 else beam_search
-    return jax.jit(functools.partial(step, model=model, spec=spec, encoded=encoded))
+    return jax.jit(functools.partial(step, model=model, spec=spec, encoded=encoded, scores=scores))
 
 
 # ----- ensemble decoding across tokenizers -----
@@ -475,7 +511,7 @@ def ensemble_beam(
         return jnp.where(mean >= 0, jnp.log(jnp.maximum(mean, 1e-30)), NEG_INF)
 
     vocab = len(index[0])
-    return _beam_core(mels[0].shape[0], specs[0], vocab, lasts, caches, logprobs, extend)
+    return _beam_core(mels[0].shape[0], specs[0], vocab, lasts, caches, logprobs, extend)[0]
 
 
 def _ensemble_weights(weights, k: int) -> np.ndarray:

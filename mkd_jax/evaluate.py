@@ -607,6 +607,22 @@ def parse_source(spec: str) -> dict:
     return {"kind": kind, "path": path}
 
 
+def split_of(source: dict, split: str, given: bool) -> str:
+    """The split scored: `split` (`--split`; `given` when the user set it), except for a manifest
+    that is one file (no `{split}` in its path, not a folder), which holds one split and is named
+    by its file. Raises UsageError where `--split` asks that file for another split."""
+    path = source.get("path", "")
+    if source["kind"] != "manifest" or "{split}" in path or Path(path).is_dir():
+        return split
+    name = Path(path).stem
+    if given and split != name:
+        raise app.UsageError(
+            f"--split={split}: manifest {path} is one file, not a set of splits; drop --split, "
+            "or give a folder of SPLIT.csv / SPLIT.jsonl files or a path with {split}"
+        )
+    return name
+
+
 def _decode_kwargs(n_frames: int, desc: str, reuse_encoder: bool) -> dict:
     return dict(
         batch_size=FLAGS.batch_size,
@@ -812,10 +828,11 @@ def main(argv):
         source = resolve_source(restored[0].data.source)
     else:
         raise app.UsageError("--source is required without --workdir")
+    split = split_of(source, FLAGS.split, FLAGS["split"].present)
     # Score the whole split; bad inputs are reported and capped.
     # With --reference the split's own transcripts are not needed (real recordings have none).
     src = dict(source, require_text=False) if FLAGS.reference else source
-    utts = load_scoring_split(src, FLAGS.split, max_bad_fraction=FLAGS.max_bad_fraction)
+    utts = load_scoring_split(src, split, max_bad_fraction=FLAGS.max_bad_fraction)
     missing = [c for c in FLAGS.group_by or () if c not in utts.extras]
     if missing:
         raise ValueError(
@@ -823,7 +840,7 @@ def main(argv):
             f"(have: {', '.join(sorted(utts.extras)) or 'none'})"
         )
     systems = _systems(restored)
-    ref = _reference(utts, FLAGS.split) if FLAGS.reference else None
+    ref = _reference(utts, split) if FLAGS.reference else None
     results, hypotheses = {}, {}
     for name, run in systems:
         tr = run(utts)
@@ -845,7 +862,7 @@ def main(argv):
         for name, _ in systems[1:]
     ]
     title = (
-        f"[{FLAGS.split}] of {source.get('path') or source.get('name')}; "
+        f"[{split}] of {source.get('path') or source.get('name')}; "
         f"normaliser: Whisper EnglishTextNormalizer; loader: {utts.report.summary()}"
     )
     if ref is not None:
@@ -857,7 +874,7 @@ def main(argv):
     print(format_systems(results, comparisons, title))
     if FLAGS.output:
         out = {
-            "split": FLAGS.split,
+            "split": split,
             "source": source,
             "loader": utts.report.summary(),
             "systems": results,

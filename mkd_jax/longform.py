@@ -173,7 +173,7 @@ def sequential(
                     on_progress(advance * FRAME_S)
 
 
-def _frame_db(x: np.ndarray) -> np.ndarray:
+def frame_db(x: np.ndarray) -> np.ndarray:
     """RMS level in dB of consecutive 20 ms frames."""
     n = 320
     frames = x[: len(x) // n * n].reshape(-1, n).astype(np.float64)
@@ -181,19 +181,19 @@ def _frame_db(x: np.ndarray) -> np.ndarray:
 
 
 def _loud_level(clip: np.ndarray) -> float:
-    db = _frame_db(clip)
+    db = frame_db(clip)
     return float(np.percentile(db, 95)) if db.size else -120.0
 
 
 def has_speech(x: np.ndarray, loud_db: float) -> bool:
     """At least `SPEECH_MIN_S` of 20 ms frames within `SPEECH_DB` of `loud_db`."""
-    db = _frame_db(x)
+    db = frame_db(x)
     return bool(np.sum(db > loud_db - SPEECH_DB) * 0.02 >= SPEECH_MIN_S)
 
 
 def _pause_after(x: np.ndarray, loud_db: float, after_s: float) -> float | None:
     """Start (s) of the first pause of at least `PAUSE_MIN_S` in `x` after `after_s`, or None."""
-    quiet = _frame_db(x) <= loud_db - SPEECH_DB
+    quiet = frame_db(x) <= loud_db - SPEECH_DB
     need = round(PAUSE_MIN_S / 0.02)
     for i in range(round(after_s / 0.02), len(quiet) - need + 1):
         if quiet[i : i + need].all():

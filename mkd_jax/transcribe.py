@@ -19,6 +19,11 @@ line on stderr and is skipped; the other files are all transcribed. The run ends
 `N transcribed, M failed` on stderr and exits 1 if any file failed. Names are shown with
 undecodable bytes as `\\xNN` and control characters escaped (`audio.display_name`), so any file
 name prints on one line.
+
+A window Whisper finds without speech gives no text (`transcriber.NoSpeechGate`: no-speech
+probability above `--no_speech_threshold` with a mean token log-probability below -1, or audio
+that never rises above -60 dBFS), so silence is not transcribed as "you";
+`--no_speech_threshold=1` turns the gate off.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from absl import app, flags
 from mkd_jax import cli, longform, subtitles
 from mkd_jax.data.audio import MAX_SECONDS, AudioError, display_name, read_audio
 from mkd_jax.decode import MATMUL_DTYPES
-from mkd_jax.transcriber import STRATEGIES, Transcriber
+from mkd_jax.transcriber import STRATEGIES, NoSpeechGate, Transcriber
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -55,6 +60,9 @@ flags.DEFINE_float("stride_s", 5.0, "Chunked mode: overlap on each side of a win
 flags.DEFINE_enum("matmul_dtype", "float32", list(MATMUL_DTYPES),
                   "Matmul operands: bfloat16 (float32 sums) decodes ~1.3x faster on a CPU with "
                   "AVX512-BF16, slower without it.")  # fmt: skip
+flags.DEFINE_float("no_speech_threshold", 0.6,
+                   "Windows whose no-speech probability is above this (and that Whisper is unsure "
+                   "of, or that are silent) give no text; 1 turns this off.")  # fmt: skip
 flags.DEFINE_enum("format", "txt", subtitles.FORMATS, "Output format.")
 flags.DEFINE_string("output_dir", "", "Write <stem>.<format> per file here instead of stdout.")
 
@@ -165,6 +173,8 @@ def main(argv):
     check_inputs(paths, FLAGS.output_dir)
     if not FLAGS.max_seconds > 0 or FLAGS.max_seconds == float("inf"):
         raise ValueError(f"--max_seconds={FLAGS.max_seconds}: must be a positive number of seconds")
+    if not 0 <= FLAGS.no_speech_threshold <= 1:
+        raise ValueError(f"--no_speech_threshold={FLAGS.no_speech_threshold}: must be in [0, 1]")
     for stream in (sys.stdout, sys.stderr):  # a transcript in an ASCII-only locale still prints
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
@@ -178,6 +188,7 @@ def main(argv):
         chunk_s=FLAGS.chunk_s,
         stride_s=FLAGS.stride_s,
         matmul_dtype=FLAGS.matmul_dtype,
+        gate=NoSpeechGate(FLAGS.no_speech_threshold) if FLAGS.no_speech_threshold < 1 else None,
     )
     done, failed = transcribe_files(
         audio_paths(paths),

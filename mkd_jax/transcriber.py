@@ -35,10 +35,33 @@ def timestamp_spec(spec: decode.DecodeSpec) -> decode.DecodeSpec:
     )
 
 
-def window_decoder(model, params, spec: decode.DecodeSpec, batch_size: int):
+@dataclasses.dataclass(frozen=True)
+class NoSpeechGate:
+    """Whisper's test for a window without speech: its no-speech probability
+    (`decode.no_speech_prob`) above `threshold`, and either the decoded tokens' mean
+    log-probability below `logprob_threshold` (openai-whisper's and transformers' defaults) or
+    audio that never rises above `quiet_db` dBFS (20 ms RMS). The second arm is there because
+    Whisper writes "you" on digital silence with confidence (mean log-probability -0.4, no-speech
+    probability 0.95 for tiny.en), which the standard rule lets through."""
+
+    threshold: float = 0.6
+    logprob_threshold: float = -1.0
+    quiet_db: float = -60.0
+
+    def silent(self, window: np.ndarray, no_speech: float, avg_logprob: float) -> bool:
+        if no_speech <= self.threshold:
+            return False
+        loudest = float(longform.frame_db(window).max(initial=-120.0))
+        return avg_logprob < self.logprob_threshold or loudest < self.quiet_db
+
+
+def window_decoder(
+    model, params, spec: decode.DecodeSpec, batch_size: int, gate: NoSpeechGate | None = None
+):
     """`decode_windows(windows) -> token rows` (see `longform`): windows of at most 30 s decoded
-    in batches of `batch_size` (the last one padded, so one program serves all)."""
-    generate = decode.make_generate_fn(model, spec)
+    in batches of `batch_size` (the last one padded, so one program serves all). With `gate`, a
+    window it finds silent gives no tokens."""
+    generate = decode.make_generate_fn(model, spec, scores=gate is not None)
 
     def decode_windows(windows: list[np.ndarray]) -> list[list[int]]:
         out = []
@@ -46,7 +69,13 @@ def window_decoder(model, params, spec: decode.DecodeSpec, batch_size: int):
             batch = [w if len(w) else np.zeros(1, np.float32) for w in windows[b : b + batch_size]]
             pad = [np.zeros(1, np.float32)] * (batch_size - len(batch))
             mel = features.log_mel(batch + pad, n_mels=model.num_mel_bins)
-            out += decode.strip(np.asarray(generate(params, mel)), spec.eot)[: len(batch)]
+            if gate is None:
+                out += decode.strip(np.asarray(generate(params, mel)), spec.eot)[: len(batch)]
+                continue
+            tokens, no_speech, avg = map(np.asarray, generate(params, mel))
+            rows = decode.strip(tokens, spec.eot)
+            for k, window in enumerate(windows[b : b + batch_size]):
+                out.append([] if gate.silent(window, no_speech[k], avg[k]) else rows[k])
         return out
 
     return decode_windows
@@ -80,6 +109,7 @@ class Transcriber:
         chunk_s=30.0,
         stride_s=5.0,
         matmul_dtype="float32",
+        gate: NoSpeechGate | None = NoSpeechGate(),
     ):
         if long_form not in STRATEGIES:
             raise ValueError(f"long_form={long_form!r}: choose one of {', '.join(STRATEGIES)}")
@@ -107,7 +137,7 @@ class Transcriber:
             language=language,
             timestamps=True,
         )
-        self.decode_windows = window_decoder(self.model, self.params, self.spec, batch_size)
+        self.decode_windows = window_decoder(self.model, self.params, self.spec, batch_size, gate)
         self.batch_size = batch_size
         self.long_form, self.chunk_s, self.stride_s = long_form, chunk_s, stride_s
 

@@ -70,6 +70,16 @@ def cases(d):
         (["mkd_jax.evaluate", "--source=disk:/no/such", "--max_bad_fraction=-1"], 2,
          ["--max_bad_fraction=-1.0"]),
         (["mkd_jax.transcribe", "--max_seconds=0", str(out_file)], 2, ["--max_seconds=0.0"]),
+        (["mkd_jax.transcribe", "--no_speech_threshold=2", str(out_file)], 2,
+         ["--no_speech_threshold=2.0", "[0, 1]"]),
+        # bench counts and names, before a model loads or a clip is synthesised
+        (["mkd_jax.bench", "decode", "--clips=10", "--batch_sizes=1,16"], 2,
+         ["--clips=10: not a multiple of --batch_sizes 16"]),
+        (["mkd_jax.bench", "distill", "--rounds=0"], 2, ["--rounds=0"]),
+        (["mkd_jax.bench", "eval_reuse", "--models=tiny.en,bse"], 2, ["'bse'"]),
+        # a one-file manifest has no splits: --split would have been ignored
+        (["mkd_jax.evaluate", f"--source=manifest:{d}/clips.csv", "--split=dev"], 2,
+         ["--split=dev", "clips.csv is one file"]),
         # the corpus builder checks its values before it plans or writes anything
         (["mkd_jax.corpus.synth", f"--out={d}/c1", "--hours=0"], 2, ["--hours 0.0"]),
         (["mkd_jax.corpus.synth", f"--out={d}/c2", "--hours=1", "--fractions=nan,0,0"], 2,
@@ -198,3 +208,15 @@ def test_a_manifest_that_is_not_utf8_or_not_objects_is_named(tmp_path):
     (tmp_path / "test.jsonl").write_text('{"path": "a.wav", "text": "ok"}\n["a.wav", "ok"]\n')
     with pytest.raises(ValueError, match=r"test.jsonl:2: a list, not a JSON object"):
         loaders.load_split(src, "test")
+
+
+def test_a_one_file_manifest_is_its_own_split(tmp_path):
+    from mkd_jax.evaluate import split_of
+
+    one = {"kind": "manifest", "path": str(tmp_path / "clips.csv")}
+    assert split_of(one, "test", given=False) == "clips"  # named in tables by its file
+    assert split_of(one, "clips", given=True) == "clips"
+    many = {"kind": "manifest", "path": str(tmp_path / "{split}.csv")}
+    assert split_of(many, "dev", given=True) == "dev"
+    assert split_of({"kind": "manifest", "path": str(tmp_path)}, "dev", given=True) == "dev"
+    assert split_of({"kind": "disk", "path": str(tmp_path)}, "dev", given=True) == "dev"

@@ -125,3 +125,19 @@ def test_cli_prints_the_table_and_fails_in_one_line(tmp_path):
         bad.returncode == 2
         and bad.stderr.splitlines()[0] == f"error: {tmp_path}/none: no such file"
     )
+
+
+def test_a_bad_later_split_fails_before_any_bootstrap(tmp_path, monkeypatch):
+    """Every split is read and every pair checked first: a table never spends minutes of
+    resampling on dev to fail on a split named after it."""
+    import mkd_jax.evaluate
+
+    a = _report(tmp_path / "a", dev=[1] * 4, test=[1] * 3)
+    b = _report(tmp_path / "b", dev=[2] * 4, test=[1] * 5)
+    calls = []
+    monkeypatch.setattr(mkd_jax.evaluate, "compare", lambda *x, **k: calls.append(x))
+    with pytest.raises(ValueError, match="test: a and b scored different utterances"):
+        compare.table([a], [b], ["dev", "test"], [], n_resamples=10)
+    with pytest.raises(ValueError, match="has no split 'test_ood'"):
+        compare.table([a], [b], ["dev", "test_ood"], [], n_resamples=10)
+    assert calls == []

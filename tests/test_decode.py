@@ -362,3 +362,97 @@ def test_timestamps_on_real_speech_match_transformers():
         theirs.append(row)
     assert ours == theirs
     assert sum(t >= tr.spec.timestamp_begin for t in ours[3]) >= 6  # several segments
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_silence_scores_match_transformers(pair, beams):
+    """`scores=True`: the same tokens, the no-speech probability after <|startoftranscript|> as
+    transformers' decoder gives it, and (greedy) the mean log-probability of the chosen tokens
+    under transformers' processed scores, EOT included."""
+    ref, model, params = pair
+    mel = random_mel(80, batch=4, seed=3)
+    spec = DecodeSpec(
+        prompt=PROMPT, eot=EOT, max_new_tokens=24, suppress=SUPPRESS,
+        begin_suppress=(220, EOT), beam_size=beams, no_timestamps=PROMPT[-1],
+    )  # fmt: skip
+    scored = make_generate_fn(model, spec, scores=True)(params, mel)
+    tokens, no_speech, avg = map(np.asarray, scored)
+    assert (tokens == np.asarray(make_generate_fn(model, spec)(params, mel))).all()
+    with torch.no_grad():
+        first = ref(torch.tensor(mel), decoder_input_ids=torch.tensor([[PROMPT[0]]] * 4)).logits
+    theirs = torch.softmax(first[:, 0].double(), -1)[:, PROMPT[-1] - 1].numpy()
+    np.testing.assert_allclose(no_speech, theirs, rtol=1e-4, atol=1e-7)
+    assert (avg <= 0).all() and np.isfinite(avg).all()
+    if beams > 1:
+        return
+    with torch.no_grad():
+        out = ref.generate(
+            torch.tensor(mel), language="en", task="transcribe", max_new_tokens=24,
+            do_sample=False, return_dict_in_generate=True, output_scores=True,
+        )  # fmt: skip
+    steps = torch.stack(out.scores, 1).double().log_softmax(-1)  # [B, steps, V], processed
+    new = out.sequences[:, -steps.shape[1] :]
+    for k, row in enumerate(strip(tokens, EOT)):
+        n = min(len(row) + 1, steps.shape[1])  # the tokens and the EOT that ended them
+        want = steps[k, torch.arange(n), new[k, :n]].mean().item()
+        assert avg[k] == pytest.approx(want, abs=1e-4)
+
+
+def test_scores_need_the_no_speech_id(pair):
+    _, model, _ = pair
+    with pytest.raises(ValueError, match="no-speech id"):
+        make_generate_fn(model, DecodeSpec(prompt=PROMPT, eot=EOT), scores=True)
+
+
+def test_the_no_speech_gate_follows_its_rule(pair):
+    from mkd_jax.transcriber import NoSpeechGate, window_decoder
+
+    gate = NoSpeechGate()  # 0.6, -1.0, -60 dBFS
+    loud = np.full(16000, 0.1, np.float32)  # -20 dBFS
+    quiet = np.full(16000, 1e-4, np.float32)  # -80 dBFS
+    assert not gate.silent(loud, 0.6, -5.0)  # not above the threshold
+    assert gate.silent(loud, 0.61, -1.01) and not gate.silent(loud, 0.61, -0.99)
+    assert gate.silent(quiet, 0.61, -0.2)  # confident, but nothing there to hear
+    assert not gate.silent(quiet, 0.59, -3.0) and gate.silent(np.zeros(0, np.float32), 0.9, 0.0)
+
+    _, model, params = pair
+    spec = DecodeSpec(prompt=PROMPT[:3], eot=EOT, max_new_tokens=24, no_timestamps=PROMPT[-1])
+    windows = [loud, quiet, loud[:4000]]
+    plain = window_decoder(model, params, spec, batch_size=2)(windows)
+    assert any(plain)
+    never = NoSpeechGate(threshold=1.0)
+    assert window_decoder(model, params, spec, batch_size=2, gate=never)(windows) == plain
+    always = NoSpeechGate(threshold=0.0, logprob_threshold=1.0)
+    assert window_decoder(model, params, spec, batch_size=2, gate=always)(windows) == [[]] * 3
+
+
+@pytest.mark.slow
+def test_silence_gives_no_text_and_speech_keeps_its_text():
+    """Real tiny.en: 5 s of digital silence and a 0.01 s clip came out as "you"; speech is
+    unchanged, and the no-speech probability equals transformers' on every clip."""
+    from transformers import WhisperForConditionalGeneration
+
+    from mkd_jax.assets import resolve_model
+    from mkd_jax.corpus.sentences import HARVARD
+    from mkd_jax.corpus.voices import synthesize
+    from mkd_jax.data import features
+    from mkd_jax.transcriber import Transcriber
+
+    speech = [synthesize(HARVARD[i], v) for i, v in enumerate(["flite:slt", "flite:awb"])]
+    clips = [np.zeros(80000, np.float32), np.zeros(160, np.float32), *speech]
+    ungated = Transcriber("tiny.en", batch_size=4, gate=None)
+    assert all("you" in t for t in ungated(clips[:2]))  # "you you" and "you" today
+    gated = Transcriber("tiny.en", batch_size=4)
+    texts = gated(clips)
+    assert texts[:2] == ["", ""] and texts[2:] == ungated(speech) and all(texts[2:])
+    gen = make_generate_fn(gated.model, gated.spec, scores=True)
+    no_speech = np.asarray(gen(gated.params, features.log_mel(clips))[1])
+    ref = WhisperForConditionalGeneration.from_pretrained(resolve_model("tiny.en"))
+    with torch.no_grad():
+        logits = ref(
+            torch.tensor(features.log_mel(clips)),
+            decoder_input_ids=torch.tensor([[gated.spec.prompt[0]]] * 4),
+        ).logits
+    theirs = torch.softmax(logits[:, 0].double(), -1)[:, gated.spec.no_timestamps - 1].numpy()
+    np.testing.assert_allclose(no_speech, theirs, atol=1e-4)
+    assert (no_speech[:2] > 0.6).all() and (no_speech[2:] < 0.1).all()

@@ -525,3 +525,33 @@ def test_corpus_gains_test_ood_and_real_unlabelled_without_rebuilding(tmp_path):
     assert stats["hours"][synth.REAL_TRAIN] * 60 >= 10
     assert set(train_real["text"]) == {""} and set(train_real["engine"]) == {"warzone2100-data"}
     assert not set(train_real["id"]) & set(real["id"])
+
+
+def test_the_disk_is_checked_and_sentences_counted_before_anything_is_written(
+    tmp_path, monkeypatch
+):
+    """A corpus too large for its disk, or one that runs out of held-out sentences, is refused in
+    one line before its folder or plan exists (the plan of a 1000 h build is 264 MB)."""
+    out = tmp_path / "new" / "corpus"
+    plan = _plan(hours=1.0)
+    need = synth.check_disk(out, [plan])
+    planned_h = sum(
+        synth.estimate_seconds(u["text"], u["tts_speed"], u["augment"])
+        for utts in plan.values() for u in utts
+    ) / 3600  # fmt: skip
+    assert need == pytest.approx(planned_h * synth.BYTES_PER_PLANNED_HOUR)
+    usage = type("Usage", (), {"free": int(need / 2)})
+    monkeypatch.setattr(synth.shutil, "disk_usage", lambda path: usage)
+    with pytest.raises(ValueError, match=r"corpus needs about 0\.\d GB \(1\.\d h .* GB are free"):
+        synth.check_disk(out, [plan])
+    # Within the free space once half of it is on disk already (a resumed build).
+    out.mkdir(parents=True)
+    (out / "part.bin").write_bytes(b"\0" * (int(need / 2) + 2))
+    synth.check_disk(out, [plan])
+
+    monkeypatch.setattr(synth.sentences, "natural_pool", lambda cache: {
+        "wordnet": _fake_natural(60), "fortunes": []})  # fmt: skip
+    fresh = tmp_path / "fresh"
+    with pytest.raises(ValueError, match="test sentences ran out"):
+        synth.build(fresh, synth.Config(hours=0.05, ood_utterances=10_000))
+    assert not fresh.exists()

@@ -66,6 +66,9 @@ PLAN_VERSION = 1
 # Mean speaking rate of Kokoro and flite at speed 1.0, measured on the sentence pool (15-17.6
 # characters a second); used only to plan how many sentences fill the requested hours.
 CHARS_PER_SECOND = 16.0
+# Disk a corpus takes per hour of planned audio: FLAC shards plus the assembled splits (measured
+# 139 MB on the 1.3 h build, BUILD_NOTES), with a margin for voices and manifests.
+BYTES_PER_PLANNED_HOUR = 160e6
 SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -342,6 +345,32 @@ def _check_plan(out: Path, record: dict, name: str = "plan.json") -> None:
     path.with_suffix(".tmp").replace(path)
 
 
+def _folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+
+
+def check_disk(out: Path, plans: list[dict[str, list[dict]]]) -> float:
+    """Projected bytes of the corpus the plans describe; raises ValueError, before anything is
+    written, when the disk under `out` cannot hold what is not yet there."""
+    hours = sum(
+        estimate_seconds(u["text"], u["tts_speed"], u["augment"])
+        for plan in plans for utts in plan.values() for u in utts
+    ) / 3600  # fmt: skip
+    need = hours * BYTES_PER_PLANNED_HOUR
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    missing = need - _folder_bytes(out)
+    if missing > free:
+        raise ValueError(
+            f"--out {out}: the corpus needs about {need / 1e9:.1f} GB ({hours:.1f} h of planned "
+            f"audio) and {free / 1e9:.1f} GB are free there; free space or plan fewer --hours"
+        )
+    print(f"corpus: about {need / 1e9:.2f} GB for {hours:.2f} h of planned audio", flush=True)
+    return need
+
+
 def _core_config(cfg: Config) -> dict:
     """The settings `plan.json` records: all but the additions, so adding them keeps it valid."""
     return {k: v for k, v in asdict(cfg).items() if k not in EXTRA_FIELDS}
@@ -507,18 +536,19 @@ def build(
         Build statistics, or None when stopped by `max_shards` before the end.
     """
     t0 = time.perf_counter()
+    cache = voices.default_cache()
+    pool = sentences.natural_pool(cache)
+    natural = pool["wordnet"] + pool["fortunes"]
+    # Everything is planned, and the disk checked, before anything is written.
+    plan = make_plan(cfg, natural)
+    extra = {"test_ood": plan_test_ood(cfg, plan, natural)} if cfg.ood_utterances else {}
+    check_disk(out, [plan, extra])
     out.mkdir(parents=True, exist_ok=True)
     (out / "shards").mkdir(exist_ok=True)
     for stale in (out / "shards").glob("*.tmp"):
         stale.unlink()  # a shard being written when the last run was killed
-    cache = voices.default_cache()
-    pool = sentences.natural_pool(cache)
-    natural = pool["wordnet"] + pool["fortunes"]
-    plan = make_plan(cfg, natural)
     _check_plan(out, {"version": PLAN_VERSION, "config": _core_config(cfg), "plan": plan})
-    extra = {}
-    if cfg.ood_utterances:
-        extra["test_ood"] = plan_test_ood(cfg, plan, natural)
+    if extra:
         record = {"version": PLAN_VERSION, "config": _ood_config(cfg), "plan": extra}
         _check_plan(out, record, "plan_test_ood.json")
     # Fetch assets once here, so workers do not race to download them.

@@ -274,6 +274,23 @@ def load_model(name_or_path: str | os.PathLike, *, dtype=None):
     return load(folder) if dtype is None else load(folder, dtype=dtype)
 
 
+def check_model_name(name_or_path: str | os.PathLike) -> str:
+    """ "name", "hf" or "ct2": what `resolve_model` would make of it, without fetching or
+    converting anything; raises ValueError naming it when it is none of them."""
+    if str(name_or_path) in MODELS:
+        return "name"
+    path = Path(name_or_path).expanduser().absolute()
+    weights = ("model.safetensors", "model.safetensors.index.json")
+    if (path / "config.json").is_file() and any((path / w).is_file() for w in weights):
+        return "hf"
+    if (path / "model.bin").is_file():
+        return "ct2"
+    raise ValueError(
+        f"{str(name_or_path)!r} is neither a known model ({', '.join(MODELS)}) nor a folder "
+        "with config.json + model.safetensors (HF) or model.bin (CTranslate2)"
+    )
+
+
 def resolve_model(name_or_path: str | os.PathLike) -> Path:
     """Turns a model name or folder into an HF Whisper folder.
 
@@ -286,17 +303,12 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
     Returns:
       The HF folder.
     """
-    if str(name_or_path) in MODELS:
+    kind = check_model_name(name_or_path)
+    if kind == "name":
         return ensure_model(str(name_or_path))
     path = Path(name_or_path).expanduser().absolute()
-    weights = ("model.safetensors", "model.safetensors.index.json")
-    if (path / "config.json").is_file() and any((path / w).is_file() for w in weights):
+    if kind == "hf":
         return path
-    if not (path / "model.bin").is_file():
-        raise ValueError(
-            f"{str(name_or_path)!r} is neither a known model ({', '.join(MODELS)}) nor a folder "
-            "with config.json + model.safetensors (HF) or model.bin (CTranslate2)"
-        )
     key, stamp = _ct2_folder_key(path)
     folder = cache_dir() / "models" / f"ct2-{key}"
     with _locked(folder):

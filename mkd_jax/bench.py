@@ -363,7 +363,7 @@ def bench_features():
 
 def check_flags(kind: str) -> None:
     """Counts and model names, before a model loads or a clip is synthesised."""
-    from mkd_jax.assets import resolve_model
+    from mkd_jax.assets import check_model_name
 
     for name in ("clips", "max_new_tokens", "rounds", "distill_batch"):
         cli.positive_ints(name, [FLAGS[name].value])
@@ -373,9 +373,9 @@ def check_flags(kind: str) -> None:
         for b in cli.positive_ints("batch_sizes", FLAGS.batch_sizes):
             if FLAGS.clips % b:  # a ragged last batch would compile inside the timed rounds
                 raise ValueError(f"--clips={FLAGS.clips}: not a multiple of --batch_sizes {b}")
-    if kind in ("decode", "eval_reuse", "longform"):
-        for name in FLAGS.models:
-            resolve_model(name)  # raises naming it
+    used = {"decode": FLAGS.models, "eval_reuse": FLAGS.models, "longform": FLAGS.models[:1]}
+    for name in used.get(kind, ()):
+        check_model_name(name)  # raises naming it; fetches nothing
 
 
 def main(argv):

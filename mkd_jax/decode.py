@@ -227,7 +227,8 @@ def greedy(
 
 
 def _generated_len(tokens, eot: int) -> jax.Array:
-    """Tokens up to and including the first EOT (all of them where none ended), as float."""
+    """Tokens up to and including the first EOT, as float. A row that hit the token limit
+    without EOT counts its tokens (transformers' convention; openai-whisper adds one)."""
     is_eot = tokens == eot
     first = jnp.where(is_eot.any(axis=1), jnp.argmax(is_eot, axis=1) + 1, tokens.shape[1])
     return first.astype(jnp.float32)

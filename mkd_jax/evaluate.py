@@ -609,11 +609,12 @@ def parse_source(spec: str) -> dict:
 
 def split_of(source: dict, split: str, given: bool) -> str:
     """The split scored: `split` (`--split`; `given` when the user set it), except for a manifest
-    that is one file (no `{split}` in its path, not a folder), which holds one split and is named
-    by its file. Raises UsageError where `--split` asks that file for another split."""
+    that is one file (no `{split}` in its path), which holds one split and is named by its file
+    (so its results say `clips`, not `test`, for `clips.csv`). Raises UsageError where `--split`
+    asks that file for another split."""
     path = source.get("path", "")
-    if source["kind"] != "manifest" or "{split}" in path or Path(path).is_dir():
-        return split
+    if source["kind"] != "manifest" or "{split}" in path or not Path(path).is_file():
+        return split  # a missing path is the loader's to name
     name = Path(path).stem
     if given and split != name:
         raise app.UsageError(

@@ -22,7 +22,7 @@ name prints on one line.
 
 A window Whisper finds without speech gives no text (`transcriber.NoSpeechGate`: no-speech
 probability above `--no_speech_threshold` with a mean token log-probability below -1, or audio
-that never rises above -60 dBFS), so silence is not transcribed as "you";
+that never rises above -70 dBFS), so silence is not transcribed as "you";
 `--no_speech_threshold=1` turns the gate off.
 """
 

@@ -41,12 +41,13 @@ class NoSpeechGate:
     (`decode.no_speech_prob`) above `threshold`, and either the decoded tokens' mean
     log-probability below `logprob_threshold` (openai-whisper's and transformers' defaults) or
     audio that never rises above `quiet_db` dBFS (20 ms RMS). The second arm is there because
-    Whisper writes "you" on digital silence with confidence (mean log-probability -0.4, no-speech
-    probability 0.95 for tiny.en), which the standard rule lets through."""
+    Whisper writes "you" on digital silence with confidence (mean log-probability -0.7 with
+    timestamps, no-speech probability 0.95 for tiny.en), which the standard rule lets through.
+    It can drop speech quieter than `quiet_db` that the model also finds speechless."""
 
     threshold: float = 0.6
     logprob_threshold: float = -1.0
-    quiet_db: float = -60.0
+    quiet_db: float = -70.0
 
     def silent(self, window: np.ndarray, no_speech: float, avg_logprob: float) -> bool:
         if no_speech <= self.threshold:

@@ -159,6 +159,11 @@ def test_resolve_model_names_hf_and_ct2_folders(cache, ct2_folder, tmp_path, mon
     assert calls == [src]
     with pytest.raises(ValueError, match="neither a known model"):
         assets.resolve_model(tmp_path / "nothing-here")
+    # The cheap check says the same and fetches or converts nothing.
+    assert [assets.check_model_name(x) for x in ("tiny.en", folder, src)] == ["name", "hf", "ct2"]
+    with pytest.raises(ValueError, match="'bse' is neither a known model"):
+        assets.check_model_name("bse")
+    assert calls == [src]
 
 
 def test_ensure_reference_extracts_the_sdist_once(cache, monkeypatch):

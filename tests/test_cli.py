@@ -35,6 +35,8 @@ def cases(d):
     # (argv after `python -m`, exit code, phrases of the one error line)
     out_file = d / "a_file"
     out_file.write_text("")
+    manifest = d / "clips.csv"
+    manifest.write_text("path,text\na.wav,hello\n")
     return [
         (["mkd_jax.train", "--config", str(d / "syntax.py"), "--workdir", str(d / "w")], 2,
          ["syntax.py", "line 1"]),
@@ -78,7 +80,7 @@ def cases(d):
         (["mkd_jax.bench", "distill", "--rounds=0"], 2, ["--rounds=0"]),
         (["mkd_jax.bench", "eval_reuse", "--models=tiny.en,bse"], 2, ["'bse'"]),
         # a one-file manifest has no splits: --split would have been ignored
-        (["mkd_jax.evaluate", f"--source=manifest:{d}/clips.csv", "--split=dev"], 2,
+        (["mkd_jax.evaluate", f"--source=manifest:{manifest}", "--split=dev"], 2,
          ["--split=dev", "clips.csv is one file"]),
         # the corpus builder checks its values before it plans or writes anything
         (["mkd_jax.corpus.synth", f"--out={d}/c1", "--hours=0"], 2, ["--hours 0.0"]),
@@ -214,6 +216,8 @@ def test_a_one_file_manifest_is_its_own_split(tmp_path):
     from mkd_jax.evaluate import split_of
 
     one = {"kind": "manifest", "path": str(tmp_path / "clips.csv")}
+    assert split_of(one, "dev", given=True) == "dev"  # missing: the loader names the path
+    (tmp_path / "clips.csv").write_text("path,text\n")
     assert split_of(one, "test", given=False) == "clips"  # named in tables by its file
     assert split_of(one, "clips", given=True) == "clips"
     many = {"kind": "manifest", "path": str(tmp_path / "{split}.csv")}

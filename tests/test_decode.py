@@ -398,6 +398,29 @@ def test_silence_scores_match_transformers(pair, beams):
         assert avg[k] == pytest.approx(want, abs=1e-4)
 
 
+@pytest.mark.parametrize("penalty", [1.0, 0.5])
+def test_beam_mean_logprob_is_its_tokens_own(pair, penalty):
+    """Beam search's `avg_logprob` undoes the length penalty of its score: it equals the mean,
+    EOT included, of the chosen tokens' log-probabilities from transformers' teacher-forced
+    logits under the same suppress lists."""
+    ref, model, params = pair
+    mel = random_mel(80, batch=4, seed=5)
+    spec = DecodeSpec(
+        prompt=PROMPT, eot=EOT, max_new_tokens=24, suppress=SUPPRESS, begin_suppress=(220, EOT),
+        beam_size=3, length_penalty=penalty, no_timestamps=PROMPT[-1],
+    )  # fmt: skip
+    tokens, _, avg = map(np.asarray, make_generate_fn(model, spec, scores=True)(params, mel))
+    for k, row in enumerate(strip(tokens, EOT)):
+        seq = list(PROMPT) + row + [EOT] * (len(row) < 24)
+        with torch.no_grad():
+            logits = ref(torch.tensor(mel[k : k + 1]), decoder_input_ids=torch.tensor([seq])).logits
+        logits = logits[0, len(PROMPT) - 1 : -1].double()
+        logits[:, list(SUPPRESS)] = -np.inf
+        logits[0, [220, EOT]] = -np.inf
+        lp = logits.log_softmax(-1)[torch.arange(len(seq) - len(PROMPT)), seq[len(PROMPT) :]]
+        assert avg[k] == pytest.approx(lp.mean().item(), abs=1e-4), k
+
+
 def test_scores_need_the_no_speech_id(pair):
     _, model, _ = pair
     with pytest.raises(ValueError, match="no-speech id"):
@@ -407,7 +430,7 @@ def test_scores_need_the_no_speech_id(pair):
 def test_the_no_speech_gate_follows_its_rule(pair):
     from mkd_jax.transcriber import NoSpeechGate, window_decoder
 
-    gate = NoSpeechGate()  # 0.6, -1.0, -60 dBFS
+    gate = NoSpeechGate()  # 0.6, -1.0, -70 dBFS
     loud = np.full(16000, 0.1, np.float32)  # -20 dBFS
     quiet = np.full(16000, 1e-4, np.float32)  # -80 dBFS
     assert not gate.silent(loud, 0.6, -5.0)  # not above the threshold

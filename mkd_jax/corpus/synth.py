@@ -365,7 +365,8 @@ def check_disk(out: Path, plans: list[dict[str, list[dict]]]) -> float:
     if missing > free:
         raise ValueError(
             f"--out {out}: the corpus needs about {need / 1e9:.1f} GB ({hours:.1f} h of planned "
-            f"audio) and {free / 1e9:.1f} GB are free there; free space or plan fewer --hours"
+            f"audio), {missing / 1e9:.1f} GB of it not yet written, and {free / 1e9:.1f} GB are "
+            "free there; free space or plan fewer --hours"
         )
     print(f"corpus: about {need / 1e9:.2f} GB for {hours:.2f} h of planned audio", flush=True)
     return need

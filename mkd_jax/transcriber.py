@@ -62,7 +62,11 @@ def window_decoder(
     """`decode_windows(windows) -> token rows` (see `longform`): windows of at most 30 s decoded
     in batches of `batch_size` (the last one padded, so one program serves all). With `gate`, a
     window it finds silent gives no tokens."""
-    generate = decode.make_generate_fn(model, spec, scores=gate is not None)
+    # Without a gate, the very function (and cached compile) every other decoding uses.
+    if gate is None:
+        generate = decode.make_generate_fn(model, spec)
+    else:
+        generate = decode.make_generate_fn(model, spec, scores=True)
 
     def decode_windows(windows: list[np.ndarray]) -> list[list[int]]:
         out = []

@@ -220,7 +220,8 @@ def greedy(
 
     zeros = jnp.zeros((rows,), jnp.float32)
     state = (jnp.int32(0), last, cache, tokens, jnp.zeros((rows,), bool), zeros)
-    tokens, sum_lp = (lambda s: (s[3], s[5]))(jax.lax.while_loop(cond, body, state))
+    final = jax.lax.while_loop(cond, body, state)
+    tokens, sum_lp = final[3], final[5]
     if not scores:
         return tokens
     return tokens, no_speech_prob(first, spec), sum_lp / _generated_len(tokens, spec.eot)

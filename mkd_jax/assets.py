@@ -275,8 +275,8 @@ def load_model(name_or_path: str | os.PathLike, *, dtype=None):
 
 
 def check_model_name(name_or_path: str | os.PathLike) -> str:
-    """ "name", "hf" or "ct2": what `resolve_model` would make of it, without fetching or
-    converting anything; raises ValueError naming it when it is none of them."""
+    """What `resolve_model` would make of a name or folder ("name", "hf" or "ct2"), found without
+    fetching or converting anything; raises ValueError naming it when it is none of them."""
     if str(name_or_path) in MODELS:
         return "name"
     path = Path(name_or_path).expanduser().absolute()

@@ -20,9 +20,9 @@ line on stderr and is skipped; the other files are all transcribed. The run ends
 undecodable bytes as `\\xNN` and control characters escaped (`audio.display_name`), so any file
 name prints on one line.
 
-A window Whisper finds without speech gives no text (`transcriber.NoSpeechGate`: no-speech
-probability above `--no_speech_threshold` with a mean token log-probability below -1, or audio
-that never rises above -70 dBFS), so silence is not transcribed as "you";
+A window Whisper finds without speech gives no text (`transcriber.NoSpeechGate`: a no-speech
+probability above `--no_speech_threshold`, together with either a mean token log-probability
+below -1 or audio that never rises above -70 dBFS), so silence is not transcribed as "you";
 `--no_speech_threshold=1` turns the gate off.
 """
 

@@ -277,6 +277,27 @@ def test_synthesize_real_voice(voice):
 
 
 @pytest.mark.slow
+def test_kokoro_as_integer_gemms_speaks_bit_identically():
+    """The rewritten Kokoro (`kokoro_gemm`) against the original, on sentences and voices that
+    are not the probe's, where this machine's kernels allow the rewrite."""
+    from mkd_jax.corpus import kokoro_gemm
+
+    if (why := kokoro_gemm.exact_kernels()) is not None:
+        pytest.skip(f"the rewrite is not used here: {why}")
+    model, voice_file = voices.ensure_kokoro(voices.default_cache() / "kokoro")
+    fast = kokoro_gemm.prepare(model, voice_file)
+    assert fast != model
+    texts = ["Glue the sheet to the dark blue background.", "It cost $12.50 on May 3rd, 1998!"]
+    for path in (model, fast):
+        engine = voices.KokoroEngine(voices.default_cache() / "kokoro", model=path)
+        out = [engine([("am_adam", 0.6), ("bf_emma", 0.4)], t, 1.1)[0] for t in texts]
+        if path == model:
+            want = out
+    for a, b in zip(want, out, strict=True):
+        assert len(a) > 16000 and np.array_equal(a, b)
+
+
+@pytest.mark.slow
 def test_build_small_corpus_interrupt_resume_and_load(tmp_path):
     import datasets
 

@@ -53,7 +53,7 @@ import pyarrow.parquet as pq
 import soundfile as sf
 from tqdm import tqdm
 
-from mkd_jax.corpus import augment, ood_voices, real_speech, sentences, voices
+from mkd_jax.corpus import augment, kokoro_gemm, ood_voices, real_speech, sentences, voices
 from mkd_jax.corpus.voices import list_voices, synthesize
 
 __all__ = ["Config", "build", "list_voices", "main", "make_plan", "synthesize"]
@@ -277,9 +277,9 @@ def shard_jobs(plan: dict[str, list[dict]], shard_size: int) -> list[tuple[str, 
 _PROGRESS = None
 
 
-def _init_worker(cache: Path, threads: int, progress) -> None:
+def _init_worker(cache: Path, threads: int, progress, kokoro_model: Path | None = None) -> None:
     global _PROGRESS
-    voices.configure(cache=cache, threads=threads)
+    voices.configure(cache=cache, threads=threads, kokoro_model=kokoro_model)
     _PROGRESS = progress
 
 
@@ -382,12 +382,14 @@ def _ood_config(cfg: Config) -> dict:
     return {k: getattr(cfg, k) for k in keys + ("ood_utterances", "ood_voices")}
 
 
-def _run_jobs(jobs, out: Path, workers: int, threads: int, total_utts: int, done_utts: int):
+def _run_jobs(
+    jobs, out: Path, workers: int, threads: int, total_utts: int, done_utts: int, kokoro_model=None
+):
     """Run shard jobs on a process pool with a per-utterance progress bar; yield results."""
     shard_dir, cache = out / "shards", voices.default_cache()
     bar = tqdm(total=total_utts, initial=done_utts, unit="utt", desc="synth", file=sys.stderr)
     if workers <= 1:
-        _init_worker(cache, threads, None)
+        _init_worker(cache, threads, None, kokoro_model)
         for name, utts in jobs:
             result = make_shard((shard_dir, name, utts))
             bar.update(len(utts))
@@ -396,7 +398,7 @@ def _run_jobs(jobs, out: Path, workers: int, threads: int, total_utts: int, done
         return
     ctx = mp.get_context("spawn")  # onnxruntime and espeak keep process-global state
     progress = ctx.Queue()
-    with ctx.Pool(workers, _init_worker, (cache, threads, progress)) as pool:
+    with ctx.Pool(workers, _init_worker, (cache, threads, progress, kokoro_model)) as pool:
         pending = [pool.apply_async(make_shard, ((shard_dir, n, u),)) for n, u in jobs]
         while pending:
             while not progress.empty():
@@ -553,10 +555,12 @@ def build(
         record = {"version": PLAN_VERSION, "config": _ood_config(cfg), "plan": extra}
         _check_plan(out, record, "plan_test_ood.json")
     # Fetch assets once here, so workers do not race to download them.
-    voices.ensure_kokoro(cache / "kokoro")
+    kokoro_model, kokoro_voices = voices.ensure_kokoro(cache / "kokoro")
     voices.ensure_flite(cache / "flite")
     jobs = shard_jobs(plan, cfg.shard_size) + shard_jobs(extra, cfg.shard_size)
     todo = todo_all(jobs, out)
+    if any(u["engine"] == "kokoro" for _, utts in todo for u in utts):
+        kokoro_model = kokoro_gemm.prepare(kokoro_model, kokoro_voices)
     if any(n.startswith("test_ood-") for n, _ in todo):
         ood_voices.prepare(cache / "ood", {u["engine"] for u in extra["test_ood"]})
     total = sum(len(u) for _, u in jobs)
@@ -566,7 +570,8 @@ def build(
     workers = workers or os.cpu_count() or 1
     t1 = time.perf_counter()
     audio_s = 0.0
-    for _, durations, _ in _run_jobs(todo, out, min(workers, len(todo) or 1), threads, total, done):
+    n_workers = min(workers, len(todo) or 1)
+    for _, durations, _ in _run_jobs(todo, out, n_workers, threads, total, done, kokoro_model):
         audio_s += sum(durations)
     synth_s = time.perf_counter() - t1
     remaining = todo_all(jobs, out)

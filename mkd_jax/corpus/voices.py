@@ -267,7 +267,7 @@ def _flite_run(cmd: list[str], binary: Path) -> subprocess.CompletedProcess:
 class KokoroEngine:
     """One onnxruntime session of Kokoro-82M int8, with the English style vectors."""
 
-    def __init__(self, cache: Path, threads: int = 1):
+    def __init__(self, cache: Path, threads: int = 1, model: Path | None = None):
         try:  # heavy imports, needed only by processes that speak
             import onnxruntime as rt  # noqa: PLC0415
             from kokoro_onnx import Kokoro  # noqa: PLC0415
@@ -276,7 +276,8 @@ class KokoroEngine:
                 f"Kokoro voices need `pip install kokoro-onnx=={KOKORO_ONNX_VERSION}` ({e})"
             ) from e
 
-        model, voices = ensure_kokoro(cache)
+        original, voices = ensure_kokoro(cache)
+        model = model or original  # `kokoro_gemm.prepare`'s choice, where the caller made one
         opts = rt.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -311,15 +312,20 @@ class FliteEngine:
 
 
 _ENGINES: dict[str, object] = {}
-_SETTINGS = {"threads": 1, "cache": None}
+_SETTINGS = {"threads": 1, "cache": None, "kokoro_model": None}
 
 
-def configure(cache: Path | None = None, threads: int | None = None) -> None:
-    """Set the asset cache and Kokoro thread count used by engines made after this call."""
+def configure(
+    cache: Path | None = None, threads: int | None = None, kokoro_model: Path | None = None
+) -> None:
+    """Set the asset cache, Kokoro thread count and Kokoro model file (default: the original
+    int8 model) used by engines made after this call."""
     if cache is not None:
         _SETTINGS["cache"] = Path(cache)
     if threads is not None:
         _SETTINGS["threads"] = threads
+    if kokoro_model is not None:
+        _SETTINGS["kokoro_model"] = Path(kokoro_model)
 
 
 def default_cache() -> Path:
@@ -332,7 +338,9 @@ def engine(name: str):
     if name not in _ENGINES:
         cache = _SETTINGS["cache"] or default_cache()
         if name == "kokoro":
-            _ENGINES[name] = KokoroEngine(cache / "kokoro", threads=_SETTINGS["threads"])
+            _ENGINES[name] = KokoroEngine(
+                cache / "kokoro", threads=_SETTINGS["threads"], model=_SETTINGS["kokoro_model"]
+            )
         elif name == "flite":
             _ENGINES[name] = FliteEngine(cache / "flite")
         elif name in ood_voices.ENGINES:

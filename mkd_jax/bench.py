@@ -7,6 +7,7 @@
     python -m mkd_jax.bench longform --source=disk:CORPUS --split=test_ood [--minutes=3]
     python -m mkd_jax.bench eval_reuse [--models=tiny.en] [--clips=16]
     python -m mkd_jax.bench attention                  # one encoder attention vs torch SDPA
+    python -m mkd_jax.bench kokoro [--clips=16] [--rounds=3]   # corpus TTS: int8 vs integer GEMMs
 
 `features`: log-mel speed (x real time) on batches of 16 x 30 s clips, alone and through the
 whole batching pipeline (FLAC decode, resample, log-mel, tokens).
@@ -361,6 +362,47 @@ def bench_features():
         )
 
 
+def bench_kokoro():
+    """Kokoro int8 against its integer-GEMM rewrite (`corpus.kokoro_gemm`), one onnxruntime
+    thread each as in the corpus builder's workers, on the same sentences and voices in
+    alternating rounds; checks that the audio is bit-identical."""
+    from mkd_jax.corpus import kokoro_gemm, voices
+
+    cache = voices.default_cache() / "kokoro"
+    model, voice_file = voices.ensure_kokoro(cache)
+    fast = kokoro_gemm.prepare(model, voice_file)
+    if fast == model:
+        raise RuntimeError("the rewrite is not used on this machine (line above): no comparison")
+    engines = {
+        "original ConvInteger": voices.KokoroEngine(cache, model=model),
+        "integer GEMMs": voices.KokoroEngine(cache, model=fast),
+    }
+    jobs = [(VOICES[i % len(VOICES)].split(":")[1], s) for i, s in enumerate(SENTENCES)]
+    jobs = jobs[: FLAGS.clips]
+    for eng in engines.values():  # warm-up: session start and first-call allocations
+        eng([(jobs[0][0], 1.0)], jobs[0][1], 1.0)
+    times, audio = {k: [] for k in engines}, {}
+    for _ in range(FLAGS.rounds):
+        for name, eng in engines.items():
+            t = time.perf_counter()
+            out = [eng([(v, 1.0)], text, 1.0) for v, text in jobs]
+            times[name].append(time.perf_counter() - t)
+            audio[name] = [a for a, _ in out]
+    seconds = sum(len(a) / sr for a, sr in out)
+    same = sum(np.array_equal(a, b) for a, b in zip(*audio.values(), strict=True))
+    cpu = platform.processor() or platform.machine()
+    print(
+        f"Kokoro-82M int8, 1 thread, {len(jobs)} sentences ({seconds:.1f} s of audio), "
+        f"{FLAGS.rounds} alternating rounds; {cpu}"
+    )
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    for name, t in med.items():
+        rounds = ", ".join(f"{x:.2f}" for x in times[name])
+        print(f"  {name:22s} {t:6.2f} s  RTF {t / seconds:.3f}  (rounds: {rounds})")
+    base, new = med.values()
+    print(f"  speed-up {base / new:.2f}x; audio bit-identical on {same} of {len(jobs)} sentences")
+
+
 def check_flags(kind: str) -> None:
     """Counts and model names, before a model loads or a clip is synthesised."""
     from mkd_jax.assets import check_model_name
@@ -387,6 +429,7 @@ def main(argv):
         "longform",
         "eval_reuse",
         "attention",
+        "kokoro",
     )
     if len(argv) != 2 or argv[1] not in kinds:
         got = f"{' '.join(argv[1:])!r} is not one benchmark; " if len(argv) > 1 else ""
@@ -411,6 +454,8 @@ def main(argv):
         bench_eval_reuse()
     elif argv[1] == "attention":
         bench_attention()
+    elif argv[1] == "kokoro":
+        bench_kokoro()
     else:
         bench_decode() if argv[1] == "decode" else bench_features()
 

@@ -100,7 +100,7 @@ def test_prepare_uses_the_rewrite_only_when_the_probe_matches(tmp_path, monkeypa
 
     monkeypatch.setattr(kokoro_gemm, "_probe", probe)
     fast = kokoro_gemm.prepare(model, tmp_path / "voices.npz")
-    assert fast.name == "kokoro-v1.0.int8.gemm.onnx" and fast.is_file()
+    assert fast.name == "kokoro-v1.0.int8" + kokoro_gemm.SUFFIX and fast.is_file()
     assert "integer GEMMs" in capsys.readouterr().err
 
     probes[fast.name] = [np.ones(3)]  # the rewritten model speaks differently here
@@ -111,3 +111,11 @@ def test_prepare_uses_the_rewrite_only_when_the_probe_matches(tmp_path, monkeypa
     monkeypatch.setattr(kokoro_gemm, "exact_kernels", lambda: "this x86 CPU has no VNNI")
     assert kokoro_gemm.prepare(model, tmp_path / "voices.npz") == model
     assert "no VNNI" in capsys.readouterr().err
+
+    grouped = tmp_path / "other" / model.name  # a model the rewrite does not cover
+    grouped.parent.mkdir()
+    onnx.save(_conv_model(3, 1, 1, (1, 1), group=2), str(grouped))
+    monkeypatch.setattr(kokoro_gemm, "exact_kernels", lambda: None)
+    probes[grouped.name] = [np.zeros(3)]
+    assert kokoro_gemm.prepare(grouped, tmp_path / "voices.npz") == grouped
+    assert "rewrite refused" in capsys.readouterr().err

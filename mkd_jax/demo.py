@@ -417,6 +417,7 @@ def format_demo(results: dict) -> list[str]:
 
 def run(workdir: Path) -> str:
     from mkd_jax.roles import resolve_source
+    from mkd_jax.teacher_cache import format_savings
 
     t0 = time.time()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -450,11 +451,13 @@ def run(workdir: Path) -> str:
     times["evaluation"] = time.time() - t
     budget = report["params"]
     lines = format_demo(results)
+    saved = report.get("teacher_cache")
     lines += [
         "",
         f"trainable: {budget['trainable']:,} params = "
         f"{budget['pct_of_largest_teacher']:.3f}% of the largest teacher, "
         f"{budget['pct_of_ensemble']:.3f}% of the ensemble",
+        *([f"teacher cache (distillation): {format_savings(saved)}"] if saved else []),
         "time: "
         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())
         + f"; total {(time.time() - t0) / 60:.1f} min",

@@ -94,6 +94,7 @@ class RunLog:
         mean["perf/utt_per_s"] = utts / max(wall, 1e-9)
         mean["perf/audio_x_realtime"] = audio_s / max(wall, 1e-9)
         mean["perf/step_s"] = wall / max(len(metrics), 1)
+        self.history["rows_read"] = self.history.get("rows_read", 0.0) + utts  # across resumes
         for k, v in mean.items():
             self.tb.add_scalar(k, v, step)
             self.history.setdefault("curves", {}).setdefault(k, []).append((step, v))
@@ -213,6 +214,7 @@ def write_report(
     *,
     agreement: dict | None = None,
     degenerate: str | None = None,
+    cache_savings: dict | None = None,
 ) -> str:
     """Write `report.json`, `report.md` and `curves.png`; return the markdown.
 
@@ -223,6 +225,7 @@ def write_report(
       agreement: optional real-audio agreement, `{"split", "reference", "before", "after"}` with
         `agreement.agreement` results (the student's WER against the reference's transcripts).
       degenerate: why the trained student's output is garbage (`train.degenerate`), if it is.
+      cache_savings: `teacher_cache.savings` of the run's teacher caches, if it read any.
     """
     budget = param_budget(roles, n_trainable)
     curves = log.history.get("curves", {})
@@ -257,6 +260,7 @@ def write_report(
         "cpu_s": clocks["cpu_s"],
         "total_steps": cfg.total_steps,
         "degenerate": degenerate,
+        "teacher_cache": cache_savings,
     }
     if log.primary:
         # Atomic: `ablate` and resumes take a report.json as a finished run.
@@ -301,6 +305,10 @@ def write_report(
     if report["median_step_s"]:
         lines.append(f"| median step time | {report['median_step_s']:.2f} s |")
         lines.append(f"| throughput | {report['median_audio_x_realtime']:.1f}x real time |")
+    if cache_savings:
+        from mkd_jax.teacher_cache import format_savings
+
+        lines.append(f"| teacher cache | {format_savings(cache_savings)} |")
     if clocks["wall_s"] is None:  # resumed from a checkpoint that did not record it
         lines.append("| wall time | unknown (resumed from a checkpoint without it) |")
     else:

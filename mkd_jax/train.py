@@ -342,12 +342,17 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
     train_src, train_utts, tokenizers, buckets = train_input(cfg, roles, setup)
     eval_utts = load_scoring_split(source, cfg.data.eval_split)
 
+    cache_builds = []  # (folder, seconds spent in ensure) of each teacher cache read
+
     def cache_for(src, utts):  # build (or resume) a source's teacher-output cache
         from mkd_jax import teacher_cache
 
-        return teacher_cache.ensure(
+        t = time.perf_counter()
+        folder = teacher_cache.ensure(
             cfg, roles, setup, utts, tokenizers, buckets, src, mesh=mesh, rules=rules
         )
+        cache_builds.append((folder, time.perf_counter() - t))
+        return folder
 
     train_iter = _train_batches(
         cfg, (train_src, train_utts), tokenizers, buckets, student.num_mel_bins, setup, cache_for
@@ -378,6 +383,8 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
         if changes:  # the report names them, with the step they took effect at
             log.history.setdefault("config_changes", []).append({"step": start, "changed": changes})
     wall_before, cpu_before = earlier_clocks(log.history if restored is not None else None)
+    # The first process's cache time (a resumed one finds its caches built); checkpoints keep it.
+    log.history.setdefault("cache_build_s", [t for _, t in cache_builds])
 
     def clocks() -> dict:
         wall = None if wall_before is None else wall_before + time.time() - t_start
@@ -517,9 +524,14 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
         after[split] = _wer(cfg, roles, merged, utts, split, cfg.eval.max_batches)
     agree = _real_agreement(cfg, roles, merged, source) if scored else None
     why = degenerate(log.history.get("before"), after.get(cfg.data.eval_split))
+    from mkd_jax.teacher_cache import savings
+
+    built = log.history["cache_build_s"]
+    timed = [(f, t) for (f, _), t in zip(cache_builds, built, strict=False)]
     report = write_report(
-        workdir, cfg, roles, log, after, n_train, clocks(), agreement=agree, degenerate=why
-    )
+        workdir, cfg, roles, log, after, n_train, clocks(), agreement=agree, degenerate=why,
+        cache_savings=savings(cfg, timed, log.history.get("rows_read")),
+    )  # fmt: skip
     print(report)
     if why:  # never exit 0 with garbage; the report and checkpoints stay for a look
         raise RunFailed(

@@ -376,6 +376,42 @@ def test_training_from_the_cache_resumes_bit_exactly(tiny_librispeech, tmp_path,
     lines = [json.loads(x) for x in (tmp_path / "straight/metrics.jsonl").read_text().splitlines()]
     logged = [x for x in lines if "train/kd_kl" in x]
     assert logged and all(np.isfinite(x["train/kd_kl"]) for x in logged)
+    # The report's estimate of what the cache saved, from the manifest's own build time.
+    saved = [json.loads((tmp_path / d / "report.json").read_text())["teacher_cache"]
+             for d in ("straight", "resumed")]  # fmt: skip
+    (manifest,) = [json.loads(m.read_text()) for m in (tmp_path / "cache").glob("*/manifest.json")]
+    per = manifest["build_seconds"] / manifest["utterances"]
+    assert saved[0]["frozen_s_per_utterance"] == pytest.approx(per)
+    assert 0 < saved[0]["rows_read"] <= 4 * cfg.data.batch_size
+    assert saved[1]["rows_read"] == saved[0]["rows_read"]  # counted across the resume
+    assert saved[0]["build_s"] >= manifest["build_seconds"]  # this run built it
+    assert saved[1]["build_s"] < manifest["build_seconds"]  # its first process found it built
+    for s in saved:
+        assert s["saved_s"] == pytest.approx(per * s["rows_read"] - s["build_s"])
+
+
+def test_savings_count_donor_caches_and_need_their_manifests(tmp_path):
+    cfg = tiny_config(str(tmp_path), total_steps=4)
+    cfg.cache.dir = str(tmp_path / "c")
+    donor_key, own_key = "d" * 64, "e" * 64
+    donor, own = teacher_cache.folder_for(cfg, donor_key), teacher_cache.folder_for(cfg, own_key)
+    for folder, m in (
+        (donor, {"build_seconds": 30.0, "utterances": 200}),
+        (own, {"build_seconds": 90.0, "utterances": 200,
+               "teacher_encoders_from": {"base": donor_key}, "student_from": None}),
+    ):  # fmt: skip
+        folder.mkdir(parents=True)
+        (folder / teacher_cache.MANIFEST).write_text(json.dumps(m))
+    s = teacher_cache.savings(cfg, [(own, 12.0)], 1600.0)
+    # (90 + 30) s over 200 utterances = 0.6 s each; 1600 rows -> 960 s, less the 12 s spent
+    assert s == {"frozen_s_per_utterance": 0.6, "rows_read": 1600.0, "recompute_s": 960.0,
+                 "build_s": 12.0, "saved_s": 948.0}  # fmt: skip
+    line = teacher_cache.format_savings(s)
+    assert "0.60 s an utterance" in line and "1,600 utterance rows" in line
+    assert "15.8 min saved" in line
+    assert teacher_cache.savings(cfg, [(own, 12.0)], 0) is None
+    (donor / teacher_cache.MANIFEST).unlink()  # a donor gone: no estimate rather than a low one
+    assert teacher_cache.savings(cfg, [(own, 12.0)], 1600.0) is None
 
 
 def test_supervised_mode_caches_the_frozen_student_encoder(tiny_librispeech, tmp_path):

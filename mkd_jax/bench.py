@@ -411,6 +411,8 @@ def check_flags(kind: str) -> None:
         cli.positive_ints(name, [FLAGS[name].value])
     if not FLAGS.minutes > 0:
         raise ValueError(f"--minutes={FLAGS.minutes}: must be > 0")
+    if kind == "kokoro" and FLAGS.clips > len(SENTENCES):
+        raise ValueError(f"--clips={FLAGS.clips}: kokoro speaks at most {len(SENTENCES)} sentences")
     if kind == "decode":
         for b in cli.positive_ints("batch_sizes", FLAGS.batch_sizes):
             if FLAGS.clips % b:  # a ragged last batch would compile inside the timed rounds

@@ -80,6 +80,7 @@ def cases(d):
         (["mkd_jax.bench", "distill", "--rounds=0"], 2, ["--rounds=0"]),
         (["mkd_jax.bench", "eval_reuse", "--models=tiny.en,bse"], 2, ["'bse'"]),
         (["mkd_jax.bench", "kokoro", "--clips=0"], 2, ["--clips"]),
+        (["mkd_jax.bench", "kokoro", "--clips=17"], 2, ["--clips=17", "at most 16"]),
         # a one-file manifest has no splits: --split would have been ignored
         (["mkd_jax.evaluate", f"--source=manifest:{manifest}", "--split=dev"], 2,
          ["--split=dev", "clips.csv is one file"]),

@@ -559,14 +559,14 @@ def build(
     voices.ensure_flite(cache / "flite")
     jobs = shard_jobs(plan, cfg.shard_size) + shard_jobs(extra, cfg.shard_size)
     todo = todo_all(jobs, out)
-    if any(u["engine"] == "kokoro" for _, utts in todo for u in utts):
-        kokoro_model = kokoro_gemm.prepare(kokoro_model, kokoro_voices)
     if any(n.startswith("test_ood-") for n, _ in todo):
         ood_voices.prepare(cache / "ood", {u["engine"] for u in extra["test_ood"]})
     total = sum(len(u) for _, u in jobs)
     done = total - sum(len(u) for _, u in todo)
     if max_shards is not None:
         todo = todo[:max_shards]
+    if any(u["engine"] == "kokoro" for _, utts in todo for u in utts):
+        kokoro_model = kokoro_gemm.prepare(kokoro_model, kokoro_voices)
     workers = workers or os.cpu_count() or 1
     t1 = time.perf_counter()
     audio_s = 0.0

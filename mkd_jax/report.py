@@ -94,7 +94,8 @@ class RunLog:
         mean["perf/utt_per_s"] = utts / max(wall, 1e-9)
         mean["perf/audio_x_realtime"] = audio_s / max(wall, 1e-9)
         mean["perf/step_s"] = wall / max(len(metrics), 1)
-        self.history["rows_read"] = self.history.get("rows_read", 0.0) + utts  # across resumes
+        if self.history.get("rows_read", 0.0) is not None:  # None: resumed from before counting
+            self.history["rows_read"] = self.history.get("rows_read", 0.0) + utts
         for k, v in mean.items():
             self.tb.add_scalar(k, v, step)
             self.history.setdefault("curves", {}).setdefault(k, []).append((step, v))

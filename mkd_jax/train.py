@@ -383,7 +383,10 @@ def run(cfg, workdir: Path, *, stop_at: int | None = None) -> dict:
         if changes:  # the report names them, with the step they took effect at
             log.history.setdefault("config_changes", []).append({"step": start, "changed": changes})
     wall_before, cpu_before = earlier_clocks(log.history if restored is not None else None)
-    # The first process's cache time (a resumed one finds its caches built); checkpoints keep it.
+    # The first process's cache time (a resumed one finds its caches built); checkpoints keep it,
+    # and the rows the steps read. A checkpoint from before they were kept gives no estimate.
+    if restored is not None:
+        log.history.setdefault("rows_read", None)
     log.history.setdefault("cache_build_s", [t for _, t in cache_builds])
 
     def clocks() -> dict:

@@ -388,6 +388,16 @@ def test_training_from_the_cache_resumes_bit_exactly(tiny_librispeech, tmp_path,
     assert saved[1]["build_s"] < manifest["build_seconds"]  # its first process found it built
     for s in saved:
         assert s["saved_s"] == pytest.approx(per * s["rows_read"] - s["build_s"])
+    # A run resumed from a checkpoint that kept no count gives no estimate, not a low one.
+    cfg.total_steps = 6
+    assert train.run(cfg, tmp_path / "old", stop_at=2)["step"] == 2
+    ckpt = sorted((tmp_path / "old/checkpoints").glob("*"))[-1]
+    metas = [m for m in ckpt.rglob("*") if m.is_file() and b'"rows_read"' in m.read_bytes()]
+    assert metas, "the checkpoint should hold the count"
+    for m in metas:  # as a checkpoint written before the count existed
+        m.write_bytes(m.read_bytes().replace(b'"rows_read"', b'"rows_gone"'))
+    train.run(cfg, tmp_path / "old")
+    assert json.loads((tmp_path / "old/report.json").read_text())["teacher_cache"] is None
 
 
 def test_savings_count_donor_caches_and_need_their_manifests(tmp_path):

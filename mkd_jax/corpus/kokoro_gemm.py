@@ -191,7 +191,8 @@ def prepare(model: Path, voices: Path) -> Path:
         try:
             why = _build_and_probe(model, fast, voices)
         except Exception as e:  # noqa: BLE001 - a speed-up must never fail the corpus build
-            why = f"the rewrite failed: {type(e).__name__}: {e}"
+            first = (str(e).strip().splitlines() or [""])[0]  # one line, as promised
+            why = f"the rewrite failed: {type(e).__name__}: {first}"
         if why is not None:
             fast.unlink(missing_ok=True)
     if why is None:

@@ -39,8 +39,8 @@ CPUINFO = Path("/proc/cpuinfo")
 SUFFIX = ".gemm1.onnx"  # bump the number when `rewrite` changes, so no older file is reused
 # Spoken by both models before the rewrite is used: digits, a name and a question, US and UK.
 PROBE = (
-    ("af_heart", "en-us", "Quickly now, is it 7:45 or 8:15 at the Zoological Garden?"),
-    ("bm_george", "en-gb", "The birch canoe slid on the smooth planks, said Doctor Jones."),
+    ("af_heart", "Quickly now, is it 7:45 or 8:15 at the Zoological Garden?"),
+    ("bm_george", "The birch canoe slid on the smooth planks, said Doctor Jones."),
 )
 
 
@@ -157,26 +157,14 @@ def exact_kernels() -> str | None:
     return "this x86 CPU has no VNNI"
 
 
-def _session(path: Path):
-    import onnxruntime as rt  # noqa: PLC0415
-
-    opts = rt.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    return rt.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def _probe(model: Path, voices: Path) -> list[np.ndarray]:
-    from kokoro_onnx import Kokoro  # noqa: PLC0415
+    """The probe sentences as the corpus builder's engine speaks them with `model`."""
+    from mkd_jax.corpus.voices import KokoroEngine  # noqa: PLC0415
 
     # phonemizer warns about word counts on every line with digits; the audio is what matters
     logging.getLogger("phonemizer").setLevel(logging.ERROR)
-    kokoro = Kokoro.from_session(_session(model), str(voices))
-    out = []
-    for voice, lang, text in PROBE:
-        style = kokoro.get_voice_style(voice).astype(np.float32)
-        out.append(np.asarray(kokoro.create(text, voice=style, speed=1.0, lang=lang)[0]))
-    return out
+    engine = KokoroEngine(voices.parent, threads=1, model=model)
+    return [engine([(voice, 1.0)], text, 1.0)[0] for voice, text in PROBE]
 
 
 def prepare(model: Path, voices: Path) -> Path:

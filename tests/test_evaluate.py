@@ -107,6 +107,13 @@ def test_every_utterance_is_decoded_with_a_long_enough_context(monkeypatch, utts
     assert res["context"] == tr.context and res["failures"] == []
 
 
+def test_batches_group_windows_of_like_length(utts):
+    # A batch decodes until its longest row ends: each context's windows go shortest first.
+    batches, *_ = evaluate._plan(utts, 100, 300, 2, 0)
+    rows = [[evaluate._samples(utts, w, 16000) for w in ws if w] for f, ws in batches if f == 300]
+    assert rows == [[32000, 32000], [37332, 37334], [37334, 40000]]  # u4, u3 (3 windows), u1
+
+
 def test_old_callers_score_without_transcripts(monkeypatch, utts):
     ids, hyps = _run(monkeypatch, utts, _Fake(), n_frames=300)
     res = evaluate.score(utts, ids, hyps)["all"]
@@ -114,10 +121,11 @@ def test_old_callers_score_without_transcripts(monkeypatch, utts):
 
 
 def test_a_failed_batch_counts_as_deletions_and_is_listed(monkeypatch, utts):
-    # Batches: [u0, u2] at 1 s, then [u1, u3 window 0], [u3 windows 1-2], [u4 windows 0-1] at 3 s.
-    tr = _run(monkeypatch, utts, _Fake(fail={0}, empty={2}, no_eot={3}))
+    # Batches, shortest window first in each context: [u0, u2] at 1 s, then [u4 windows 0-1]
+    # (2 s each), [u3 windows 2 and 0] (2.3332 and 2.3334 s), [u3 window 1, u1] (2.5 s) at 3 s.
+    tr = _run(monkeypatch, utts, _Fake(fail={0}, no_eot={1}, empty={2}))
     assert tr.ids == utts.ids
-    assert tr.hyps[:4] == ["", "alpha", "", "alpha"]  # u3's windows 1 and 2 came back empty
+    assert tr.hyps[:4] == ["", "alpha", "", "alpha"]  # u3's windows 0 and 2 came back empty
     reason = "batch failed: RuntimeError: boom"  # one line of the error
     assert tr.failures == [
         {"id": utts.ids[0], "reason": reason},

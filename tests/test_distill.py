@@ -152,6 +152,7 @@ def test_teachers_with_one_encoder_run_it_once(parts):
     assert make_setup(cfg, build_roles(cfg, abstract=True)).shared_encoder == {}
 
 
+@pytest.mark.slow
 def test_kd_only_where_a_teacher_is_right(parts):
     """`loss.teacher_right_only`: the KD target is kept exactly at the label positions where some
     teacher's top-1 is the label, and a batch no teacher gets right gives no KD at all."""

@@ -226,6 +226,7 @@ def test_embedded_audio_is_written_once_as_flac(monkeypatch, cfg, tmp_path):
 # ----- the real decoder and the command line -----
 
 
+@pytest.mark.slow
 def test_real_teachers_label_with_the_jitted_decoder(cfg, utts, tmp_path):
     """Random-weight tiny teachers: the hypotheses are nonsense, but every teacher decodes every
     utterance through the project's decoder and the row carries each hypothesis."""

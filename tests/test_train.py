@@ -108,6 +108,7 @@ def test_earlier_processes_time_is_unknown_not_zero_without_a_record():
     assert train.earlier_clocks({"before": {}}) == (None, None)  # before either was
 
 
+@pytest.mark.slow  # the cached path's resume test runs by default
 def test_resume_is_bit_exact(tiny_librispeech, tmp_path):
     assert_resumes_bit_exact(tiny_config(tiny_librispeech, total_steps=4), tmp_path)
 
@@ -150,7 +151,14 @@ def _abstract_state(cfg):
     return jax.eval_shape(lambda: init_state(init_trainable(cfg, roles, setup, rng), tx, rng))
 
 
-@pytest.mark.parametrize("damage", ["bitflip", "truncate", "metadata"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "bitflip",
+        pytest.param("truncate", marks=pytest.mark.slow),
+        pytest.param("metadata", marks=pytest.mark.slow),
+    ],
+)
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
     tiny_librispeech, tmp_path, damage, caplog
 ):

@@ -13,7 +13,6 @@ import random
 from fractions import Fraction
 
 import numpy as np
-from scipy import signal
 
 SAMPLE_RATE = 16000
 NOISE_KINDS = ("white", "pink", "brown")
@@ -25,6 +24,8 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     """Polyphase resampling (`scipy.signal.resample_poly`) from `sr_in` to `sr_out` Hz."""
     if sr_in == sr_out:
         return np.asarray(x, dtype=np.float32)
+    from scipy import signal  # here, not at import: it costs a config error a second
+
     ratio = Fraction(sr_out, sr_in)
     y = signal.resample_poly(x, ratio.numerator, ratio.denominator)
     return y.astype(np.float32)
@@ -35,6 +36,8 @@ def speed_perturb(x: np.ndarray, factor: float) -> np.ndarray:
 
     The output has `round(len(x) / factor)` samples.
     """
+    from scipy import signal
+
     ratio = Fraction(1.0 / factor).limit_denominator(100)
     y = signal.resample_poly(x, ratio.numerator, ratio.denominator)
     return y[: int(round(len(x) / factor))].astype(np.float32)
@@ -61,6 +64,8 @@ def add_noise(x: np.ndarray, snr_db: float, kind: str, rng: np.random.Generator)
 
 def telephone(x: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
     """Narrow-band telephone channel: 300-3400 Hz band-pass, 8 kHz, 8-bit mu-law, back to `sr`."""
+    from scipy import signal
+
     sos = signal.butter(4, (300, 3400), btype="bandpass", fs=sr, output="sos")
     narrow = resample(signal.sosfiltfilt(sos, x), sr, 8000)
     mu = 255.0

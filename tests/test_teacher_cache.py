@@ -231,7 +231,6 @@ def test_a_new_teacher_set_copies_the_student_encoder_from_a_sibling_cache(
     assert encoded and all(encoded)
 
 
-@pytest.mark.slow
 def test_a_teacher_encoder_comes_from_a_cache_where_that_model_was_the_student(
     tiny_librispeech, tmp_path, monkeypatch
 ):

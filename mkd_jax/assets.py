@@ -34,8 +34,6 @@ import time
 import zipfile
 from pathlib import Path
 
-from mkd_jax.models import ct2_io
-
 log = logging.getLogger(__name__)
 
 MARKER = ".mkd_jax-complete"
@@ -251,6 +249,8 @@ def ensure_model(name: str) -> Path:
         try:
             sources = _stage_ct2(name, staging)
             log.info("%s: converting CTranslate2 -> HF into %s", name, folder)
+            from mkd_jax.models import ct2_io  # imports jax: only when converting
+
             ct2_io.convert(staging, folder, progress=True)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -317,6 +317,8 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
             log.info("%s: using %s", path, folder)
             return folder
         log.info("%s: converting CTranslate2 -> HF into %s", path, folder)
+        from mkd_jax.models import ct2_io
+
         ct2_io.convert(path, folder, progress=True)
         _mark_complete(folder, stamp)
     return folder

@@ -118,6 +118,20 @@ def test_verbose_keeps_the_traceback(bad_configs):
     assert p.returncode != 0 and "SyntaxError" in p.stderr and "Traceback" in p.stderr
 
 
+def test_light_entry_points_check_their_input_before_importing_jax_or_transformers():
+    """These commands (and train, cache, compare, power, bench) import jax and transformers only
+    after their flags and config are checked, so a usage error costs a fraction of a second."""
+    light = ("train", "cache", "compare", "power", "bench", "demo", "ablate", "pseudolabel")
+    code = (
+        "import sys\n"
+        + "".join(f"import mkd_jax.{m}\n" for m in light)
+        + "print(sorted({'jax', 'transformers', 'scipy', 'torch'} & set(sys.modules)))"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"
+
+
 def test_positive_ints_name_the_flag():
     assert cli.positive_ints("sizes", ["3", "10"]) == [3, 10]
     with pytest.raises(ValueError, match=r"--sizes: 'x' is not a whole number"):

@@ -11,14 +11,20 @@ import functools
 import json
 from collections.abc import Sequence
 from importlib import resources
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jiwer
-from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+if TYPE_CHECKING:
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
 
 @functools.lru_cache(maxsize=1)
 def _normalizer() -> EnglishTextNormalizer:
+    # transformers takes about 1.5 s to import: not before the first text is normalised, so a
+    # command's usage error comes first.
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
     path = resources.files("whisper_normalizer").joinpath("normalizers/english.json")
     if not path.is_file():
         raise FileNotFoundError(f"Whisper's spelling map is missing: {path} (whisper-normalizer)")

@@ -119,8 +119,8 @@ def test_verbose_keeps_the_traceback(bad_configs):
 
 
 def test_light_entry_points_check_their_input_before_importing_jax_or_transformers():
-    """These commands (and train, cache, compare, power, bench) import jax and transformers only
-    after their flags and config are checked, so a usage error costs a fraction of a second."""
+    """Commands that import jax, transformers, scipy or torch only after their flags and config
+    are checked, so that a usage error costs a fraction of a second."""
     light = ("train", "cache", "compare", "power", "bench", "demo", "ablate", "pseudolabel")
     code = (
         "import sys\n"

@@ -21,23 +21,19 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from typing import TYPE_CHECKING
 
-import flax.linen as nn
-import jax
 from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
-from mkd_jax import cli, sharding
-from mkd_jax.roles import build_roles, frozen_params
-from mkd_jax.state import (
-    abstract_batch,
-    init_state,
-    init_trainable,
-    make_setup,
-    make_step_fn,
-    make_tx,
-)
+from mkd_jax import cli
 from mkd_jax.validate import validate
+
+if TYPE_CHECKING:
+    import jax
+
+# jax and flax take seconds to import: the functions that trace or compile import them, so a
+# usage error or a bad config stops before they load.
 
 GIB = 1024**3
 # Tokenizers in the asset cache that stand in for a checkpoint's own under --init_shapes, by the
@@ -107,6 +103,20 @@ def use_init_shapes(cfg: ConfigDict) -> None:
 
 def lower_train_step(cfg, mesh) -> jax.stages.Lowered:
     """`train_step` lowered with the shardings and donation `mkd_jax.train` uses, on `mesh`."""
+    import flax.linen as nn
+    import jax
+
+    from mkd_jax import sharding
+    from mkd_jax.roles import build_roles, frozen_params
+    from mkd_jax.state import (
+        abstract_batch,
+        init_state,
+        init_trainable,
+        make_setup,
+        make_step_fn,
+        make_tx,
+    )
+
     rules = tuple(tuple(r) for r in cfg.sharding_rules)
     dp = sharding.data_parallel_size(mesh, rules)
     if cfg.data.batch_size % dp:
@@ -221,18 +231,11 @@ def define_flags() -> None:
 
 def main(argv):
     del argv
-    jax.config.update("jax_threefry_partitionable", True)
     cfg = FLAGS.config
-    if FLAGS.platform == "tpu":
-        if not FLAGS.topology:
-            raise app.UsageError("--platform tpu needs --topology, e.g. --topology v5e:4x4")
-        devices = topology_devices(FLAGS.topology)
-    else:
-        if FLAGS.topology:
-            raise app.UsageError("--topology applies to --platform tpu only")
-        # Takes effect only before the CPU backend starts, which nothing above has done.
-        jax.config.update("jax_num_cpu_devices", FLAGS.cpu_devices)
-        devices = jax.devices("cpu")
+    if FLAGS.platform == "tpu" and not FLAGS.topology:
+        raise app.UsageError("--platform tpu needs --topology, e.g. --topology v5e:4x4")
+    if FLAGS.platform == "cpu" and FLAGS.topology:
+        raise app.UsageError("--topology applies to --platform tpu only")
     with cfg.unlocked():
         if FLAGS.init_shapes:
             use_init_shapes(cfg)
@@ -240,6 +243,17 @@ def main(argv):
             cfg.mesh = override_mesh(cfg.mesh, parse_mesh(FLAGS.mesh))
     roles = ("student", *(f"teachers.{n}" for n in cfg.teachers))
     validate(cfg, shapes_only=roles if FLAGS.init_shapes else ())  # as train would, up front
+    import jax
+
+    from mkd_jax import sharding
+
+    jax.config.update("jax_threefry_partitionable", True)
+    if FLAGS.platform == "tpu":
+        devices = topology_devices(FLAGS.topology)
+    else:
+        # Takes effect only before the CPU backend starts, which nothing above has done.
+        jax.config.update("jax_num_cpu_devices", FLAGS.cpu_devices)
+        devices = jax.devices("cpu")
     mesh = sharding.make_mesh(cfg.mesh, devices)
     report = compile_report(cfg, mesh)
     print(format_report(report))

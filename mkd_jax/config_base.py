@@ -17,6 +17,8 @@ SHARDING_RULES = (
 )
 
 # Hours of synthetic speech the demo, its supervised teacher and the ablation share.
+MATMUL_DTYPE_NAMES = ("float32", "bfloat16")  # `decode.MATMUL_DTYPES`' names, for the CLIs' checks
+
 DEMO_CORPUS_HOURS = 0.3
 
 

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mkd_jax.config_base import MATMUL_DTYPE_NAMES
 from mkd_jax.models import hf_io
 from mkd_jax.models.whisper import Whisper
 
@@ -77,7 +78,7 @@ def spec_from_folder(
     )
 
 
-MATMUL_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+MATMUL_DTYPES = dict(zip(MATMUL_DTYPE_NAMES, (None, jnp.bfloat16), strict=True))
 
 
 def with_matmul_dtype(model: Whisper, name: str) -> Whisper:

@@ -48,7 +48,8 @@ import numpy as np
 from absl import app, flags, logging
 from tqdm import tqdm
 
-from mkd_jax import cli, decode, stats
+from mkd_jax import cli, stats
+from mkd_jax.config_base import MATMUL_DTYPE_NAMES
 from mkd_jax.data import batching, features, loaders, text
 from mkd_jax.data.audio import AudioError
 
@@ -227,6 +228,8 @@ def _long_form(dec: _Decoder, utts, long: list[int], pieces: dict, failed: dict,
 def _transcribe(
     dec: _Decoder, utts, *, batch_size: int, n_frames: int, max_batches: int, desc: str
 ) -> Transcripts:
+    from mkd_jax import decode
+
     batches, selected, context, limit, long = _plan(
         utts, n_frames, dec.full_frames, batch_size, max_batches, dec.long_form is not None
     )
@@ -327,6 +330,7 @@ def transcribe_utts(
     Returns:
       `Transcripts`, which unpacks as `(ids, hyps)`; pass it to `score(..., transcripts=)`.
     """
+    from mkd_jax import decode
     from mkd_jax.transcriber import long_form_texts
 
     if reuse_encoder:
@@ -387,6 +391,8 @@ def transcribe_ensemble(
       reuse_encoder: serve each member's encoder outputs from the process's memo
         (`encoder_memo`), e.g. those of its own evaluation as a single model just before.
     """
+    from mkd_jax import decode
+
     models, params, toks, specs = (tuple(x) for x in zip(*members, strict=True))
     fn = decode.make_ensemble_generate_fn(models, specs, toks, weights, encoded=reuse_encoder)
     if reuse_encoder:
@@ -643,6 +649,7 @@ def _decode_kwargs(n_frames: int, desc: str, reuse_encoder: bool) -> dict:
 
 
 def _model_member(name: str, beam_size: int, matmul_dtype: str = "float32"):
+    from mkd_jax import decode
     from mkd_jax.assets import load_model
     from mkd_jax.data.tokenizers import load_tokenizer
 
@@ -693,6 +700,8 @@ def _systems(restored) -> list[tuple[str, Callable]]:
     that share an encoder (a frozen-encoder student and its zero-shot self, a model and an
     ensemble that holds it, a decoder-tuned variant) encode each window once.
     """
+    from mkd_jax import decode
+
     with_models = _with_models()
     count = len(FLAGS.matmul_dtype) * (
         (restored is not None) * (1 + FLAGS.zero_shot)
@@ -813,9 +822,9 @@ def load_scoring_split(source: dict, split: str, *, max_bad_fraction: float | No
 def main(argv):
     del argv
     for dtype in FLAGS.matmul_dtype:  # before any model, checkpoint or corpus is read
-        if dtype not in decode.MATMUL_DTYPES:
+        if dtype not in MATMUL_DTYPE_NAMES:
             raise app.UsageError(
-                f"--matmul_dtype={dtype}: choose one of {', '.join(decode.MATMUL_DTYPES)}"
+                f"--matmul_dtype={dtype}: choose one of {', '.join(MATMUL_DTYPE_NAMES)}"
             )
     if FLAGS.reference and FLAGS.group_by:
         raise app.UsageError(

@@ -26,18 +26,14 @@ import os
 import shutil
 from pathlib import Path
 
-import jax
 import numpy as np
 from absl import flags, logging
-from flax.traverse_util import flatten_dict
 from safetensors.numpy import save_file
 
 from mkd_jax import cli
-from mkd_jax.distill import merged_student
-from mkd_jax.mappers import mapper_name
-from mkd_jax.models.hf_io import flax_to_hf_key, save_hf_folder
-from mkd_jax.models.whisper import HF_FIELDS
-from mkd_jax.state import load_config, restore_run
+
+# jax, flax and the model code take seconds to import: each function imports what it uses, so a
+# usage error stops before they load.
 
 FLAGS = flags.FLAGS
 
@@ -53,6 +49,8 @@ def peft_module_name(path: str) -> str:
     Raises:
       ValueError: the path is not the kernel of a Linear layer (PEFT's LoRA `Linear`).
     """
+    from mkd_jax.models.hf_io import flax_to_hf_key
+
     try:
         key, layout = flax_to_hf_key(path)
     except (KeyError, IndexError) as e:
@@ -67,6 +65,8 @@ def peft_module_name(path: str) -> str:
 
 def _factor_pairs(lora_tree: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """`kernel path -> (a, b)` from a LoRA tree, checking every entry has both factors."""
+    from flax.traverse_util import flatten_dict
+
     grouped: dict[str, dict] = {}
     for path, leaf in flatten_dict(lora_tree, sep="/").items():
         head, _, name = path.rpartition("/")
@@ -165,6 +165,8 @@ def merged_hf_config(model, base_config: dict) -> dict:
     The base config supplies the special ids and suppress lists; the dimensions come from the
     model because a random-init student's base folder is only its tokenizer's model.
     """
+    from mkd_jax.models.whisper import HF_FIELDS
+
     config = {k: v for k, v in base_config.items() if not k.startswith("_")}
     config.update({k: int(getattr(model, k)) for k in HF_FIELDS})
     config.pop("torch_dtype", None)
@@ -217,6 +219,10 @@ def write_merged(
         folder): source of config.json defaults, generation_config.json and side files.
       tokenizer_folder: where the student's tokenizer.json lives.
     """
+    import jax
+
+    from mkd_jax.models.hf_io import save_hf_folder
+
     base_folder = Path(base_folder)
     base_config = json.loads((base_folder / "config.json").read_text())
     params = jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(params))
@@ -232,6 +238,10 @@ def write_merged(
 
 def write_mappers(path: str | os.PathLike, mappers: dict, setup) -> Path | None:
     """Mapper weights as safetensors keyed by Flax path, the layer map in the metadata."""
+    from flax.traverse_util import flatten_dict
+
+    from mkd_jax.mappers import mapper_name
+
     flat = flatten_dict(mappers, sep="/")
     if not flat:
         return None
@@ -262,6 +272,11 @@ def export(
       ValueError: the student is randomly initialised and `merged_only` is False, or `step` has
         no checkpoint.
     """
+    import jax
+
+    from mkd_jax.distill import merged_student
+    from mkd_jax.state import load_config, restore_run
+
     cfg = load_config(workdir)
     if not cfg.student.checkpoint and not merged_only:
         raise ValueError(
@@ -303,10 +318,12 @@ def export(
 
 def main(argv):
     del argv
-    jax.config.update("jax_threefry_partitionable", True)
     out = Path(FLAGS.out)
     if out.exists() and not out.is_dir():  # before the checkpoint is restored and merged
         raise ValueError(f"--out {out}: is a file, not a folder")
+    import jax
+
+    jax.config.update("jax_threefry_partitionable", True)
     written = export(FLAGS.workdir, FLAGS.out, step=FLAGS.step, merged_only=FLAGS.merged_only)
     for kind, path in written.items():
         print(f"{kind}: {path}")

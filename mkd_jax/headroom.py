@@ -23,8 +23,6 @@ from __future__ import annotations
 import logging
 from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import flags
 from ml_collections import config_flags
@@ -50,6 +48,9 @@ class Scores(NamedTuple):
 def forced_scores(model, params, tokenizer, clips, texts, *, n_frames: int, batch_size: int = 8,
                   desc: str = "") -> Scores:  # fmt: skip
     """Teacher-forced scores of `texts` (transcripts) given `clips` (16 kHz float audio)."""
+    import jax  # seconds to import: `main` checks its input first
+    import jax.numpy as jnp
+
     prompt = tokenizer.prompt_ids()
     seqs = [tokenizer.encode(" " + t.strip()) for t in texts]
 
@@ -140,9 +141,6 @@ def format_table(split: str, n: int, n_all: int, rows: dict, comparisons: dict) 
 
 def main(argv):
     del argv
-    from mkd_jax.evaluate import parse_source
-    from mkd_jax.roles import build_role, noised, resolve_source
-
     cfg = FLAGS.config
     if cfg is None:
         raise ValueError("--config is required: its student and teachers are scored")
@@ -150,6 +148,9 @@ def main(argv):
         raise ValueError(f"--limit={FLAGS.limit}: use 0 (every utterance) or a positive count")
     if FLAGS.batch_size < 1:
         raise ValueError(f"--batch_size={FLAGS.batch_size}: must be >= 1")
+    from mkd_jax.evaluate import parse_source
+    from mkd_jax.roles import build_role, noised, resolve_source
+
     student_frames = int(cfg.data.n_frames)
     teacher_frames = int(cfg.data.get("teacher_frames", 0)) or student_frames
     where = {"student": (cfg.student, student_frames)}

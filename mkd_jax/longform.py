@@ -42,6 +42,7 @@ import numpy as np
 
 from mkd_jax.data import features, text
 
+STRATEGIES = ("sequential", "chunked")  # how audio longer than one window is transcribed
 SR = features.SAMPLE_RATE
 WINDOW_FRAMES = features.N_FRAMES  # 3000 mel frames = 30 s
 FRAME_S = features.HOP / SR  # 0.01 s per mel frame

@@ -32,15 +32,17 @@ import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 from absl import app, flags
 
 from mkd_jax import cli, longform, subtitles
+from mkd_jax.config_base import MATMUL_DTYPE_NAMES
 from mkd_jax.data.audio import MAX_SECONDS, AudioError, display_name, read_audio
-from mkd_jax.decode import MATMUL_DTYPES
-from mkd_jax.transcriber import STRATEGIES, NoSpeechGate, Transcriber
+
+if TYPE_CHECKING:  # jax and transformers load in `main`, after the flags and inputs are checked
+    from mkd_jax.transcriber import Transcriber
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -53,11 +55,11 @@ flags.DEFINE_string("language", "en", "Language code for multilingual checkpoint
 flags.DEFINE_float(
     "max_seconds", MAX_SECONDS, "Files longer than this fail (checked before decoding)."
 )
-flags.DEFINE_enum("long_form", "sequential", STRATEGIES,
+flags.DEFINE_enum("long_form", "sequential", longform.STRATEGIES,
                   "How audio longer than one window is transcribed.")  # fmt: skip
 flags.DEFINE_float("chunk_s", 30.0, "Chunked mode: window length in seconds (at most 30).")
 flags.DEFINE_float("stride_s", 5.0, "Chunked mode: overlap on each side of a window, seconds.")
-flags.DEFINE_enum("matmul_dtype", "float32", list(MATMUL_DTYPES),
+flags.DEFINE_enum("matmul_dtype", "float32", list(MATMUL_DTYPE_NAMES),
                   "Matmul operands: bfloat16 (float32 sums) decodes ~1.3x faster on a CPU with "
                   "AVX512-BF16, slower without it.")  # fmt: skip
 flags.DEFINE_float("no_speech_threshold", 0.6,
@@ -178,6 +180,8 @@ def main(argv):
     for stream in (sys.stdout, sys.stderr):  # a transcript in an ASCII-only locale still prints
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
+    from mkd_jax.transcriber import NoSpeechGate, Transcriber
+
     t = Transcriber(
         FLAGS.model,
         beam_size=FLAGS.beam_size,

@@ -14,7 +14,6 @@ from mkd_jax.assets import load_model
 from mkd_jax.data import features
 from mkd_jax.data.tokenizers import load_tokenizer
 
-STRATEGIES = ("sequential", "chunked")
 GROUP_SECONDS = 16 * 30.0  # audio read ahead per group of files decoded together
 MIN_TIMESTAMP_TOKENS = 224  # a 30 s window with timestamps needs more tokens than plain text
 
@@ -116,8 +115,9 @@ class Transcriber:
         matmul_dtype="float32",
         gate: NoSpeechGate | None = NoSpeechGate(),
     ):
-        if long_form not in STRATEGIES:
-            raise ValueError(f"long_form={long_form!r}: choose one of {', '.join(STRATEGIES)}")
+        if long_form not in longform.STRATEGIES:
+            choices = ", ".join(longform.STRATEGIES)
+            raise ValueError(f"long_form={long_form!r}: choose one of {choices}")
         for name, value in (
             ("batch_size", batch_size),
             ("beam_size", beam_size),

@@ -31,6 +31,7 @@ from mkd_jax.data.audio import AudioError, display_name, read_audio, read_header
 from mkd_jax.data.loaders import load_split
 from mkd_jax.models import hf_io
 from mkd_jax.models.whisper import Whisper, abstract_params
+from mkd_jax.transcriber import Transcriber
 
 MAX_SECONDS = 40.0  # the transcribe runs here use this as --max_seconds
 ROOT = Path(__file__).parent.parent
@@ -239,7 +240,7 @@ def model_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def transcriber(model_folder):
-    return transcribe.Transcriber(str(model_folder), max_new_tokens=4, batch_size=8)
+    return Transcriber(str(model_folder), max_new_tokens=4, batch_size=8)
 
 
 def _outcome(cases, out: str, err: str):
@@ -341,7 +342,7 @@ def _check_cli(tmp_path, good, rc, out, err):
 
 def test_main_transcribes_the_good_files_then_exits_1(transcriber, tmp_path, monkeypatch, capsys):
     argv, good = _cli_inputs(tmp_path)
-    monkeypatch.setattr(transcribe, "Transcriber", lambda *a, **k: transcriber)
+    monkeypatch.setattr("mkd_jax.transcriber.Transcriber", lambda *a, **k: transcriber)
     if not transcribe.FLAGS.is_parsed():
         transcribe.FLAGS.mark_as_parsed()
     with flagsaver.flagsaver(max_seconds=MAX_SECONDS), pytest.raises(SystemExit) as e:

@@ -103,12 +103,12 @@ def test_batch_does_not_mix_clips():
 def test_compiles_once_per_shape():
     audio = np.zeros((2, 20 * HOP), np.float32)
     log_mel(audio, n_frames=20)
-    before = features._log_mel_fn._cache_size()
+    before = features.log_mel_jit()._cache_size()
     log_mel(audio + 0.1, n_frames=20)
     log_mel([audio[0][:100], audio[1]], n_frames=20)
-    assert features._log_mel_fn._cache_size() == before
+    assert features.log_mel_jit()._cache_size() == before
     log_mel(audio, n_frames=21)
-    assert features._log_mel_fn._cache_size() == before + 1
+    assert features.log_mel_jit()._cache_size() == before + 1
 
 
 @pytest.mark.parametrize(

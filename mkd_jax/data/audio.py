@@ -34,7 +34,6 @@ from typing import BinaryIO, NamedTuple
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 SAMPLE_RATE = 16_000
 MIN_SAMPLE_RATE = 4_000
@@ -121,6 +120,8 @@ def check_samples(x: np.ndarray, where: str) -> None:
 def _resample(audio: np.ndarray, sr: int) -> np.ndarray:
     if sr == SAMPLE_RATE:
         return audio
+    from scipy.signal import resample_poly  # a second to import: only when resampling
+
     ratio = Fraction(SAMPLE_RATE, sr).limit_denominator(1000)
     return resample_poly(audio, ratio.numerator, ratio.denominator).astype(np.float32)
 

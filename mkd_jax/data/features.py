@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from transformers.audio_utils import mel_filter_bank, window_function
 
 from mkd_jax.data.audio import MAX_ABS_SAMPLE
+
+if TYPE_CHECKING:
+    import jax
+
+# jax and transformers are imported where they are first used: the constants and `check_clip` are
+# read by commands that check their input before any model loads.
 
 SAMPLE_RATE = 16_000
 N_FFT = 400
@@ -32,6 +36,8 @@ SUPPORTED_N_MELS = (80, 128)
 @functools.cache
 def mel_filters(n_mels: int) -> np.ndarray:
     """Slaney mel filterbank `[N_FFT // 2 + 1, n_mels]`, built as `WhisperFeatureExtractor` does."""
+    from transformers.audio_utils import mel_filter_bank
+
     if n_mels not in SUPPORTED_N_MELS:
         raise ValueError(f"n_mels must be one of {SUPPORTED_N_MELS}, got {n_mels!r}")
     filters = mel_filter_bank(
@@ -48,12 +54,16 @@ def mel_filters(n_mels: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=1)
 def _hann() -> np.ndarray:
+    from transformers.audio_utils import window_function
+
     return window_function(N_FFT, "hann").astype(np.float32)  # periodic, like torch.hann_window
 
 
-@jax.jit
-def _log_mel_fn(x: jax.Array, window: jax.Array, filters: jax.Array) -> jax.Array:
+def _log_mel(x: jax.Array, window: jax.Array, filters: jax.Array) -> jax.Array:
     """Log-mel of `x [B, n_frames * HOP]`; returns `[B, n_mels, n_frames]`."""
+    import jax
+    import jax.numpy as jnp
+
     batch, n_samples = x.shape
     n_frames = n_samples // HOP
     half = N_FFT // 2
@@ -72,6 +82,14 @@ def _log_mel_fn(x: jax.Array, window: jax.Array, filters: jax.Array) -> jax.Arra
     peak = jnp.max(log_spec, axis=(1, 2), keepdims=True)
     log_spec = jnp.maximum(log_spec, peak - 8.0)
     return (log_spec + 4.0) / 4.0
+
+
+@functools.cache
+def log_mel_jit():
+    """`_log_mel` jitted once per process (its compiles are cached per input shape)."""
+    import jax
+
+    return jax.jit(_log_mel)
 
 
 def check_clip(clip: np.ndarray, where: str) -> None:
@@ -141,7 +159,7 @@ def log_mel(
     if n_frames * HOP <= N_FFT // 2:
         raise ValueError(f"n_frames must be at least 2 (reflect padding needs it), got {n_frames}")
     x = _pad_or_trim(audio, int(n_frames) * HOP)
-    mel = np.asarray(_log_mel_fn(x, _hann(), filters))
+    mel = np.asarray(log_mel_jit()(x, _hann(), filters))
     bad = np.flatnonzero(~np.isfinite(mel).all(axis=(1, 2)))
     if bad.size:
         raise ValueError(f"log-mel of audio{bad.tolist()} is not finite")
